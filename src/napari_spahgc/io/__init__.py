@@ -1,0 +1,1 @@
+"""Readers and writers: images, spots and counts, cohort tables, h5ad export."""

@@ -1,0 +1,197 @@
+"""Cohort tables (the unit the CLI and the widgets work on) and the assembly of a :class:`Slide`.
+
+A cohort table is a CSV with the columns ``slide_id, image, spots, counts, pixel_size_um, patient``.
+``counts``, ``pixel_size_um`` and ``patient`` may be empty; relative paths resolve against the folder
+of the table.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from ..slide import Slide, SlideImage
+from .images import open_image
+from .spots import SpotTable, read_counts, read_spots
+
+COHORT_COLUMNS = ("slide_id", "image", "spots", "counts", "pixel_size_um", "patient")
+
+
+@dataclass(frozen=True)
+class CohortEntry:
+    """One row of a cohort table, paths resolved."""
+
+    slide_id: str
+    image: Path | None
+    spots: Path
+    counts: Path | None = None
+    pixel_size_um: float | None = None
+    patient: str | None = None
+
+    def load(self) -> Slide:
+        return build_slide(
+            self.slide_id, self.spots, image=self.image, counts=self.counts,
+            pixel_size_um=self.pixel_size_um, patient=self.patient,
+        )  # fmt: skip
+
+
+def read_cohort(path: str | Path) -> list[CohortEntry]:
+    """Parse and check a cohort table (columns, duplicate ids, pixel sizes); no file is opened yet."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("cohort table not found", path)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except Exception as err:
+        raise InputError(f"cannot read cohort table ({type(err).__name__}: {err})", path) from err
+    table.columns = [c.strip() for c in table.columns]
+    missing = [c for c in COHORT_COLUMNS if c not in table.columns]
+    if missing:
+        raise InputError(
+            f"cohort table lacks column(s) {', '.join(missing)}; it needs {', '.join(COHORT_COLUMNS)}", path
+        )
+    if table.empty:
+        raise InputError("cohort table has no slides", path)
+    ids = table["slide_id"].str.strip()
+    if (ids == "").any():
+        raise InputError("cohort table has a row with an empty slide_id", path)
+    duplicated = sorted(set(ids[ids.duplicated()]))
+    if duplicated:
+        raise InputError(f"duplicate slide_id in cohort table: {', '.join(duplicated)}", path)
+    base = path.parent
+    entries = []
+    for row, slide_id in zip(table.itertuples(index=False), ids, strict=True):
+        if not row.spots.strip():
+            raise InputError(f"slide {slide_id!r} has no spots file", path)
+        entries.append(
+            CohortEntry(
+                slide_id=slide_id,
+                image=_resolve(base, row.image),
+                spots=_resolve(base, row.spots),
+                counts=_resolve(base, row.counts),
+                pixel_size_um=_pixel_size(row.pixel_size_um, slide_id, path),
+                patient=row.patient.strip() or None,
+            )
+        )
+    return entries
+
+
+def load_cohort(path: str | Path) -> list[Slide]:
+    """Read a cohort table and load every slide."""
+    return [entry.load() for entry in read_cohort(path)]
+
+
+def build_slide(
+    slide_id: str,
+    spots: str | Path,
+    image: str | Path | None = None,
+    counts: str | Path | None = None,
+    pixel_size_um: float | None = None,
+    patient: str | None = None,
+) -> Slide:
+    """Assemble a :class:`Slide` from a spot source, an optional image and optional separate counts.
+
+    Pixel size: the value given here wins, then the image's metadata, then the spot source's
+    scalefactors. Without a full-resolution image, a low-resolution image carried by the spot
+    source (h5ad ``uns['spatial']``, Space Ranger ``spatial/``) is used at its scale.
+    """
+    table = read_spots(spots)
+    sources = {"spots": str(table.path)}
+    expression = table.counts
+    if counts is not None:
+        expression = read_counts(counts)
+        sources["counts"] = str(counts)
+    slide_image = None
+    if image is not None:
+        slide_image = open_image(image)
+        sources["image"] = str(image)
+    elif table.images:
+        slide_image = _carried_image(table)
+        sources["image"] = f"{table.path} (embedded {next(iter(table.images))} image)"
+
+    keep = np.ones(len(table.spot_ids), dtype=bool)
+    if expression is not None:
+        keep &= table.spot_ids.isin(expression.obs_names)
+        if not keep.any():
+            raise InputError(
+                f"counts and spots share no spot ids (e.g. spots {list(table.spot_ids[:3])} vs counts "
+                f"{list(expression.obs_names[:3])})",
+                sources.get("counts", table.path),
+            )
+    if slide_image is not None:
+        rows, cols = slide_image.shape
+        x, y = table.centers_px[:, 0], table.centers_px[:, 1]
+        inside = (x >= 0) & (x < cols) & (y >= 0) & (y < rows)
+        outside = int((keep & ~inside).sum())
+        if outside == int(keep.sum()):
+            raise InputError(f"none of the {outside} spots lie inside the image ({cols} × {rows} px)", table.path)
+        if outside:
+            warnings.warn(
+                f"{table.path}: dropped {outside} of {int(keep.sum())} spots outside the image ({cols} × {rows} px)",
+                stacklevel=2,
+            )
+        keep &= inside
+
+    spot_ids = table.spot_ids[keep]
+    if expression is not None:
+        expression = expression[spot_ids].copy()
+    pixel_size, source = _choose_pixel_size(pixel_size_um, slide_image, table)
+    diameter = table.spot_diameter_px
+    if diameter is None and table.spot_diameter_um and pixel_size:
+        diameter = table.spot_diameter_um / pixel_size
+    return Slide(
+        slide_id=str(slide_id),
+        spot_ids=spot_ids,
+        centers_px=table.centers_px[keep],
+        image=slide_image,
+        pixel_size_um=pixel_size,
+        pixel_size_source=source,
+        expression=expression,
+        patient=patient,
+        spot_diameter_px=diameter,
+        sources=sources,
+    )
+
+
+def _choose_pixel_size(
+    given: float | None, image: SlideImage | None, table: SpotTable
+) -> tuple[float | None, str | None]:
+    if given is not None:
+        return float(given), "given by the user"
+    if image is not None and image.pixel_size_um is not None:
+        return image.pixel_size_um, image.pixel_size_source
+    return table.pixel_size_um, table.pixel_size_source
+
+
+def _carried_image(table: SpotTable) -> SlideImage:
+    """The finest low-resolution image a spot source carries, as a one-level pyramid."""
+    pixels, scale = max(table.images.values(), key=lambda image: image[1])
+    level = da.from_array(pixels, chunks=(1024, 1024, 3))
+    return SlideImage(table.path, [level], [1.0 / scale])
+
+
+def _resolve(base: Path, value: str) -> Path | None:
+    value = value.strip()
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _pixel_size(value: str, slide_id: str, table: Path) -> float | None:
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        size = float(value)
+    except ValueError:
+        size = float("nan")
+    if not np.isfinite(size) or size <= 0:
+        raise InputError(f"slide {slide_id!r}: pixel_size_um must be a positive number, got {value!r}", table)
+    return size

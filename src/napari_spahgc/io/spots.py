@@ -1,0 +1,312 @@
+"""Read spot tables and measured expression in the formats the field uses.
+
+Every reader returns a :class:`SpotTable`: spot ids exactly as the input spells them, full-resolution
+pixel centres (x = column, y = row), raw counts as AnnData when the source has them, and what the
+source says about scale (scalefactors) and any low-resolution images it carries (h5ad, Space Ranger).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ..errors import InputError
+from ..slide import LEGACY_ST_SPOT_DIAMETER_UM, VISIUM_SPOT_DIAMETER_UM
+
+
+@dataclass
+class SpotTable:
+    """Spots of one slide as read from disk, before they are joined with an image."""
+
+    path: Path
+    spot_ids: pd.Index
+    centers_px: np.ndarray
+    counts: ad.AnnData | None = None
+    pixel_size_um: float | None = None
+    pixel_size_source: str | None = None
+    spot_diameter_px: float | None = None
+    spot_diameter_um: float | None = None
+    #: low-resolution images carried by the source: name -> (pixels, scale to full resolution)
+    images: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)
+    library_id: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------- dispatch
+
+
+def read_spots(path: str | Path) -> SpotTable:
+    """Read spots from a Space Ranger ``outs/`` folder, an ``.h5ad``, a legacy-ST selection TSV,
+    a Visium ``tissue_positions`` file, or a plain CSV/TSV of spot id, x, y."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("spot file not found", path)
+    if path.is_dir():
+        return read_spaceranger(path)
+    name = path.name.lower()
+    if name.endswith(".h5ad"):
+        return read_h5ad_spots(path)
+    if name.endswith(".parquet") or name.startswith("tissue_positions"):
+        return _visium_table(path, _read_positions(path))
+    table = _read_table(path)
+    columns = {c.lower() for c in table.columns}
+    if {"pixel_x", "pixel_y", "x", "y"} <= columns:
+        return _legacy_st(path, table)
+    if "pxl_row_in_fullres" in columns:
+        return _visium_table(path, table)
+    return _plain_table(path, table)
+
+
+def read_counts(path: str | Path) -> ad.AnnData:
+    """Raw counts (spots × genes) from a legacy-ST TSV(.gz), a 10x ``.h5``, an ``.h5ad`` or a CSV."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("counts file not found", path)
+    name = path.name.lower()
+    try:
+        if path.is_dir():
+            adata = read_spaceranger(path).counts
+        elif name.endswith(".h5ad"):
+            adata = ad.read_h5ad(path)
+        elif name.endswith(".h5"):
+            adata = _read_10x_h5(path)
+        else:
+            sep = "\t" if ".tsv" in name or ".txt" in name else ","
+            frame = pd.read_csv(path, sep=sep, index_col=0)
+            adata = ad.AnnData(sp.csr_matrix(frame.to_numpy(dtype=np.float32)))
+            adata.obs_names = frame.index.astype(str)
+            adata.var_names = frame.columns.astype(str)
+    except InputError:
+        raise
+    except Exception as err:
+        raise InputError(f"cannot read counts ({type(err).__name__}: {err})", path) from err
+    if adata is None:
+        raise InputError("no counts matrix found", path)
+    return validate_counts(adata, path)
+
+
+def validate_counts(adata: ad.AnnData, path: str | Path) -> ad.AnnData:
+    """Reject duplicate spot ids and negative or NaN counts; make gene names unique."""
+    adata.obs_names = adata.obs_names.astype(str)
+    duplicated = adata.obs_names[adata.obs_names.duplicated()]
+    if len(duplicated):
+        raise InputError(f"duplicate spot ids in counts: {_preview(duplicated)}", path)
+    values = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
+    if np.isnan(values).any():
+        raise InputError("counts contain NaN values", path)
+    if (values < 0).any():
+        raise InputError("counts contain negative values (expected raw, non-negative counts)", path)
+    if not adata.var_names.is_unique:
+        adata.var_names_make_unique()
+    if not sp.issparse(adata.X):
+        adata.X = sp.csr_matrix(adata.X)
+    return adata
+
+
+# ---------------------------------------------------------------------------------------------- formats
+
+
+def read_spaceranger(folder: Path) -> SpotTable:
+    """A 10x Space Ranger ``outs/`` folder: positions, scalefactors, counts and low-res images."""
+    spatial = folder / "spatial"
+    if not spatial.is_dir():
+        raise InputError("not a Space Ranger outs/ folder (no spatial/ sub-folder)", folder)
+    positions = next(
+        (
+            spatial / n
+            for n in ("tissue_positions.parquet", "tissue_positions.csv", "tissue_positions_list.csv")
+            if (spatial / n).is_file()
+        ),
+        None,
+    )
+    if positions is None:
+        raise InputError("no spatial/tissue_positions(.csv|.parquet|_list.csv) found", folder)
+    table = _visium_table(positions, _read_positions(positions))
+    table.path = folder
+    scalefactors = spatial / "scalefactors_json.json"
+    factors = json.loads(scalefactors.read_text()) if scalefactors.is_file() else {}
+    _apply_scalefactors(table, factors, scalefactors)
+    for kind, factor in _image_scalefactors(factors).items():
+        image = spatial / f"tissue_{kind}_image.png"
+        if image.is_file():
+            from PIL import Image
+
+            with Image.open(image) as handle:
+                table.images[kind] = (np.asarray(handle.convert("RGB")), factor)
+    matrix = folder / "filtered_feature_bc_matrix.h5"
+    if matrix.is_file():
+        table.counts = validate_counts(_read_10x_h5(matrix), matrix)
+    return table
+
+
+def read_h5ad_spots(path: Path) -> SpotTable:
+    """An AnnData file as scanpy writes Visium: ``obsm['spatial']`` and ``uns['spatial'][library]``."""
+    try:
+        adata = ad.read_h5ad(path)
+    except Exception as err:
+        raise InputError(f"cannot read h5ad ({type(err).__name__}: {err})", path) from err
+    if "spatial" not in adata.obsm:
+        raise InputError("h5ad has no spot coordinates (obsm['spatial'] is missing)", path)
+    centers = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
+    table = SpotTable(path, pd.Index(adata.obs_names.astype(str)), centers)
+    _check_ids_and_centers(table)
+    libraries = adata.uns.get("spatial", {})
+    if libraries:
+        library_id = next(iter(libraries))
+        library = libraries[library_id]
+        table.library_id = library_id
+        factors = dict(library.get("scalefactors", {}))
+        _apply_scalefactors(table, factors, path)
+        images = dict(library.get("images", {}))
+        for kind, factor in _image_scalefactors(factors).items():
+            if kind in images:
+                table.images[kind] = (_to_uint8_rgb(np.asarray(images[kind])), factor)
+    if adata.n_vars:
+        counts = adata.layers.get("counts", adata.X)
+        matrix = ad.AnnData(sp.csr_matrix(counts), obs=pd.DataFrame(index=table.spot_ids), var=adata.var[[]])
+        table.counts = validate_counts(matrix, path)
+    return table
+
+
+def _legacy_st(path: Path, table: pd.DataFrame) -> SpotTable:
+    """Legacy ST ``*_selection.tsv``: ids ``"{x}x{y}"`` from array coordinates, centres from pixel_x/y."""
+    table = table.rename(columns=str.lower)
+    if "selected" in table:
+        table = table[table["selected"].astype(int) == 1]
+    ids = pd.Index(table["x"].astype(int).astype(str) + "x" + table["y"].astype(int).astype(str))
+    centers = table[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    spots = SpotTable(path, ids, centers, spot_diameter_um=LEGACY_ST_SPOT_DIAMETER_UM)
+    _check_ids_and_centers(spots)
+    return spots
+
+
+def _visium_table(path: Path, table: pd.DataFrame) -> SpotTable:
+    table = table.rename(columns=str.lower)
+    if "in_tissue" in table:
+        table = table[table["in_tissue"].astype(int) == 1]
+    missing = {"barcode", "pxl_row_in_fullres", "pxl_col_in_fullres"} - set(table.columns)
+    if missing:
+        raise InputError(f"tissue positions lack column(s) {sorted(missing)}", path)
+    centers = table[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    spots = SpotTable(
+        path, pd.Index(table["barcode"].astype(str)), centers, spot_diameter_um=VISIUM_SPOT_DIAMETER_UM
+    )
+    _check_ids_and_centers(spots)
+    return spots
+
+
+_ID_COLUMNS = ("spot_id", "spot", "barcode", "id", "obs_names")
+_X_COLUMNS = ("x", "pixel_x", "x_px", "pxl_col_in_fullres", "col")
+_Y_COLUMNS = ("y", "pixel_y", "y_px", "pxl_row_in_fullres", "row")
+
+
+def _plain_table(path: Path, table: pd.DataFrame) -> SpotTable:
+    """A plain CSV/TSV with a spot id column and x (column) / y (row) pixel centres."""
+    lower = {c.lower(): c for c in table.columns}
+    x_col = next((lower[c] for c in _X_COLUMNS if c in lower), None)
+    y_col = next((lower[c] for c in _Y_COLUMNS if c in lower), None)
+    if x_col is None or y_col is None:
+        raise InputError(
+            f"spot table has no coordinates: expected columns x and y (full-resolution pixels), "
+            f"found {list(table.columns)}",
+            path,
+        )
+    id_col = next((lower[c] for c in _ID_COLUMNS if c in lower), table.columns[0])
+    if id_col in (x_col, y_col):
+        raise InputError("spot table has no spot id column (spot_id, barcode or id)", path)
+    try:
+        centers = table[[x_col, y_col]].to_numpy(dtype=np.float64)
+    except ValueError as err:
+        raise InputError(f"spot coordinates are not numbers ({err})", path) from err
+    spots = SpotTable(path, pd.Index(table[id_col].astype(str)), centers)
+    _check_ids_and_centers(spots)
+    return spots
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    sep = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz", ".txt")) else ","
+    try:
+        return pd.read_csv(path, sep=sep)
+    except Exception as err:
+        raise InputError(f"cannot read spot table ({type(err).__name__}: {err})", path) from err
+
+
+def _read_positions(path: Path) -> pd.DataFrame:
+    """Visium positions: headed CSV, parquet, or the headerless ``tissue_positions_list.csv``."""
+    names = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
+    try:
+        if path.name.lower().endswith(".parquet"):
+            return pd.read_parquet(path)
+        table = pd.read_csv(path, header=None)
+        if str(table.iloc[0, 0]).lower() == "barcode":
+            return pd.read_csv(path)
+        return pd.read_csv(path, header=None, names=names)
+    except Exception as err:
+        raise InputError(f"cannot read tissue positions ({type(err).__name__}: {err})", path) from err
+
+
+def _read_10x_h5(path: Path) -> ad.AnnData:
+    import scanpy as sc
+
+    try:
+        adata = sc.read_10x_h5(path)
+    except Exception as err:
+        raise InputError(f"cannot read 10x matrix ({type(err).__name__}: {err})", path) from err
+    adata.var_names_make_unique()
+    return adata
+
+
+def _apply_scalefactors(table: SpotTable, factors: dict, path: Path) -> None:
+    """Spot diameter and pixel size from Space Ranger scalefactors (``spot_diameter_fullres`` ↔ 55 µm;
+    Visium HD states ``microns_per_pixel`` directly)."""
+    diameter = factors.get("spot_diameter_fullres")
+    if diameter:
+        table.spot_diameter_px = float(diameter)
+    if factors.get("microns_per_pixel"):
+        table.pixel_size_um = float(factors["microns_per_pixel"])
+        table.pixel_size_source = f"scalefactors microns_per_pixel ({path.name})"
+    elif diameter and not factors.get("bin_size_um"):
+        um = table.spot_diameter_um or VISIUM_SPOT_DIAMETER_UM
+        table.pixel_size_um = um / float(diameter)
+        table.pixel_size_source = f"scalefactors spot_diameter_fullres = {um:g} µm ({path.name})"
+
+
+def _image_scalefactors(factors: dict) -> dict[str, float]:
+    """Scale of each low-resolution image relative to full resolution, finest first."""
+    return {
+        kind: float(factors[f"tissue_{kind}_scalef"])
+        for kind in ("hires", "lowres")
+        if factors.get(f"tissue_{kind}_scalef")
+    }
+
+
+def _to_uint8_rgb(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype != np.uint8:
+        scale = 255.0 if pixels.max() <= 1.0 else 1.0
+        pixels = np.clip(pixels * scale, 0, 255).astype(np.uint8)
+    if pixels.ndim == 2:
+        pixels = np.stack([pixels] * 3, axis=-1)
+    return pixels[..., :3]
+
+
+def _check_ids_and_centers(spots: SpotTable) -> None:
+    if len(spots.spot_ids) == 0:
+        raise InputError("spot table has no spots", spots.path)
+    duplicated = spots.spot_ids[spots.spot_ids.duplicated()]
+    if len(duplicated):
+        raise InputError(f"duplicate spot ids: {_preview(duplicated)}", spots.path)
+    if not np.isfinite(spots.centers_px).all():
+        raise InputError("spot coordinates contain NaN or infinite values", spots.path)
+
+
+def _preview(values, n: int = 5) -> str:
+    values = list(map(str, values))
+    return ", ".join(values[:n]) + (f" … ({len(values)} in all)" if len(values) > n else "")
