@@ -26,7 +26,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _commands() -> None:
     """Predict spatial gene expression from H&E histology with SpaHGC."""
@@ -40,7 +39,9 @@ CohortArg = Annotated[
 @app.command()
 def info(
     cohort: CohortArg,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of records and nothing else.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON list of records and nothing else.")
+    ] = False,
 ) -> None:
     """Describe each slide of a cohort: spots, genes, image size, pixel size, pyramid levels, patient."""
     from .io.cohort import read_cohort

@@ -130,7 +130,9 @@ def build_slide(
         inside = (x >= 0) & (x < cols) & (y >= 0) & (y < rows)
         outside = int((keep & ~inside).sum())
         if outside == int(keep.sum()):
-            raise InputError(f"none of the {outside} spots lie inside the image ({cols} × {rows} px)", table.path)
+            raise InputError(
+                f"none of the {outside} spots lie inside the image ({cols} × {rows} px)", table.path
+            )
         if outside:
             warnings.warn(
                 f"{table.path}: dropped {outside} of {int(keep.sum())} spots outside the image ({cols} × {rows} px)",

@@ -1,0 +1,102 @@
+"""Shared fixtures: the real HER2ST cohort, synthetic inputs written honestly, isolated caches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+
+REPO = Path(__file__).resolve().parents[1]
+HER2ST = REPO.parent / "shared" / "data" / "her2st"
+HER2ST_COHORT = REPO / "examples" / "her2st_cohort.csv"
+SECTIONS = ("C2", "C3", "C4", "C5", "C6")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """One cache folder for the whole run (JPEG pyramids are converted once), never the user's."""
+    folder = tmp_path_factory.mktemp("spahgc-cache")
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv("SPAHGC_CACHE_DIR", str(folder))
+    patcher.setenv("NAPARI_CONFIG", str(folder / "napari-settings.yaml"))
+    yield folder
+    patcher.undo()
+
+
+@pytest.fixture
+def her2st_cohort() -> Path:
+    if not HER2ST.is_dir():
+        pytest.skip("the HER2ST sections are not beside the checkout (../shared/data/her2st)")
+    return HER2ST_COHORT
+
+
+def write_ome_pyramid(path: Path, image: np.ndarray, pixel_size_um: float | None, n_levels: int = 3) -> Path:
+    """A tiled OME-TIFF pyramid (SubIFDs) as scanners and bioformats2raw write them."""
+    metadata = {"axes": "YXS"}
+    if pixel_size_um is not None:
+        metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeY=pixel_size_um)
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as writer:
+        writer.write(image, subifds=n_levels - 1, tile=(256, 256), photometric="rgb", metadata=metadata)
+        for level in range(1, n_levels):
+            step = 2**level
+            writer.write(image[::step, ::step], subfiletype=1, tile=(256, 256), photometric="rgb")
+    return path
+
+
+def write_10x_h5(path: Path, counts: np.ndarray, barcodes: list[str], genes: list[str]) -> Path:
+    """A Cell Ranger v3 ``filtered_feature_bc_matrix.h5`` (CSC, genes × barcodes)."""
+    import scipy.sparse as sp
+
+    matrix = sp.csc_matrix(counts.T.astype(np.int32))
+    with h5py.File(path, "w") as handle:
+        group = handle.create_group("matrix")
+        group["data"] = matrix.data
+        group["indices"] = matrix.indices
+        group["indptr"] = matrix.indptr
+        group["shape"] = np.array(matrix.shape, dtype=np.int32)
+        group["barcodes"] = np.array(barcodes, dtype="S")
+        features = group.create_group("features")
+        features["id"] = np.array([f"ENSG{i:011d}" for i in range(len(genes))], dtype="S")
+        features["name"] = np.array(genes, dtype="S")
+        features["feature_type"] = np.array(["Gene Expression"] * len(genes), dtype="S")
+        features["genome"] = np.array(["GRCh38"] * len(genes), dtype="S")
+    return path
+
+
+@pytest.fixture
+def spaceranger_outs(tmp_path) -> dict:
+    """A small Visium Space Ranger ``outs/`` folder: 30 spots in tissue + 5 outside, 12 genes."""
+    rng = np.random.default_rng(0)
+    outs = tmp_path / "outs"
+    spatial = outs / "spatial"
+    spatial.mkdir(parents=True)
+    n_in, n_out, genes = 30, 5, [f"GENE{i}" for i in range(12)]
+    barcodes = [f"{''.join(rng.choice(list('ACGT'), 16))}-1" for _ in range(n_in + n_out)]
+    rows, cols = np.divmod(np.arange(n_in + n_out), 7)
+    diameter = 90.0  # full-resolution px, so 55 µm / 90 px = 0.6111 µm/px
+    lines = ["barcode,in_tissue,array_row,array_col,pxl_row_in_fullres,pxl_col_in_fullres"]
+    for i, barcode in enumerate(barcodes):
+        in_tissue = int(i < n_in)
+        lines.append(f"{barcode},{in_tissue},{rows[i]},{cols[i]},{200 + 150 * rows[i]},{200 + 150 * cols[i]}")
+    (spatial / "tissue_positions.csv").write_text("\n".join(lines) + "\n")
+    hires_scalef = 0.25
+    (spatial / "scalefactors_json.json").write_text(
+        json.dumps(
+            {"spot_diameter_fullres": diameter, "tissue_hires_scalef": hires_scalef,
+             "tissue_lowres_scalef": 0.05, "fiducial_diameter_fullres": 140.0}
+        )
+    )  # fmt: skip
+    from PIL import Image
+
+    hires = rng.integers(0, 255, size=(400, 400, 3), dtype=np.uint8)
+    Image.fromarray(hires).save(spatial / "tissue_hires_image.png")
+    counts = rng.poisson(3.0, size=(n_in, len(genes)))
+    write_10x_h5(outs / "filtered_feature_bc_matrix.h5", counts, barcodes[:n_in], genes)
+    return {
+        "folder": outs, "barcodes": barcodes[:n_in], "genes": genes, "counts": counts,
+        "diameter": diameter, "hires_scalef": hires_scalef,
+    }  # fmt: skip
