@@ -1,0 +1,48 @@
+"""Per-slide arrays that every model and baseline consumes: embeddings, coordinates, expression."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .expression import log_cpm
+from .slide import Slide
+
+
+@dataclass
+class SlideData:
+    """One slide for modelling.
+
+    ``embeddings`` (n, d) float32 patch embeddings; ``coords`` (n, 2) full-resolution pixel centres
+    (x, y); ``expression`` (n, g) float32 log1p-CPM on the model's genes, or None for a slide to predict.
+    """
+
+    slide_id: str
+    spot_ids: np.ndarray
+    embeddings: np.ndarray
+    coords: np.ndarray
+    expression: np.ndarray | None = None
+    patient: str | None = None
+
+    @property
+    def n_spots(self) -> int:
+        return len(self.spot_ids)
+
+
+def slide_data(slide: Slide, embeddings: np.ndarray, genes: Sequence[str] | None) -> SlideData:
+    """Arrays of ``slide`` on ``genes`` (expression left out when the slide has no counts or no genes)."""
+    if len(embeddings) != slide.n_spots:
+        raise ValueError(f"{slide.slide_id}: {len(embeddings)} embeddings for {slide.n_spots} spots")
+    expression = None
+    if slide.expression is not None and genes is not None:
+        expression = log_cpm(slide.expression, list(genes)).X
+    return SlideData(
+        slide_id=slide.slide_id,
+        spot_ids=slide.spot_ids.to_numpy(dtype=str),
+        embeddings=np.asarray(embeddings, dtype=np.float32),
+        coords=slide.centers_px.astype(np.float64),
+        expression=expression,
+        patient=slide.patient,
+    )

@@ -1,0 +1,104 @@
+"""SpaHGC graph construction on small hand-checkable inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import napari_spahgc.graph as graph_module
+from napari_spahgc.dataset import SlideData
+from napari_spahgc.graph import (
+    CS,
+    RS,
+    TS,
+    ExpressionScale,
+    GraphOptions,
+    ReferenceBank,
+    build_graph,
+    spatial_neighbours,
+    topk_cosine,
+)
+
+
+def _slide(slide_id: str, n: int, dim: int = 6, genes: int = 3, seed: int = 0) -> SlideData:
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(np.sqrt(n)))
+    coords = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)[:n] * 100.0
+    return SlideData(
+        slide_id, np.array([f"{slide_id}-{i}" for i in range(n)]),
+        rng.normal(size=(n, dim)).astype(np.float32), coords,
+        rng.random((n, genes)).astype(np.float32),
+    )  # fmt: skip
+
+
+def test_spatial_neighbours_on_a_grid():
+    coords = np.array([[x, y] for y in range(3) for x in range(3)], dtype=float)  # 3 × 3 grid, centre = 4
+    neighbours = spatial_neighbours(coords, 4)
+    assert sorted(neighbours[4]) == [1, 3, 5, 7]  # the four at distance 1, not the diagonals
+    assert set(neighbours[0][:2]) == {1, 3} and neighbours[0][2] == 4 and neighbours[0][3] in (2, 6)
+    distances = np.linalg.norm(coords[neighbours] - coords[:, None], axis=-1)
+    assert (np.diff(distances, axis=1) >= 0).all()  # nearest first
+    assert not (neighbours == np.arange(9)[:, None]).any()  # no self
+    duplicated = np.array([[0.0, 0.0], [0.0, 0.0], [5.0, 0.0]])
+    assert spatial_neighbours(duplicated, 1)[:, 0].tolist() == [1, 0, 1]  # a twin at distance 0 is not self
+    assert spatial_neighbours(coords[:1], 5).shape == (1, 0)
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_chunked_search_equals_brute_force(monkeypatch, exclude_self):
+    rng = np.random.default_rng(3)
+    queries = rng.normal(size=(57, 8)).astype(np.float32)
+    keys = queries if exclude_self else rng.normal(size=(71, 8)).astype(np.float32)
+    unit_q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    unit_k = keys / np.linalg.norm(keys, axis=1, keepdims=True)
+    similarity = unit_q @ unit_k.T
+    if exclude_self:
+        np.fill_diagonal(similarity, -np.inf)
+    brute = np.argsort(-similarity, axis=1, kind="stable")[:, :5]
+    monkeypatch.setattr(graph_module, "_CHUNK", 10)  # many query and key blocks
+    np.testing.assert_array_equal(topk_cosine(queries, keys, 5, exclude_self=exclude_self), brute)
+    monkeypatch.setattr(graph_module, "_CHUNK", 4096)
+    np.testing.assert_array_equal(topk_cosine(queries, keys, 5, exclude_self=exclude_self), brute)
+
+
+def test_graph_edges_and_reference_nodes():
+    target = _slide("T", 10, seed=1)
+    references = [_slide("A", 8, seed=2), _slide("B", 9, seed=3)]
+    scale = ExpressionScale.fit(references)
+    bank = ReferenceBank.from_slides(references, scale)
+    graph = build_graph(target, bank, GraphOptions(q=3, k=4, k_rs=2))
+    n_ref = graph["reference"].num_nodes
+    assert graph[TS].edge_index.shape == (2, 10 * 3)
+    assert graph[CS].edge_index.shape == (2, 10 * 4)
+    assert graph[RS].edge_index.shape == (2, n_ref * 2)
+    assert not (graph[RS].edge_index[0] == graph[RS].edge_index[1]).any()
+    assert not (graph[TS].edge_index[0] == graph[TS].edge_index[1]).any()
+    # CS edges are grouped by target, k each, and point at the retrieved bank spots
+    destinations = graph[CS].edge_index[1].numpy()
+    assert (destinations == np.repeat(np.arange(10), 4)).all()
+    retrieved = topk_cosine(target.embeddings, bank.embeddings, 4)
+    bank_index = graph["reference"].bank_index.numpy()
+    np.testing.assert_array_equal(bank_index[graph[CS].edge_index[0].numpy()].reshape(10, 4), retrieved)
+    assert set(bank_index) == set(retrieved.ravel())  # "retrieved": the union of retrieved spots
+    # reference features are [embedding ‖ standardised expression]
+    np.testing.assert_allclose(graph["reference"].x[:, :6].numpy(), bank.embeddings[bank_index])
+    np.testing.assert_allclose(graph["reference"].x[:, 6:].numpy(), bank.expression[bank_index])
+    whole = build_graph(target, bank, GraphOptions(q=3, k=4, k_rs=2, reference_nodes="bank"))
+    assert whole["reference"].num_nodes == len(bank) == 17
+
+
+def test_target_slide_never_in_its_own_bank():
+    target = _slide("T", 6)
+    own = ReferenceBank.from_slides([_slide("A", 5), target], ExpressionScale.fit([target]))
+    with pytest.raises(ValueError, match="contains spots of the target slide"):
+        build_graph(target, own)
+
+
+def test_expression_scale_round_trip():
+    slides = [_slide("A", 8, seed=4), _slide("B", 8, seed=5)]
+    scale = ExpressionScale.fit(slides)
+    values = np.concatenate([s.expression for s in slides])
+    z = scale.transform(values)
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(z.std(0), 1, atol=1e-4)
+    np.testing.assert_allclose(scale.inverse(z), values, atol=1e-5)

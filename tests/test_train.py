@@ -1,0 +1,143 @@
+"""SpaHGC training on synthetic slides: masking, losses, save/load round trip, determinism, leakage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_spahgc import InputError
+from napari_spahgc.dataset import SlideData
+from napari_spahgc.train import (
+    SpaHGCPredictor,
+    Trainer,
+    _contrastive,
+    fit_predict_fold,
+    pearson_per_gene,
+    split_options,
+)
+
+GENES = [f"G{i}" for i in range(5)]
+
+
+def _slides(n_slides: int = 4, n: int = 36, dim: int = 16, seed: int = 0) -> list[SlideData]:
+    """Slides whose expression is a smooth function of the embeddings (learnable, honestly generated)."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(dim, len(GENES)))
+    slides = []
+    for s in range(n_slides):
+        embeddings = rng.normal(size=(n, dim)).astype(np.float32)
+        expression = np.log1p(np.exp(embeddings @ mixing / 2)).astype(np.float32)
+        coords = np.stack(np.meshgrid(np.arange(6), np.arange(6)), -1).reshape(-1, 2) * 272.0
+        ids = np.array([f"{s}x{i}" for i in range(n)])
+        slides.append(SlideData(f"S{s}", ids, embeddings, coords.astype(float), expression))
+    return slides
+
+
+def _trainer(slides, **options) -> Trainer:
+    graph, model, train = split_options(
+        {"epochs": 6, "eval_every": 2, "hidden": 32, "q": 3, "k": 4, **options}
+    )
+    return Trainer(slides[:-1], slides[-1], GENES, graph, model, train)
+
+
+def test_complementary_masks():
+    trainer = _trainer(_slides())
+    x_t, x_r = torch.ones(300, 40), torch.ones(500, 60)
+    t1, r1, t2, r2 = trainer._masks(x_t, x_r, torch.Generator().manual_seed(0))
+    assert ((t1 > 0) ^ (t2 > 0)).all() and ((r1 > 0) ^ (r2 > 0)).all()  # exactly complementary
+    assert (t1 > 0).float().mean() == pytest.approx(0.8, abs=0.02)  # alpha: kept in the supervised view
+    assert (r1 > 0).float().mean() == pytest.approx(0.9, abs=0.02)  # beta
+    assert t1.max() == pytest.approx(1 / 0.8) and t2.max() == pytest.approx(1 / 0.2)  # rescaled views
+    random_views = _trainer(_slides(), masking="random")._masks(x_t, x_r, torch.Generator().manual_seed(0))
+    assert ((random_views[0] > 0) & (random_views[2] > 0)).any()  # the ablation is not complementary
+
+
+def test_loss_terms_on_known_inputs():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert _contrastive(a, a).item() == pytest.approx(0.0)
+    assert _contrastive(a, -a).item() == pytest.approx(4.0)
+    assert _contrastive(a, a.flip(1)).item() == pytest.approx(2.0)  # orthogonal
+    online = a.clone().requires_grad_(True)
+    target = a.flip(1).clone().requires_grad_(True)
+    _contrastive(online, target).backward()
+    assert online.grad is not None and target.grad is None  # stop-gradient on the second view
+    truth = torch.tensor([[1.0, 5.0, 2.0], [2.0, 5.0, 4.0], [3.0, 5.0, 6.0]])
+    pred = torch.tensor([[3.0, 1.0, 1.0], [2.0, 2.0, 3.0], [1.0, 3.0, 2.0]])
+    scores = pearson_per_gene(pred, truth)
+    assert scores[0].item() == pytest.approx(-1.0) and torch.isnan(scores[1])
+    # centred (-1, 1, 0) · (-2, 0, 2) = 2; norms √2 · √8 = 4
+    assert scores[2].item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_training_learns_and_selects_on_validation():
+    slides = _slides()
+    trainer = _trainer(slides, epochs=60, eval_every=5, lr=3e-3)
+    progress = list(trainer.steps())
+    assert [p.epoch for p in progress] == list(range(1, 61))
+    assert progress[-1].loss < progress[0].loss
+    validation = trainer.result.metadata.validation
+    assert validation["best_epoch"] % 5 == 0 and validation["pcc"] > 0.5
+    test = _slides(n_slides=1, seed=0)[0]
+    test.slide_id = "held-out"
+    prediction = trainer.result.predict(test)
+    assert prediction.shape == (36, len(GENES)) and np.isfinite(prediction).all()
+
+
+def test_cancel_between_epochs_leaves_no_model():
+    trainer = _trainer(_slides(), epochs=50)
+    steps = trainer.steps()
+    for progress in steps:
+        if progress.epoch == 3:
+            break
+    steps.close()
+    assert trainer.result is None
+
+
+def test_save_load_predict_round_trip(tmp_path):
+    slides = _slides()
+    model = _trainer(slides).fit()
+    model.metadata.encoder = {"name": "efficientnet-lite0", "weights_checksum": "abc123"}
+    test = _slides(n_slides=1, seed=9)[0]
+    expected = model.predict(test)
+    folder = model.save(tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["genes"] == GENES and config["training_slides"] == ["S0", "S1", "S2", "S3"]
+    assert config["validation_slide"] == "S3" and "pcc" in config["validation"]
+    assert config["train_options"]["alpha"] == 0.8 and config["graph_options"]["k"] == 4
+    loaded = SpaHGCPredictor.load(folder)
+    np.testing.assert_array_equal(loaded.predict(test), expected)
+    np.testing.assert_array_equal(loaded.predict(test), expected)  # deterministic inference
+    loaded.check_compatible("efficientnet-lite0", "abc123")
+    with pytest.raises(InputError, match="trained on 'efficientnet-lite0' embeddings, not 'uni'"):
+        loaded.check_compatible("uni")
+    with pytest.raises(InputError, match="not a napari-spahgc model folder"):
+        SpaHGCPredictor.load(tmp_path)
+    wrong_dim = _slides(n_slides=1, dim=8)[0]
+    with pytest.raises(InputError, match="8-d embeddings"):
+        loaded.predict(wrong_dim)
+
+
+def test_seeded_training_reproduces_exactly():
+    slides = _slides()
+    first = _trainer(slides, seed=7).fit().predict(slides[0])
+    second = _trainer(slides, seed=7).fit().predict(slides[0])
+    np.testing.assert_array_equal(first, second)
+    other = _trainer(slides, seed=8).fit().predict(slides[0])
+    assert not np.array_equal(first, other)
+
+
+def test_leakage_guards():
+    slides = _slides(n_slides=5)
+    with pytest.raises(ValueError, match="is among the training slides"):
+        fit_predict_fold(slides, slides[0], epochs=1)
+    model = _trainer(slides[:4]).fit()
+    # predicting a slide that is in the bank retrieves only other slides' spots
+    bank_spots = set(model.bank.slide_ids)
+    assert "S0" in bank_spots
+    prediction = model.predict(slides[0])
+    assert np.isfinite(prediction).all()
+    prediction = fit_predict_fold(slides[1:], slides[0], seed=0, device="cpu", epochs=2, hidden=32)
+    assert prediction.shape == slides[0].expression.shape
