@@ -55,9 +55,10 @@ class CrossNodeAttention(nn.Module):
     def forward(self, source: Tensor, destination: Tensor, edge_index: Tensor) -> Tensor:
         src, dst = edge_index
         shape = (-1, self.heads, self.head_dim)
-        q = self.query(destination).view(shape)[dst]
-        k = self.key(source).view(shape)[src]
-        v = self.value(source).view(shape)[src]
+        # index_select (not fancy indexing): its backward is a cheap index_add, not index_put
+        q = self.query(destination).view(shape).index_select(0, dst)
+        k = self.key(source).view(shape).index_select(0, src)
+        v = self.value(source).view(shape).index_select(0, src)
         weights = softmax((q * k).sum(-1) / self.head_dim**0.5, dst, num_nodes=len(destination))
         messages = (weights.unsqueeze(-1) * v).reshape(len(src), -1)
         return self.out(scatter(messages, dst, dim=0, dim_size=len(destination), reduce="sum"))
@@ -113,7 +114,7 @@ class AttentionPooling(nn.Module):
     def forward(self, target: Tensor, reference: Tensor, cs_edges: Tensor) -> Tensor:
         n = len(target)
         k = cs_edges.shape[1] // max(n, 1)
-        neighbours = reference[cs_edges[0]].view(n, k, -1)  # CS edges are ordered by target, k each
+        neighbours = reference.index_select(0, cs_edges[0]).view(n, k, -1)  # CS edges: by target, k each
         pooled, _ = self.attention(target.unsqueeze(1), neighbours, neighbours, need_weights=False)
         return self.norm(target + pooled.squeeze(1))
 

@@ -46,11 +46,11 @@ class TrainOptions:
     beta: float = 0.9
     masking: str = "complementary"
     mse_weight: float = 1.0
-    pcc_weight: float = 1.0
+    pcc_weight: float = 3.0
     con_target_weight: float = 1.0
     con_reference_weight: float = 1.0
     eval_every: int = 5
-    patience: int | None = None
+    patience: int | None = 50
     seed: int = 0
     device: str = "auto"
 
@@ -259,7 +259,7 @@ class Trainer:
         ]
         validation = self._validation_inputs(device)
 
-        best = (-np.inf, 0, None)
+        best = (-np.inf, 0, None, None)
         for epoch in range(1, o.epochs + 1):
             network.train()
             losses = []
@@ -269,9 +269,11 @@ class Trainer:
 
             score = None
             if validation is not None and (epoch % o.eval_every == 0 or epoch == o.epochs):
-                score = self._validate(network, validation)
+                per_gene = self._validate(network, validation)
+                score = float(torch.nanmean(per_gene))
                 if score > best[0]:
-                    best = (score, epoch, {k: v.detach().clone() for k, v in network.state_dict().items()})
+                    weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
+                    best = (score, epoch, weights, per_gene)
             yield TrainingProgress(epoch, o.epochs, loss, score)
             if o.patience and best[2] is not None and epoch - best[1] >= o.patience:
                 break
@@ -282,6 +284,7 @@ class Trainer:
                 "pcc": float(best[0]),
                 "best_epoch": int(best[1]),
                 "epochs_run": epoch,
+                "gene_pcc": [None if np.isnan(v) else round(float(v), 5) for v in best[3].tolist()],
             }
         else:
             self.metadata.validation = {"epochs_run": epoch}
@@ -334,11 +337,12 @@ class Trainer:
         return (*_inputs(graph, device), torch.from_numpy(self.validation.expression).to(device))
 
     @torch.no_grad()
-    def _validate(self, network: SpaHGC, validation) -> float:
+    def _validate(self, network: SpaHGC, validation) -> Tensor:
+        """Per-gene PCC on the validation slide (unmasked, eval mode; constant genes are NaN)."""
         x_t, x_r, edges, truth = validation
         network.eval()
         prediction = torch.from_numpy(self.scale.inverse(network(x_t, x_r, edges).cpu().numpy()))
-        return float(torch.nanmean(pearson_per_gene(prediction, truth.cpu())))
+        return pearson_per_gene(prediction, truth.cpu())
 
     def _masks(self, x_t: Tensor, x_r: Tensor, generator: torch.Generator) -> tuple[Tensor, ...]:
         o = self.options
@@ -384,11 +388,19 @@ def fit_predict_fold(
     if any(s.slide_id == test.slide_id for s in train):
         raise ValueError(f"test slide {test.slide_id!r} is among the training slides")
     graph_options, model_options, train_options = split_options(options, seed=seed, device=device)
-    train = list(train)
-    validation = train.pop(int(np.random.default_rng(seed).integers(len(train)))) if len(train) > 2 else None
+    train, validation = split_validation(train, seed)
     genes = list(genes) if genes is not None else [str(i) for i in range(train[0].expression.shape[1])]
     trainer = Trainer(train, validation, genes, graph_options, model_options, train_options)
     return trainer.fit().predict(test, device=device)
+
+
+def split_validation(slides: Sequence[SlideData], seed: int) -> tuple[list[SlideData], SlideData | None]:
+    """Hold out one slide (drawn with ``seed``) for epoch selection when at least three are given."""
+    slides = list(slides)
+    if len(slides) < 3:
+        return slides, None
+    validation = slides.pop(int(np.random.default_rng(seed).integers(len(slides))))
+    return slides, validation
 
 
 def split_options(options: dict, **overrides) -> tuple[GraphOptions, ModelOptions, TrainOptions]:

@@ -1,0 +1,118 @@
+"""Train a SpaHGC model on a cohort and write predictions: the steps the CLI and the widgets share.
+
+Embeddings are passed in (one (n_spots, d) array per slide id), so the same functions serve cached
+embeddings from the CLI and embeddings computed in a napari worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import slide_data
+from .errors import InputError
+from .expression import log_cpm, select_genes
+from .io.export import spot_anndata, write_h5ad
+from .slide import Slide
+from .train import ModelMetadata, SpaHGCPredictor, Trainer, split_options, split_validation
+
+
+def make_trainer(
+    slides: Sequence[Slide],
+    embeddings: Mapping[str, np.ndarray],
+    panel: Sequence[str] | None = None,
+    n_hvg: int | None = None,
+    encoder: Mapping | None = None,
+    patch: Mapping | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    **options,
+) -> Trainer:
+    """A :class:`Trainer` on ``slides`` (all need counts); genes from ``panel`` or ``n_hvg`` chosen on
+    these slides only; one slide (drawn with ``seed``) is held out for epoch selection."""
+    missing = [s.slide_id for s in slides if s.expression is None]
+    if missing:
+        raise InputError(f"training slides need measured counts; none for {', '.join(missing)}")
+    genes = select_genes([s.expression for s in slides], panel=panel, n_hvg=n_hvg)
+    data = [slide_data(s, embeddings[s.slide_id], genes) for s in slides]
+    train, validation = split_validation(data, seed)
+    graph_options, model_options, train_options = split_options(options, seed=seed, device=device)
+    metadata = ModelMetadata(
+        genes=genes,
+        embedding_dim=int(data[0].embeddings.shape[1]),
+        encoder=dict(encoder or {}),
+        patch=dict(patch or {}),
+        preprocessing={
+            "normalize": "counts / spot total × 1e6, log1p",
+            "genes": "panel" if panel is not None else f"top {n_hvg} HVGs per training slide, intersected",
+        },
+    )
+    return Trainer(train, validation, genes, graph_options, model_options, train_options, metadata)
+
+
+def predict_slide(model: SpaHGCPredictor, slide: Slide, embeddings: np.ndarray, device: str = "cpu"):
+    """Predictions of one slide as AnnData: X = predicted log1p-CPM on the model's genes; with counts,
+    ``layers['measured']`` (same preprocessing, NaN for genes the slide lacks) and ``var['pcc']``."""
+    prediction = model.predict(slide_data(slide, embeddings, None), device=device)
+    layers, extra = {}, {}
+    if slide.expression is not None:
+        measured = _measured(slide, model.genes)
+        layers["measured"] = measured
+        extra["slide_pcc"] = _gene_pcc(prediction, measured)
+    adata = spot_anndata(
+        slide,
+        prediction,
+        model.genes,
+        layers=layers,
+        provenance={
+            "kind": "SpaHGC prediction",
+            "units": "log1p(counts / spot total × 1e6)",
+            "encoder": model.metadata.encoder,
+            "patch": model.metadata.patch,
+            "training_slides": model.metadata.training_slides,
+            "validation": {k: v for k, v in model.metadata.validation.items() if k != "gene_pcc"},
+        },
+    )
+    validation_pcc = model.metadata.validation.get("gene_pcc")
+    if validation_pcc is not None:
+        adata.var["validation_pcc"] = np.array(
+            [np.nan if v is None else v for v in validation_pcc], np.float32
+        )
+    if "slide_pcc" in extra:
+        adata.var["pcc"] = extra["slide_pcc"].astype(np.float32)
+    return adata
+
+
+def write_predictions(
+    model: SpaHGCPredictor,
+    slides: Sequence[Slide],
+    embeddings: Mapping[str, np.ndarray],
+    out_dir: str | Path,
+    device: str = "cpu",
+) -> list[Path]:
+    """One ``SLIDE_ID.h5ad`` per slide in ``out_dir``."""
+    out_dir = Path(out_dir)
+    return [
+        write_h5ad(predict_slide(model, s, embeddings[s.slide_id], device), out_dir / f"{s.slide_id}.h5ad")
+        for s in slides
+    ]
+
+
+def _measured(slide: Slide, genes: Sequence[str]) -> np.ndarray:
+    present = [g for g in genes if g in slide.expression.var_names]
+    values = log_cpm(slide.expression, present).X
+    measured = np.full((slide.n_spots, len(genes)), np.nan, dtype=np.float32)
+    columns = {g: i for i, g in enumerate(genes)}
+    measured[:, [columns[g] for g in present]] = values
+    return measured
+
+
+def _gene_pcc(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Pearson per gene across spots; NaN where either side is constant or missing."""
+    p = prediction - prediction.mean(0)
+    t = truth - truth.mean(0)
+    denominator = np.linalg.norm(p, axis=0) * np.linalg.norm(t, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 1e-8, (p * t).sum(0) / denominator, np.nan)
