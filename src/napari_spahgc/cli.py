@@ -68,6 +68,209 @@ def info(
             )
 
 
+EncoderOpt = Annotated[
+    str, typer.Option("--encoder", help="Patch encoder: efficientnet-lite0 (offline default), uni, uni2-h.")
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option("--weights", help="Encoder weights file (UNI: pytorch_model.bin or .safetensors)."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Patches per encoder batch.")]
+CacheOpt = Annotated[
+    Path | None, typer.Option("--cache", help="Embedding cache folder (default: the user cache folder).")
+]
+GenesOpt = Annotated[Path | None, typer.Option("--genes", help="Gene panel file: one gene name per line.")]
+HvgOpt = Annotated[
+    int | None, typer.Option("--n-hvg", min=1, help="Use the top-N HVGs of each training slide, intersected.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (training is reproducible on CPU).")]
+EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Maximum training epochs.")]
+
+
+@app.command()
+def embed(
+    cohort: CohortArg,
+    encoder: EncoderOpt = "efficientnet-lite0",
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    cache: CacheOpt = None,
+) -> None:
+    """Embed every spot's patch (224 px at 0.5 µm/px) and cache the embeddings per slide."""
+    slides = _load(cohort)
+    _, paths = _embed(slides, encoder, weights, device, batch_size, cache)
+    for slide_id, path in paths.items():
+        typer.echo(f"{slide_id}: {path}")
+    typer.echo(
+        "Load one with numpy.load(path): arrays embeddings, spot_ids, centers_px, key (docs/embeddings.md)."
+    )
+
+
+@app.command()
+def train(
+    cohort: CohortArg,
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
+    encoder: EncoderOpt = "efficientnet-lite0",
+    weights: WeightsOpt = None,
+    genes: GenesOpt = None,
+    n_hvg: HvgOpt = None,
+    epochs: EpochsOpt = 200,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    cache: CacheOpt = None,
+) -> None:
+    """Train SpaHGC on every slide of the cohort (one is held out for epoch selection) and save it."""
+    from .pipeline import make_trainer
+
+    panel = _panel(genes, n_hvg)
+    slides = _load(cohort)
+    model_encoder, embeddings = _embed(slides, encoder, weights, device, batch_size, cache, load=True)
+    trainer = make_trainer(
+        slides, embeddings, panel=panel, n_hvg=n_hvg, encoder=model_encoder.info(),
+        patch=_patch().to_dict(), seed=seed, device=device, epochs=epochs,
+    )  # fmt: skip
+    with typer.progressbar(length=epochs, label="training", file=sys.stderr) as bar:
+        for _ in trainer.steps():
+            bar.update(1)
+    model = trainer.result
+    folder = model.save(out)
+    validation = model.metadata.validation
+    typer.echo(
+        f"model: {folder} ({len(model.genes)} genes; validation slide {model.metadata.validation_slide}: "
+        f"PCC {validation.get('pcc', float('nan')):.3f} at epoch {validation.get('best_epoch', '-')})"
+    )
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder written by 'spahgc train'.")],
+    cohort: CohortArg,
+    out: Annotated[Path, typer.Option("--out", help="Folder for one SLIDE_ID.h5ad per slide.")],
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    cache: CacheOpt = None,
+) -> None:
+    """Predict expression for every slide of the cohort with a trained model; write h5ad files."""
+    from .pipeline import write_predictions
+    from .train import SpaHGCPredictor
+
+    model = SpaHGCPredictor.load(model_dir)
+    slides = _load(cohort)
+    name = model.metadata.encoder.get("name", "efficientnet-lite0")
+    model_encoder, embeddings = _embed(slides, name, weights, device, batch_size, cache, load=True)
+    model.check_compatible(model_encoder.name, model_encoder.weights_checksum)
+    for path in write_predictions(model, slides, embeddings, out):
+        typer.echo(str(path))
+
+
+@app.command()
+def benchmark(
+    cohort: CohortArg,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for report.json, report.md, per_gene.csv, figure.")
+    ],
+    encoder: EncoderOpt = "efficientnet-lite0",
+    weights: WeightsOpt = None,
+    genes: GenesOpt = None,
+    n_hvg: HvgOpt = None,
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma-separated subset.")
+    ] = "spahgc,ridge,knn,ridge_spatial",
+    epochs: EpochsOpt = 200,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    cache: CacheOpt = None,
+    ablation: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="SpaHGC option NAME=VALUE (ablations: use_ts, use_rs, use_cnda, use_cnap, "
+            "masking=complementary|random|none, q, k, alpha, beta, reference_nodes, …); repeatable.",
+        ),
+    ] = None,
+) -> None:
+    """Leave-one-slide-out (or -patient-out) benchmark of SpaHGC and baselines on the same embeddings."""
+    from .benchmark import report_table, run_benchmark
+
+    panel = _panel(genes, n_hvg)
+    slides = _load(cohort)
+    model_encoder, embeddings = _embed(slides, encoder, weights, device, batch_size, cache, load=True)
+    report = run_benchmark(
+        slides, embeddings, out, panel=panel, n_hvg=n_hvg,
+        methods=[m.strip() for m in methods.split(",") if m.strip()], seed=seed, device=device,
+        protocol={"encoder": model_encoder.info(), "patch": _patch().to_dict(), "cohort": str(cohort)},
+        log=lambda line: typer.echo(line, err=True), epochs=epochs, **_settings(ablation or []),
+    )  # fmt: skip
+    typer.echo(report_table(report))
+    typer.echo(f"report: {out / 'report.json'}")
+
+
+def _load(cohort: Path) -> list:
+    from .io.cohort import read_cohort
+
+    return [entry.load() for entry in read_cohort(cohort)]
+
+
+def _patch():
+    from .patches import PatchSpec
+
+    return PatchSpec()
+
+
+def _panel(genes: Path | None, n_hvg: int | None) -> list[str] | None:
+    if (genes is None) == (n_hvg is None):
+        raise typer.BadParameter("give exactly one of --genes FILE or --n-hvg N")
+    from .expression import read_gene_panel
+
+    return read_gene_panel(genes) if genes is not None else None
+
+
+def _embed(slides, encoder_name, weights, device, batch_size, cache, load: bool = False):
+    """Embed with a progress bar; return the encoder and either the arrays or the cache paths."""
+    from ._files import cache_dir
+    from .embedding import embed_slides, load_embeddings
+    from .encoders import create_encoder
+
+    encoder = create_encoder(encoder_name, weights, device)
+    folder = cache or cache_dir("embeddings")
+    total = sum(s.n_spots for s in slides)
+    paths, finished = {}, 0
+    with typer.progressbar(length=total, label=f"embedding ({encoder.name})", file=sys.stderr) as bar:
+        for progress in embed_slides(slides, encoder, folder, _patch(), batch_size):
+            bar.update(finished + progress.done - bar.pos)
+            if progress.path is not None:
+                paths[progress.slide_id] = progress.path
+                finished += progress.total
+    if load:
+        return encoder, {slide_id: load_embeddings(path)[0] for slide_id, path in paths.items()}
+    return encoder, paths
+
+
+def _settings(pairs: list[str]) -> dict:
+    """``NAME=VALUE`` pairs as typed SpaHGC options (bools, ints, floats, strings)."""
+    settings = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if not value:
+            raise typer.BadParameter(f"expected NAME=VALUE, got {pair!r}")
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            settings[name] = lowered == "true"
+        else:
+            try:
+                settings[name] = int(value)
+            except ValueError:
+                try:
+                    settings[name] = float(value)
+                except ValueError:
+                    settings[name] = value
+    return settings
+
+
 def _cell(value) -> str:
     if value is None:
         return "-"

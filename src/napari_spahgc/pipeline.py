@@ -13,6 +13,7 @@ import numpy as np
 
 from .dataset import slide_data
 from .errors import InputError
+from .evaluate import gene_pcc
 from .expression import log_cpm, select_genes
 from .io.export import spot_anndata, write_h5ad
 from .slide import Slide
@@ -60,7 +61,7 @@ def predict_slide(model: SpaHGCPredictor, slide: Slide, embeddings: np.ndarray, 
     if slide.expression is not None:
         measured = _measured(slide, model.genes)
         layers["measured"] = measured
-        extra["slide_pcc"] = _gene_pcc(prediction, measured)
+        extra["slide_pcc"] = gene_pcc(measured, prediction)
     adata = spot_anndata(
         slide,
         prediction,
@@ -107,12 +108,3 @@ def _measured(slide: Slide, genes: Sequence[str]) -> np.ndarray:
     columns = {g: i for i, g in enumerate(genes)}
     measured[:, [columns[g] for g in present]] = values
     return measured
-
-
-def _gene_pcc(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Pearson per gene across spots; NaN where either side is constant or missing."""
-    p = prediction - prediction.mean(0)
-    t = truth - truth.mean(0)
-    denominator = np.linalg.norm(p, axis=0) * np.linalg.norm(t, axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 1e-8, (p * t).sum(0) / denominator, np.nan)

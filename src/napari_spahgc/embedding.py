@@ -1,0 +1,124 @@
+"""Spot embeddings with an on-disk cache, as a generator that yields progress and can be cancelled.
+
+Cache format: one ``<slide_id>-<key>.npz`` per slide and setting in the cache folder, holding
+``embeddings`` (n_spots, dim) float32, ``spot_ids`` (str), ``centers_px`` (n, 2) and ``key`` (the JSON of
+what the embeddings depend on: image content fingerprint, spot ids and centres, encoder name and
+weights checksum, patch size and scale). A file is written once, atomically, after its slide is
+complete, so a cancelled or crashed run never leaves a partial entry and a rerun skips finished slides.
+Load one with ``numpy.load(path)`` or :func:`load_embeddings`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._files import atomic_path, file_fingerprint
+from .encoders import Encoder
+from .patches import PatchSpec, patch_batches, prefetch
+from .slide import Slide
+
+
+@dataclass
+class EmbeddingProgress:
+    """After each batch: spots done of total for ``slide_id``; ``cached`` when read from the cache."""
+
+    slide_id: str
+    done: int
+    total: int
+    slide_index: int
+    n_slides: int
+    cached: bool = False
+    path: Path | None = None
+
+
+def cache_key(slide: Slide, encoder: Encoder, spec: PatchSpec) -> dict:
+    """Everything the embeddings of ``slide`` depend on."""
+    image_file = slide.image.path if slide.image is not None else None
+    spots = hashlib.sha256()
+    spots.update("\n".join(slide.spot_ids).encode())
+    spots.update(np.ascontiguousarray(slide.centers_px, dtype=np.float64).tobytes())
+    return {
+        "image": file_fingerprint(image_file)
+        if image_file is not None and Path(image_file).is_file()
+        else None,
+        "pixel_size_um": slide.pixel_size_um,
+        "spots": spots.hexdigest(),
+        "encoder": encoder.name,
+        "weights": encoder.weights_checksum,
+        "patch": spec.to_dict(),
+    }
+
+
+def cache_path(cache_dir: str | Path, slide: Slide, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{slide.slide_id}-{digest}.npz"
+
+
+def load_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(embeddings, spot_ids, key) of one cache file."""
+    with np.load(path, allow_pickle=False) as data:
+        return data["embeddings"], data["spot_ids"], json.loads(str(data["key"]))
+
+
+def embed_slides(
+    slides: Sequence[Slide],
+    encoder: Encoder,
+    cache_dir: str | Path,
+    spec: PatchSpec = PatchSpec(),
+    batch_size: int = 64,
+) -> Iterator[EmbeddingProgress]:
+    """Embed every slide (cached ones are read, not computed); yields after each batch.
+
+    Stop iterating to cancel between batches: the slide in progress is not written.
+    """
+    for index, slide in enumerate(slides):
+        slide.require_pixel_size()
+        key = cache_key(slide, encoder, spec)
+        path = cache_path(cache_dir, slide, key)
+        if _valid(path, key):
+            yield EmbeddingProgress(
+                slide.slide_id, slide.n_spots, slide.n_spots, index, len(slides), True, path
+            )
+            continue
+        parts, done = [], 0
+        for batch in prefetch(patch_batches(slide, spec, batch_size)):
+            parts.append(encoder(batch))
+            done += len(batch)
+            yield EmbeddingProgress(slide.slide_id, done, slide.n_spots, index, len(slides))
+        embeddings = np.concatenate(parts).astype(np.float32)
+        with atomic_path(path) as tmp, tmp.open("wb") as handle:
+            np.savez(
+                handle,
+                embeddings=embeddings,
+                spot_ids=slide.spot_ids.to_numpy(dtype=str),
+                centers_px=slide.centers_px,
+                key=json.dumps(key, sort_keys=True),
+            )
+        yield EmbeddingProgress(slide.slide_id, done, slide.n_spots, index, len(slides), False, path)
+
+
+def cohort_embeddings(
+    slides: Sequence[Slide],
+    encoder: Encoder,
+    cache_dir: str | Path,
+    spec: PatchSpec = PatchSpec(),
+    batch_size: int = 64,
+) -> dict[str, np.ndarray]:
+    """Run :func:`embed_slides` to the end; return ``{slide_id: (n_spots, dim) embeddings}``."""
+    paths = {p.slide_id: p.path for p in embed_slides(slides, encoder, cache_dir, spec, batch_size) if p.path}
+    return {slide_id: load_embeddings(path)[0] for slide_id, path in paths.items()}
+
+
+def _valid(path: Path, key: dict) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        return load_embeddings(path)[2] == key
+    except (OSError, ValueError, KeyError):
+        return False

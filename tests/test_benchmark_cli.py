@@ -1,0 +1,85 @@
+"""The benchmark and the train → predict command line on real HER2ST sections (short runs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import HER2ST
+from napari_spahgc.benchmark import check_no_leakage, make_folds
+from napari_spahgc.dataset import SlideData
+
+PANEL = HER2ST / "her2st_785_genes.txt"
+
+
+@pytest.fixture
+def three_sections(her2st_cohort, tmp_path):
+    table = pd.read_csv(her2st_cohort)
+    for column in ("image", "spots", "counts"):
+        table[column] = [str((her2st_cohort.parent / p).resolve()) for p in table[column]]
+    path = tmp_path / "three.csv"
+    table.head(3).to_csv(path, index=False)
+    return path
+
+
+def _spahgc(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "napari_spahgc.cli", *args], capture_output=True, text=True)
+
+
+def test_benchmark_writes_its_report(three_sections, tmp_path):
+    out = tmp_path / "bench"
+    result = _spahgc("benchmark", str(three_sections), "--genes", str(PANEL), "--out", str(out),
+                     "--epochs", "3", "--device", "cpu")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["methods"]) == ["spahgc", "ridge", "knn", "ridge_spatial"]
+    for method in report["methods"].values():
+        assert set(method) >= {"folds", "pcc_mean", "pcc_sd", "rmse_mean"}
+        assert list(method["folds"]) == ["C2", "C3", "C4"]
+        assert all(set(f) >= {"pcc", "rmse", "seconds"} for f in method["folds"].values())
+    assert report["protocol"]["folds"] == "leave-one-slide-out" and report["peak_memory_mb"] > 0
+    assert report["methods"]["ridge"]["pcc_mean"] > 0.05  # real signal on real data
+    per_gene = pd.read_csv(out / "per_gene.csv")
+    assert set(per_gene.columns) == {"method", "fold", "gene", "pcc"} and len(per_gene) == 4 * 3 * 785
+    assert "| spahgc |" in (out / "report.md").read_text()
+    assert (out / "pcc_per_fold.png").stat().st_size > 5000
+
+
+def test_train_then_predict_from_the_command_line(three_sections, tmp_path):
+    model = tmp_path / "model"
+    result = _spahgc("train", str(three_sections), "--genes", str(PANEL), "--out", str(model), "--epochs", "3",
+                     "--device", "cpu")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((model / "config.json").read_text())
+    assert config["encoder"]["name"] == "efficientnet-lite0" and len(config["genes"]) == 785
+    assert config["patch"] == {"size": 224, "um_per_px": 0.5}
+    result = _spahgc(
+        "predict", str(model), str(three_sections), "--out", str(tmp_path / "pred"), "--device", "cpu"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    adata = ad.read_h5ad(tmp_path / "pred" / "C2.h5ad")
+    assert adata.n_vars == 785 and adata.n_obs == 187 and "measured" in adata.layers
+    assert np.isfinite(adata.X).all() and adata.uns["napari_spahgc"]["kind"] == "SpaHGC prediction"
+    assert (
+        _spahgc("predict", str(tmp_path), str(three_sections), "--out", str(tmp_path / "x")).returncode == 2
+    )
+
+
+def test_folds_and_leakage_guard():
+    from napari_spahgc import Slide
+
+    def slide(name, patient):
+        return Slide(name, pd.Index(["a"]), np.zeros((1, 2)), patient=patient)
+
+    assert make_folds([slide("A", "p1"), slide("B", "p1")]) == ("leave-one-slide-out", [["A"], ["B"]])
+    scheme, folds = make_folds([slide("A", "p1"), slide("B", "p2"), slide("C", "p1")])
+    assert scheme == "leave-one-patient-out" and folds == [["A", "C"], ["B"]]
+    data = SlideData("A", np.array(["s1"]), np.zeros((1, 2), np.float32), np.zeros((1, 2)))
+    with pytest.raises(AssertionError, match="in the training data"):
+        check_no_leakage([data], [data])

@@ -1,0 +1,82 @@
+"""Embedding cache: hit, miss, invalidation, cancel and resume — on real HER2ST spots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_spahgc import Slide, read_cohort
+from napari_spahgc.embedding import cohort_embeddings, embed_slides, load_embeddings
+from napari_spahgc.encoders import create_encoder
+from napari_spahgc.patches import PatchSpec
+
+
+class CountingEncoder:
+    """The real encoder, counting the patches it is asked to embed."""
+
+    def __init__(self, encoder) -> None:
+        self.encoder, self.calls = encoder, 0
+        self.name, self.weights_checksum = encoder.name, encoder.weights_checksum
+
+    def __call__(self, patches):
+        self.calls += len(patches)
+        return self.encoder(patches)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return create_encoder("efficientnet-lite0", device="cpu")
+
+
+@pytest.fixture
+def slides(her2st_cohort) -> list[Slide]:
+    """Two real sections, 24 spots each (keeps the test quick)."""
+    subset = []
+    for entry in read_cohort(her2st_cohort)[:2]:
+        slide = entry.load()
+        subset.append(Slide(slide.slide_id, slide.spot_ids[:24], slide.centers_px[:24], image=slide.image,
+                            pixel_size_um=slide.pixel_size_um, sources=slide.sources))  # fmt: skip
+    return subset
+
+
+def test_hit_miss_and_invalidation(tmp_path, slides, encoder):
+    counting = CountingEncoder(encoder)
+    first = cohort_embeddings(slides, counting, tmp_path, batch_size=10)
+    assert counting.calls == 48 and set(first) == {"C2", "C3"}
+    assert first["C2"].shape == (24, 1280) and np.isfinite(first["C2"]).all()
+    assert not np.allclose(first["C2"][0], first["C2"][1])
+
+    again = cohort_embeddings(slides, counting, tmp_path, batch_size=10)
+    assert counting.calls == 48  # cache hit: nothing computed
+    np.testing.assert_array_equal(again["C2"], first["C2"])
+    progress = list(embed_slides(slides, counting, tmp_path))
+    assert all(p.cached for p in progress)
+
+    cohort_embeddings(slides, counting, tmp_path, spec=PatchSpec(224, 1.0))
+    assert counting.calls == 96  # another patch scale: recomputed
+    moved = Slide("C2", slides[0].spot_ids, slides[0].centers_px + 30, image=slides[0].image,
+                  pixel_size_um=slides[0].pixel_size_um, sources=slides[0].sources)  # fmt: skip
+    cohort_embeddings([moved], counting, tmp_path)
+    assert counting.calls == 120  # other spot centres: recomputed
+    counting.weights_checksum = "other-weights"
+    cohort_embeddings(slides[:1], counting, tmp_path)
+    assert counting.calls == 144  # other encoder weights: recomputed
+
+    embeddings, spot_ids, key = load_embeddings(progress[0].path)
+    np.testing.assert_array_equal(embeddings, first["C2"])
+    assert list(spot_ids) == list(slides[0].spot_ids) and key["encoder"] == "efficientnet-lite0"
+
+
+def test_cancel_leaves_no_partial_entry_and_resume_skips_done_slides(tmp_path, slides, encoder):
+    counting = CountingEncoder(encoder)
+    stream = embed_slides(slides, counting, tmp_path, batch_size=8)
+    for progress in stream:
+        if progress.slide_id == "C3" and progress.done == 8:  # C2 finished, C3 part-way
+            break
+    stream.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 1 and files[0].startswith("C2-")  # no partial C3 entry, no temp file
+    before = counting.calls
+    result = cohort_embeddings(slides, counting, tmp_path, batch_size=8)
+    assert counting.calls - before == 24  # only C3 was computed on resume
+    assert set(result) == {"C2", "C3"}
