@@ -141,3 +141,22 @@ def test_leakage_guards():
     assert np.isfinite(prediction).all()
     prediction = fit_predict_fold(slides[1:], slides[0], seed=0, device="cpu", epochs=2, hidden=32)
     assert prediction.shape == slides[0].expression.shape
+
+
+@pytest.mark.parametrize(
+    "ablation",
+    [{"use_ts": False}, {"use_rs": False}, {"use_cs": False}, {"use_cnda": False}, {"use_cnap": False},
+     {"masking": "none"}, {"masking": "random"}, {"q": 2, "k": 3, "alpha": 0.5, "beta": 0.6}],
+)  # fmt: skip
+def test_every_ablation_trains_and_predicts(ablation):
+    slides = _slides()
+    model = _trainer(slides, epochs=2, **ablation).fit()
+    assert np.isfinite(model.predict(slides[0])).all()
+
+
+def test_no_cs_edges_means_references_are_unused():
+    slides = _slides()
+    model = _trainer(slides, epochs=2, use_cs=False).fit()
+    before = model.predict(slides[0])
+    model.bank.expression[:] = 0.0  # other reference expression changes nothing without CS edges
+    np.testing.assert_array_equal(model.predict(slides[0]), before)

@@ -19,7 +19,8 @@ from .graph import CS, RS, TS
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """Architecture; ``use_*`` switches exist for ablations."""
+    """Architecture; ``use_*`` switches exist for ablations (``use_cs=False`` drops every CS edge, so
+    neither CNDA nor CNAP runs and the references are not used)."""
 
     hidden: int = 128
     layers: int = 4
@@ -28,6 +29,7 @@ class ModelOptions:
     dropout: float = 0.1
     use_ts: bool = True
     use_rs: bool = True
+    use_cs: bool = True
     use_cnda: bool = True
     use_cnap: bool = True
 
@@ -88,7 +90,7 @@ class HeteroLayer(nn.Module):
             to_target.append(self.ts(target, edges[TS]))
         if o.use_rs:
             to_reference.append(self.rs(reference, edges[RS]))
-        if o.use_cnda:
+        if o.use_cs and o.use_cnda:
             to_target.append(self.cnda_to_target(reference, target, edges[CS]))
             to_reference.append(self.cnda_to_reference(target, reference, edges[CS].flip(0)))
         return self._update(target, to_target, self.norm_target), self._update(
@@ -131,7 +133,9 @@ class SpaHGC(nn.Module):
             nn.Linear(embedding_dim + n_genes, h), nn.LayerNorm(h), nn.ELU()
         )
         self.layers = nn.ModuleList(HeteroLayer(options) for _ in range(options.layers))
-        self.pooling = AttentionPooling(h, options.cnap_heads) if options.use_cnap else None
+        self.pooling = (
+            AttentionPooling(h, options.cnap_heads) if options.use_cs and options.use_cnap else None
+        )
         self.head = nn.Sequential(
             nn.Linear(h, h), nn.ELU(), nn.Dropout(options.dropout), nn.Linear(h, n_genes)
         )
