@@ -94,8 +94,19 @@ class Encoder:
         self._mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
 
-    @torch.inference_mode()
     def __call__(self, patches: np.ndarray) -> np.ndarray:
+        """Embed a batch; on CUDA a batch that does not fit is split in halves until it does."""
+        try:
+            return self._embed(patches)
+        except torch.cuda.OutOfMemoryError:
+            if len(patches) == 1:
+                raise
+            torch.cuda.empty_cache()
+            half = len(patches) // 2
+            return np.concatenate([self(patches[:half]), self(patches[half:])])
+
+    @torch.inference_mode()
+    def _embed(self, patches: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(np.ascontiguousarray(patches))
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
