@@ -57,11 +57,9 @@ def predict_slide(model: SpaHGCPredictor, slide: Slide, embeddings: np.ndarray, 
     """Predictions of one slide as AnnData: X = predicted log1p-CPM on the model's genes; with counts,
     ``layers['measured']`` (same preprocessing, NaN for genes the slide lacks) and ``var['pcc']``."""
     prediction = model.predict(slide_data(slide, embeddings, None), device=device)
-    layers, extra = {}, {}
+    layers = {}
     if slide.expression is not None:
-        measured = _measured(slide, model.genes)
-        layers["measured"] = measured
-        extra["slide_pcc"] = gene_pcc(measured, prediction)
+        layers["measured"] = _measured(slide, model.genes)
     adata = spot_anndata(
         slide,
         prediction,
@@ -81,8 +79,8 @@ def predict_slide(model: SpaHGCPredictor, slide: Slide, embeddings: np.ndarray, 
         adata.var["validation_pcc"] = np.array(
             [np.nan if v is None else v for v in validation_pcc], np.float32
         )
-    if "slide_pcc" in extra:
-        adata.var["pcc"] = extra["slide_pcc"].astype(np.float32)
+    if "measured" in layers:
+        adata.var["pcc"] = gene_pcc(layers["measured"], prediction).astype(np.float32)
     return adata
 
 

@@ -21,6 +21,7 @@ from torch_geometric.data import HeteroData
 from ._files import atomic_path
 from .dataset import SlideData
 from .errors import InputError
+from .evaluate import gene_pcc
 from .graph import CS, RS, TS, ExpressionScale, GraphOptions, ReferenceBank, build_graph
 from .model import ModelOptions, SpaHGC
 
@@ -92,7 +93,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def pearson_per_gene(pred: Tensor, truth: Tensor) -> Tensor:
-    """Pearson correlation of each gene (column) across spots; constant columns give NaN."""
+    """Differentiable Pearson correlation of each gene (column) across spots, for the training loss
+    (the metric itself is :func:`napari_spahgc.evaluate.gene_pcc`); constant columns give NaN."""
     pred = pred - pred.mean(0)
     truth = truth - truth.mean(0)
     denominator = pred.norm(dim=0) * truth.norm(dim=0)
@@ -270,7 +272,7 @@ class Trainer:
             score = None
             if validation is not None and (epoch % o.eval_every == 0 or epoch == o.epochs):
                 per_gene = self._validate(network, validation)
-                score = float(torch.nanmean(per_gene))
+                score = float(np.nanmean(per_gene))
                 if score > best[0]:
                     weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
                     best = (score, epoch, weights, per_gene)
@@ -284,7 +286,7 @@ class Trainer:
                 "pcc": float(best[0]),
                 "best_epoch": int(best[1]),
                 "epochs_run": epoch,
-                "gene_pcc": [None if np.isnan(v) else round(float(v), 5) for v in best[3].tolist()],
+                "gene_pcc": [None if np.isnan(v) else round(float(v), 5) for v in best[3]],
             }
         else:
             self.metadata.validation = {"epochs_run": epoch}
@@ -334,15 +336,14 @@ class Trainer:
         if self.validation is None:
             return None
         graph = self._graph(self.validation, self.train)
-        return (*_inputs(graph, device), torch.from_numpy(self.validation.expression).to(device))
+        return (*_inputs(graph, device), self.validation.expression)
 
     @torch.no_grad()
-    def _validate(self, network: SpaHGC, validation) -> Tensor:
+    def _validate(self, network: SpaHGC, validation) -> np.ndarray:
         """Per-gene PCC on the validation slide (unmasked, eval mode; constant genes are NaN)."""
         x_t, x_r, edges, truth = validation
         network.eval()
-        prediction = torch.from_numpy(self.scale.inverse(network(x_t, x_r, edges).cpu().numpy()))
-        return pearson_per_gene(prediction, truth.cpu())
+        return gene_pcc(truth, self.scale.inverse(network(x_t, x_r, edges).cpu().numpy()))
 
     def _masks(self, x_t: Tensor, x_r: Tensor, generator: torch.Generator) -> tuple[Tensor, ...]:
         o = self.options
