@@ -1,7 +1,7 @@
 """Patch extraction and embedding throughput on the HER2ST sections.
 
-Prints patches/s for extraction alone (with and without the prefetch thread), end-to-end
-embeddings/s per encoder on the CPU (UNI / UNI2-h with random weights: speed does not depend on
+Prints patches/s for extraction alone, end-to-end embeddings/s per encoder on the CPU
+(EfficientNet-Lite0 with and without the prefetch thread that reads while the encoder runs) (UNI / UNI2-h with random weights: speed does not depend on
 them), and, when CUDA is available, UNI in bf16 with its batch size and peak GPU memory.
 
     python benchmarks/bench_embed.py [COHORT.csv]
@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from napari_spahgc import load_cohort
-from napari_spahgc.embedding import embed_slides
+from napari_spahgc._device import default_threads, resolve_device
+from napari_spahgc.embedding import embed_cohort
 from napari_spahgc.encoders import REGISTRY, Encoder, create_encoder
-from napari_spahgc.patches import PatchSpec, patch_batches, prefetch
-from napari_spahgc.train import default_threads, resolve_device
+from napari_spahgc.patches import PatchSpec, patch_batches
 
 COHORT = Path(__file__).resolve().parents[1] / "examples" / "her2st_cohort.csv"
 
@@ -31,23 +31,29 @@ def _rate(count: int, seconds: float) -> str:
 
 
 def extraction(slides) -> None:
-    for label, wrap in (("extraction", iter), ("extraction + prefetch", prefetch)):
-        started, count = time.perf_counter(), 0
-        for slide in slides:
-            for batch in wrap(patch_batches(slide, PatchSpec(), 64)):
-                count += len(batch)
-        print(f"{label:<34}{_rate(count, time.perf_counter() - started)}")
+    started, count = time.perf_counter(), 0
+    for slide in slides:
+        for batch in patch_batches(slide, PatchSpec(), 64):
+            count += len(batch)
+    print(f"{'patch extraction alone':<40}{_rate(count, time.perf_counter() - started)}")
 
 
-def end_to_end(slides, encoder: Encoder, label: str, limit: int | None = None, batch_size: int = 64) -> None:
+def end_to_end(
+    slides,
+    encoder: Encoder,
+    label: str,
+    limit: int | None = None,
+    batch_size: int = 64,
+    prefetch_depth: int = 2,
+) -> None:
     if limit is not None:
         slides = [_first_spots(s, limit) for s in slides[:1]]
     with tempfile.TemporaryDirectory() as cache:
         started = time.perf_counter()
-        for _ in embed_slides(slides, encoder, cache, batch_size=batch_size):
+        for _ in embed_cohort(slides, encoder, cache, batch_size=batch_size, prefetch_depth=prefetch_depth):
             pass
         seconds = time.perf_counter() - started
-    print(f"{label:<34}{_rate(sum(s.n_spots for s in slides), seconds)}")
+    print(f"{label:<40}{_rate(sum(s.n_spots for s in slides), seconds)}")
 
 
 def random_weights_encoder(name: str, device: str) -> Encoder:
@@ -74,7 +80,7 @@ def gpu_uni(batch_size: int = 256, batches: int = 20) -> None:
     torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated() / 2**30
-    print(f"{'uni, CUDA bf16, encoder only':<34}{_rate(batch_size * batches, seconds)}; "
+    print(f"{'uni, CUDA bf16, encoder only':<40}{_rate(batch_size * batches, seconds)}; "
           f"batch {batch_size}, peak {peak:.1f} GiB, {torch.cuda.get_device_name()}")  # fmt: skip
 
 
@@ -86,9 +92,9 @@ def main() -> None:
         f"{len(slides)} slides, {sum(s.n_spots for s in slides)} spots; torch threads {torch.get_num_threads()}"
     )
     extraction(slides)
-    end_to_end(
-        slides, create_encoder("efficientnet-lite0", device="cpu"), "efficientnet-lite0, CPU, end to end"
-    )
+    lite0 = create_encoder("efficientnet-lite0", device="cpu")
+    end_to_end(slides, lite0, "efficientnet-lite0, CPU, no prefetch", prefetch_depth=0)
+    end_to_end(slides, lite0, "efficientnet-lite0, CPU, prefetch thread")
     end_to_end(slides, random_weights_encoder("uni", "cpu"), "uni, CPU, end to end", limit=64, batch_size=32)
     end_to_end(
         slides, random_weights_encoder("uni2-h", "cpu"), "uni2-h, CPU, end to end", limit=32, batch_size=16

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_spahgc import Slide, read_cohort
-from napari_spahgc.embedding import cohort_embeddings, embed_slides, load_embeddings
+from napari_spahgc.embedding import cohort_embeddings, embed_cohort, embed_slide, load_embeddings
 from napari_spahgc.encoders import create_encoder
 from napari_spahgc.patches import PatchSpec
 
@@ -49,7 +49,7 @@ def test_hit_miss_and_invalidation(tmp_path, slides, encoder):
     again = cohort_embeddings(slides, counting, tmp_path, batch_size=10)
     assert counting.calls == 48  # cache hit: nothing computed
     np.testing.assert_array_equal(again["C2"], first["C2"])
-    progress = list(embed_slides(slides, counting, tmp_path))
+    progress = list(embed_cohort(slides, counting, tmp_path))
     assert all(p.cached for p in progress)
 
     cohort_embeddings(slides, counting, tmp_path, spec=PatchSpec(224, 1.0))
@@ -61,6 +61,9 @@ def test_hit_miss_and_invalidation(tmp_path, slides, encoder):
     counting.weights_checksum = "other-weights"
     cohort_embeddings(slides[:1], counting, tmp_path)
     assert counting.calls == 144  # other encoder weights: recomputed
+    counting.name = "other-encoder"
+    cohort_embeddings(slides[:1], counting, tmp_path)
+    assert counting.calls == 168  # another encoder: recomputed
 
     embeddings, spot_ids, key = load_embeddings(progress[0].path)
     np.testing.assert_array_equal(embeddings, first["C2"])
@@ -69,7 +72,7 @@ def test_hit_miss_and_invalidation(tmp_path, slides, encoder):
 
 def test_cancel_leaves_no_partial_entry_and_resume_skips_done_slides(tmp_path, slides, encoder):
     counting = CountingEncoder(encoder)
-    stream = embed_slides(slides, counting, tmp_path, batch_size=8)
+    stream = embed_cohort(slides, counting, tmp_path, batch_size=8)
     for progress in stream:
         if progress.slide_id == "C3" and progress.done == 8:  # C2 finished, C3 part-way
             break
@@ -80,3 +83,16 @@ def test_cancel_leaves_no_partial_entry_and_resume_skips_done_slides(tmp_path, s
     result = cohort_embeddings(slides, counting, tmp_path, batch_size=8)
     assert counting.calls - before == 24  # only C3 was computed on resume
     assert set(result) == {"C2", "C3"}
+
+
+def test_embed_slide_and_a_damaged_cache_file(tmp_path, slides, encoder):
+    counting = CountingEncoder(encoder)
+    embeddings, spot_ids = embed_slide(slides[0], counting, tmp_path, batch_size=12)
+    assert embeddings.shape == (24, 1280) and embeddings.dtype == np.float32
+    assert list(spot_ids) == list(slides[0].spot_ids) and counting.calls == 24
+    (path,) = tmp_path.iterdir()
+    path.write_bytes(path.read_bytes()[:1000])  # e.g. a disk that filled up outside this program
+    again, _ = embed_slide(slides[0], counting, tmp_path, batch_size=12)
+    assert counting.calls == 48  # unreadable entry: recomputed, and replaced
+    np.testing.assert_array_equal(again, embeddings)
+    assert load_embeddings(path)[0].shape == (24, 1280)

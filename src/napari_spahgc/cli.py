@@ -232,7 +232,7 @@ def _panel(genes: Path | None, n_hvg: int | None) -> list[str] | None:
 def _embed(slides, encoder_name, weights, device, batch_size, cache, load: bool = False):
     """Embed with a progress bar; return the encoder and either the arrays or the cache paths."""
     from ._files import cache_dir
-    from .embedding import embed_slides, load_embeddings
+    from .embedding import embed_cohort, load_embeddings
     from .encoders import create_encoder
 
     encoder = create_encoder(encoder_name, weights, device)
@@ -240,7 +240,7 @@ def _embed(slides, encoder_name, weights, device, batch_size, cache, load: bool 
     total = sum(s.n_spots for s in slides)
     paths, finished = {}, 0
     with typer.progressbar(length=total, label=f"embedding ({encoder.name})", file=sys.stderr) as bar:
-        for progress in embed_slides(slides, encoder, folder, _patch(), batch_size):
+        for progress in embed_cohort(slides, encoder, folder, _patch(), batch_size):
             bar.update(finished + progress.done - bar.pos)
             if progress.path is not None:
                 paths[progress.slide_id] = progress.path

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,16 +67,18 @@ def load_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
         return data["embeddings"], data["spot_ids"], json.loads(str(data["key"]))
 
 
-def embed_slides(
+def embed_cohort(
     slides: Sequence[Slide],
     encoder: Encoder,
     cache_dir: str | Path,
     spec: PatchSpec = PatchSpec(),
     batch_size: int = 64,
+    prefetch_depth: int = 2,
 ) -> Iterator[EmbeddingProgress]:
     """Embed every slide (cached ones are read, not computed); yields after each batch.
 
-    Stop iterating to cancel between batches: the slide in progress is not written.
+    Stop iterating to cancel between batches: the slide in progress is not written. Up to
+    ``prefetch_depth`` batches are read by a background thread while the encoder runs (0: no thread).
     """
     for index, slide in enumerate(slides):
         slide.require_pixel_size()
@@ -87,7 +90,8 @@ def embed_slides(
             )
             continue
         parts, done = [], 0
-        for batch in prefetch(patch_batches(slide, spec, batch_size)):
+        batches = patch_batches(slide, spec, batch_size)
+        for batch in prefetch(batches, prefetch_depth) if prefetch_depth else batches:
             parts.append(encoder(batch))
             done += len(batch)
             yield EmbeddingProgress(slide.slide_id, done, slide.n_spots, index, len(slides))
@@ -110,9 +114,22 @@ def cohort_embeddings(
     spec: PatchSpec = PatchSpec(),
     batch_size: int = 64,
 ) -> dict[str, np.ndarray]:
-    """Run :func:`embed_slides` to the end; return ``{slide_id: (n_spots, dim) embeddings}``."""
-    paths = {p.slide_id: p.path for p in embed_slides(slides, encoder, cache_dir, spec, batch_size) if p.path}
+    """Run :func:`embed_cohort` to the end; return ``{slide_id: (n_spots, dim) embeddings}``."""
+    paths = {p.slide_id: p.path for p in embed_cohort(slides, encoder, cache_dir, spec, batch_size) if p.path}
     return {slide_id: load_embeddings(path)[0] for slide_id, path in paths.items()}
+
+
+def embed_slide(
+    slide: Slide,
+    encoder: Encoder,
+    cache_dir: str | Path,
+    spec: PatchSpec = PatchSpec(),
+    batch_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(embeddings, spot_ids)`` of one slide: (n_spots, dim) float32 and its spot ids, through the cache."""
+    *_, last = embed_cohort([slide], encoder, cache_dir, spec, batch_size)
+    embeddings, spot_ids, _ = load_embeddings(last.path)
+    return embeddings, spot_ids
 
 
 def _valid(path: Path, key: dict) -> bool:
@@ -120,5 +137,5 @@ def _valid(path: Path, key: dict) -> bool:
         return False
     try:
         return load_embeddings(path)[2] == key
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # damaged: recompute
         return False

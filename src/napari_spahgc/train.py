@@ -7,7 +7,6 @@ so the CLI shows a progress bar and the napari widget can cancel between epochs.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
+from ._device import resolve_device
 from ._files import atomic_path
 from .dataset import SlideData
 from .errors import InputError
@@ -82,14 +82,6 @@ class ModelMetadata:
     training_slides: list[str] = field(default_factory=list)
     validation_slide: str | None = None
     validation: dict = field(default_factory=dict)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' was asked for but no CUDA GPU is available")
-    return torch.device(device)
 
 
 def pearson_per_gene(pred: Tensor, truth: Tensor) -> Tensor:
@@ -417,8 +409,3 @@ def split_options(options: dict, **overrides) -> tuple[GraphOptions, ModelOption
     if unknown:
         raise ValueError(f"unknown SpaHGC option(s): {', '.join(sorted(unknown))}")
     return tuple(groups)
-
-
-def default_threads() -> int:
-    """Threads for torch on CPU: the cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
