@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
+from napari.utils.notifications import notification_manager
 
 REPO = Path(__file__).resolve().parents[1]
 HER2ST = REPO.parent / "shared" / "data" / "her2st"
@@ -100,3 +101,16 @@ def spaceranger_outs(tmp_path) -> dict:
         "folder": outs, "barcodes": barcodes[:n_in], "genes": genes, "counts": counts,
         "diameter": diameter, "hires_scalef": hires_scalef,
     }  # fmt: skip
+
+
+@pytest.fixture
+def notifications():
+    """Collect the notifications napari shows while a test runs."""
+    seen = []
+
+    def _record(event):
+        seen.append(event)  # the event is the Notification itself
+
+    notification_manager.notification_ready.connect(_record)
+    yield seen
+    notification_manager.notification_ready.disconnect(_record)

@@ -9,22 +9,8 @@ import anndata as ad
 import numpy as np
 import pytest
 from napari.layers import Image, Points
-from napari.utils.notifications import notification_manager
 
 PLUGIN = "napari-spahgc"
-
-
-@pytest.fixture
-def notifications():
-    """Collect the notifications napari shows while a test runs."""
-    seen = []
-
-    def _record(event):
-        seen.append(event)  # the event is the Notification itself
-
-    notification_manager.notification_ready.connect(_record)
-    yield seen
-    notification_manager.notification_ready.disconnect(_record)
 
 
 def test_napari_discovers_the_plugin_and_manifest_validates():

@@ -21,6 +21,7 @@ _API = {
     "CohortEntry": "io.cohort",
     "build_slide": "io.cohort",
     "load_cohort": "io.cohort",
+    "open_slides": "io.cohort",
     "read_cohort": "io.cohort",
     "open_image": "io.images",
     "read_counts": "io.spots",

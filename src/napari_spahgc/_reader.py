@@ -9,9 +9,8 @@ from pathlib import Path
 from napari.utils.notifications import show_error, show_warning
 
 from .errors import InputError
-from .io.cohort import COHORT_COLUMNS, build_slide, read_cohort
+from .io.cohort import is_cohort_table, open_slides
 from .layers import slide_layers
-from .slide import Slide
 
 NULL_LAYER = [(None,)]  # npe2's "read, but no layers" sentinel: the viewer stays as it was
 
@@ -28,7 +27,7 @@ def napari_get_reader(path: str | list[str]) -> Callable | None:
         return read_spatial if (candidate / "spatial").is_dir() else None
     if name.endswith(".h5ad"):
         return read_spatial
-    if name.endswith(".csv") and _is_cohort_table(candidate):
+    if name.endswith(".csv") and is_cohort_table(candidate):
         return read_spatial
     return None
 
@@ -39,26 +38,10 @@ def read_spatial(path: str | list[str]) -> list[tuple]:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
-            slides = _slides(path)
+            slides = open_slides(path)
         for warning in caught:
             show_warning(str(warning.message))
     except InputError as err:
         show_error(f"napari-spahgc could not open {err}")
         return NULL_LAYER
     return [layer for index, slide in enumerate(slides) for layer in slide_layers(slide, visible=index == 0)]
-
-
-def _slides(path: Path) -> list[Slide]:
-    if path.suffix.lower() == ".csv":
-        return [entry.load() for entry in read_cohort(path)]
-    slide_id = path.name if path.is_dir() else path.stem
-    return [build_slide(slide_id, path)]
-
-
-def _is_cohort_table(path: Path) -> bool:
-    try:
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            header = {column.strip() for column in handle.readline().split(",")}
-    except OSError:
-        return False
-    return {"slide_id", "spots", "image"} <= header or set(COHORT_COLUMNS) <= header

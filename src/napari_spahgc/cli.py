@@ -209,6 +209,81 @@ def benchmark(
     typer.echo(f"report: {out / 'report.json'}")
 
 
+@app.command()
+def demo(
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for the predictions, report and figures.")
+    ] = Path("out/demo"),
+    cohort: Annotated[
+        Path | None, typer.Option("--cohort", help="Cohort table (default: the HER2ST sections C2–C6).")
+    ] = None,
+    test_slide: Annotated[
+        str | None, typer.Option("--test-slide", help="Section to hold out and predict (default: the last).")
+    ] = None,
+    epochs: EpochsOpt = 200,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    no_viewer: Annotated[bool, typer.Option("--no-viewer", help="Do not open napari at the end.")] = False,
+) -> None:
+    """The whole pipeline offline on HER2ST: embed, train on all sections but one, predict it, report.
+
+    The sections are read from SPAHGC_DATA, ../shared/data/her2st, or (online) downloaded. With a display
+    (and without --no-viewer) napari then opens with everything loaded.
+    """
+    import os
+
+    from .demo import open_in_viewer, run_demo
+
+    result = run_demo(
+        out,
+        cohort,
+        test_slide,
+        epochs=epochs,
+        seed=seed,
+        device=device,
+        log=lambda line: typer.echo(line, err=True),
+    )
+    typer.echo(f"{'method':<14} {'PCC':>6} {'RMSE':>6}   (held-out section {result.test_slide})")
+    for name, metric in result.metrics.items():
+        typer.echo(f"{name:<14} {metric['pcc']:6.3f} {metric['rmse']:6.3f}")
+    for label, path in result.files.items():
+        typer.echo(f"{label}: {path}")
+    if no_viewer:
+        return
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or os.environ.get("CI"):
+        typer.echo(
+            "no display: not opening napari (open the predictions with the Slide widget later)", err=True
+        )
+        return
+    import napari
+
+    open_in_viewer(result)
+    napari.run()
+
+
+@app.command()
+def render(
+    predictions: Annotated[
+        Path, typer.Argument(help="Predictions .h5ad (from 'spahgc predict' or the demo).")
+    ],
+    gene: Annotated[str, typer.Option("--gene", help="Gene to draw.")],
+    out: Annotated[Path, typer.Option("--out", help="PNG to write.")],
+    image: Annotated[
+        Path | None,
+        typer.Option("--image", help="H&E image to draw under the spots (default: the file's own)."),
+    ] = None,
+    colormap: Annotated[str, typer.Option("--colormap", help="matplotlib colormap.")] = "viridis",
+) -> None:
+    """Draw one gene, predicted beside measured, over the H&E thumbnail, on one colour scale."""
+    import anndata as ad
+
+    from .render import render_gene
+
+    if not predictions.is_file():
+        raise InputError("predictions file not found", predictions)
+    typer.echo(str(render_gene(ad.read_h5ad(predictions), gene, out, image=image, colormap=colormap)))
+
+
 def _load(cohort: Path) -> list:
     from .io.cohort import read_cohort
 

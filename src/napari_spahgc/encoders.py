@@ -211,7 +211,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise InputError(f"cannot read weights ({type(err).__name__}: {err})", path) from err
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise InputError(f"cannot read weights ({type(err).__name__}: {first_line})", path) from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

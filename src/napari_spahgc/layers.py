@@ -6,6 +6,8 @@ scale bar reads true; point and image data stay in full-resolution pixels.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pandas as pd
 
@@ -16,6 +18,8 @@ from .slide import Slide
 #: take seconds to build). The most expressed genes — those with the best-measured maps — are kept;
 #: the full counts stay with the slide.
 MAX_FEATURE_GENES = 2000
+#: From this many spots on a square grid, gene maps are raster images (Points redraw too slowly).
+RASTER_MIN_SPOTS = 50_000
 METADATA_KEY = "napari_spahgc"
 
 
@@ -106,3 +110,130 @@ def _default_spot_size(centers: np.ndarray) -> float:
 
     distances, _ = cKDTree(centers).query(centers, k=2)
     return float(np.median(distances[:, 1]) / 2)
+
+
+# ------------------------------------------------------------------------------------- predictions
+#: Kinds in a layer's metadata that the gene view recolours.
+PREDICTED, MEASURED = "predicted", "measured beside prediction"
+
+
+def prediction_layers(slide: Slide, prediction, gene: str, colormap: str = "viridis") -> list[tuple]:
+    """Layers that show one gene: predicted spots over the H&E and, when the slide has counts, to its
+    right (shifted by 1.05 image widths, cameras shared) the H&E again under the measured spots.
+
+    ``prediction`` is the AnnData of :func:`napari_spahgc.pipeline.predict_slide`; both spot layers take
+    the same contrast limits (:func:`shared_limits`).
+    """
+    has_measured = "measured" in prediction.layers
+    limits = shared_limits(*gene_values(prediction, gene))
+    grid = spot_grid(slide.centers_px) if slide.n_spots >= RASTER_MIN_SPOTS else None
+    gene_layer = _gene_points if grid is None else partial(_gene_raster, grid=grid)
+    layers = [gene_layer(slide, prediction.X, prediction, gene, PREDICTED, limits, colormap)]
+    if has_measured:
+        shift = (0.0, _side_by_side_offset(slide))
+        if slide.image is not None:
+            data, meta, kind = image_layer(slide)
+            meta.update(name=f"{slide.slide_id} H&E (measured side)", translate=shift)
+            meta["metadata"][METADATA_KEY]["kind"] = "image beside prediction"
+            layers.append((data, meta, kind))
+        data, meta, kind = gene_layer(
+            slide, prediction.layers["measured"], prediction, gene, MEASURED, limits, colormap
+        )
+        meta["translate"] = shift
+        layers.append((data, meta, kind))
+    return layers
+
+
+def gene_values(prediction, gene: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predicted and (when present) measured values of ``gene`` across the slide's spots."""
+    column = prediction.var_names.get_loc(gene)
+    measured = prediction.layers["measured"][:, column] if "measured" in prediction.layers else None
+    return np.asarray(prediction.X[:, column]), measured
+
+
+def shared_limits(
+    *values: np.ndarray | None, percentiles: tuple[float, float] = (1, 99)
+) -> tuple[float, float]:
+    """One colour scale for several value arrays: the given percentiles of all finite values together."""
+    finite = np.concatenate([v[np.isfinite(v)] for v in values if v is not None] or [np.zeros(1)])
+    if finite.size == 0:
+        return 0.0, 1.0
+    low, high = np.percentile(finite, percentiles)
+    return (float(low), float(high)) if high > low else (float(low), float(low) + 1.0)
+
+
+def layer_name(slide_id: str, gene: str, kind: str) -> str:
+    return f"{slide_id} {gene} {'predicted' if kind == PREDICTED else 'measured'}"
+
+
+def _gene_points(slide, values, prediction, gene, kind, limits, colormap) -> tuple:
+    data, meta, _ = spots_layer(slide)
+    features = pd.DataFrame(
+        np.asarray(values, dtype=np.float32), columns=list(map(str, prediction.var_names))
+    )
+    features.insert(0, "spot_id", slide.spot_ids.to_numpy(dtype=object))
+    metadata = _slide_metadata(slide, kind)
+    metadata["units"] = "log1p(counts / spot total × 1e6)"
+    meta.update(
+        name=layer_name(slide.slide_id, gene, kind),
+        features=features,
+        face_color=gene,
+        face_colormap=colormap,
+        face_contrast_limits=limits,
+        border_width=0,
+        opacity=1.0,
+        metadata={METADATA_KEY: metadata},
+    )
+    return data, meta, "points"
+
+
+def _gene_raster(slide, values, prediction, gene, kind, limits, colormap, grid) -> tuple:
+    """Binned spots (e.g. Visium HD) as one image pixel per bin: a gene switch refills one array."""
+    index, pitch, origin = grid
+    column = prediction.var_names.get_loc(gene)
+    metadata = _slide_metadata(slide, kind)
+    metadata.update(units="log1p(counts / spot total × 1e6)", grid_index=index)
+    step = pitch * (slide.pixel_size_um or 1.0)
+    meta = {
+        "name": layer_name(slide.slide_id, gene, kind),
+        "colormap": colormap,
+        "contrast_limits": limits,
+        "scale": (step, step),
+        "translate": tuple(origin[::-1] * (slide.pixel_size_um or 1.0)),
+        "units": _units(slide),
+        "metadata": {METADATA_KEY: metadata},
+    }
+    return gene_raster(np.asarray(values)[:, column], index), meta, "image"
+
+
+def spot_grid(centers: np.ndarray, tolerance: float = 0.1) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """``(index, pitch, origin)`` when every spot sits alone on one square grid (binned data):
+    ``index`` (n, 2) int32 row/column, ``pitch`` in px, ``origin`` (x, y) px; else None."""
+    from scipy.spatial import cKDTree
+
+    if len(centers) < 4:
+        return None
+    sample = centers[np.linspace(0, len(centers) - 1, min(len(centers), 5000)).astype(int)]
+    distances, _ = cKDTree(centers).query(sample, k=2)
+    pitch = float(np.median(distances[:, 1]))
+    origin = centers.min(axis=0)
+    steps = (centers - origin) / pitch
+    cells = np.rint(steps)
+    if pitch <= 0 or np.abs(steps - cells).max() > tolerance:
+        return None
+    index = cells[:, ::-1].astype(np.int32)
+    if len(np.unique(index[:, 0].astype(np.int64) * (index[:, 1].max() + 1) + index[:, 1])) < len(index):
+        return None
+    return index, pitch, origin
+
+
+def gene_raster(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """(rows, cols) float32 image of per-spot values on the grid ``index``; NaN where no spot is."""
+    raster = np.full(tuple(index.max(axis=0) + 1), np.nan, dtype=np.float32)
+    raster[index[:, 0], index[:, 1]] = values
+    return raster
+
+
+def _side_by_side_offset(slide: Slide) -> float:
+    width_px = slide.image.shape[1] if slide.image is not None else np.ptp(slide.centers_px[:, 0]) * 1.2
+    return float(width_px * 1.05 * (slide.pixel_size_um or 1.0))

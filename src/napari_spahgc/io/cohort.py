@@ -87,6 +87,25 @@ def load_cohort(path: str | Path) -> list[Slide]:
     return [entry.load() for entry in read_cohort(path)]
 
 
+def open_slides(path: str | Path, image: str | Path | None = None) -> list[Slide]:
+    """Slides from what a user points at: a cohort table, a Space Ranger ``outs/`` folder, an ``.h5ad``,
+    or a spot table (legacy ST, CSV, h5ad) with its ``image``."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv" and image is None and is_cohort_table(path):
+        return load_cohort(path)
+    slide_id = path.name if path.is_dir() else path.name.split(".")[0]
+    return [build_slide(slide_id, path, image=image)]
+
+
+def is_cohort_table(path: Path) -> bool:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            header = {column.strip() for column in handle.readline().split(",")}
+    except OSError:
+        return False
+    return {"slide_id", "spots", "image"} <= header or set(COHORT_COLUMNS) <= header
+
+
 def build_slide(
     slide_id: str,
     spots: str | Path,

@@ -1,0 +1,81 @@
+"""Regenerate the user-guide screenshots on the real HER2ST sections.
+
+    xvfb-run -a -s "-screen 0 1920x1200x24" python docs/make_screenshots.py [--epochs 200]
+
+Opens napari with the five dock widgets, opens C2–C6, embeds them (offline encoder, cached), trains on
+C2–C5 and predicts C6, shows a gene, then saves the window, the canvas and each widget under
+docs/images/. It drives the widgets the way a user does (their public methods).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import napari
+from qtpy.QtWidgets import QApplication
+
+from napari_spahgc._qt._common import session_for
+from napari_spahgc._qt.widgets import EmbedWidget, ExportWidget, GenesWidget, PredictWidget, SlideWidget
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "images"
+
+
+def wait(panel) -> None:
+    app = QApplication.instance()
+    while panel.running:
+        app.processEvents()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cohort", default=str(ROOT / "examples" / "her2st_cohort.csv"))
+    parser.add_argument("--target", default="C6")
+    parser.add_argument("--gene", default=None, help="gene to show (default: best by validation PCC)")
+    parser.add_argument("--epochs", type=int, default=200)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    os.chdir(ROOT)
+
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1900, 1150)
+    widgets = {
+        "slide": SlideWidget(viewer), "embed": EmbedWidget(viewer), "predict": PredictWidget(viewer),
+        "genes": GenesWidget(viewer), "export": ExportWidget(viewer),
+    }  # fmt: skip
+    docks = {
+        name: viewer.window.add_dock_widget(w, name=name.title(), area="right") for name, w in widgets.items()
+    }
+    for name in ("embed", "predict", "export"):
+        viewer.window._qt_window.tabifyDockWidget(docks["slide"], docks[name])
+    session = session_for(viewer)
+
+    widgets["slide"].source.set_text(args.cohort)
+    widgets["slide"].open(args.cohort)
+    wait(widgets["slide"].panel)
+    widgets["slide"].slides.setCurrentText(args.target)
+    widgets["embed"].run()
+    wait(widgets["embed"].panel)
+    widgets["predict"].genes.set_text(str(ROOT.parent / "shared/data/her2st/her2st_785_genes.txt"))
+    widgets["predict"].epochs.setValue(args.epochs)
+    widgets["predict"].run()
+    wait(widgets["predict"].panel)
+    if args.gene:
+        session.set_gene(args.gene)
+    widgets["genes"].filter.setText("")
+    QApplication.processEvents()
+
+    viewer.screenshot(str(OUT / "canvas.png"), canvas_only=True, flash=False)
+    viewer.screenshot(str(OUT / "window.png"), canvas_only=False, flash=False)
+    for name, widget in widgets.items():
+        docks[name].raise_()
+        QApplication.processEvents()
+        widget.grab().save(str(OUT / f"widget-{name}.png"))
+    print(f"screenshots in {OUT} (gene {session.gene}, slide {session.current})")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

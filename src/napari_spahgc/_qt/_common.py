@@ -1,0 +1,229 @@
+"""What every widget shares: the session of a viewer, the layer sync, and a Run/Cancel progress panel."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import napari
+from napari.layers import Layer
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..layers import MEASURED, METADATA_KEY, PREDICTED, prediction_layers, slide_layers
+from ..session import Session
+
+_SESSIONS: dict[int, Session] = {}
+
+
+def session_for(viewer: napari.Viewer) -> Session:
+    """The one :class:`Session` of ``viewer`` (made on first use, with its layer sync).
+
+    napari hands plugin widgets a proxy of the viewer; the session belongs to the viewer behind it.
+    """
+    viewer = getattr(viewer, "__wrapped__", viewer)
+    key = id(viewer)
+    if key not in _SESSIONS:
+        session = Session()
+        _SESSIONS[key] = session
+        session._layer_sync = LayerSync(viewer, session)  # lives as long as the session
+        weakref.finalize(viewer, _SESSIONS.pop, key, None)
+    return _SESSIONS[key]
+
+
+def layer_info(layer: Layer) -> dict:
+    return layer.metadata.get(METADATA_KEY, {}) if isinstance(layer.metadata, dict) else {}
+
+
+class LayerSync:
+    """Keeps the viewer's layers in step with the session: slides, the slide on show, predictions."""
+
+    def __init__(self, viewer: napari.Viewer, session: Session) -> None:
+        self.viewer, self.session = viewer, session
+        session.slides_changed.connect(self._add_new_slides)
+        session.current_changed.connect(self._show_current)
+        session.prediction_changed.connect(self._show_prediction)
+
+    def layers_of(self, slide_id: str, *kinds: str) -> list[Layer]:
+        return [
+            layer
+            for layer in self.viewer.layers
+            if layer_info(layer).get("slide_id") == slide_id
+            and (not kinds or layer_info(layer)["kind"] in kinds)
+        ]
+
+    def _add_new_slides(self) -> None:
+        shown = {layer_info(layer).get("slide_id") for layer in self.viewer.layers}
+        for slide_id, slide in self.session.slides.items():
+            if slide_id not in shown:
+                for data, meta, kind in slide_layers(slide, visible=slide_id == self.session.current):
+                    self.viewer.add_layer(Layer.create(data, meta, kind))
+
+    def _show_current(self, slide_id: str | None) -> None:
+        for layer in self.viewer.layers:
+            owner = layer_info(layer).get("slide_id")
+            if owner is not None:
+                layer.visible = owner == slide_id
+        if slide_id in self.session.predictions:
+            self._hide_plain_spots(slide_id)
+        if slide_id is not None:
+            self.viewer.reset_view()
+
+    def _show_prediction(self, slide_id: str) -> None:
+        slide, prediction = self.session.slides[slide_id], self.session.predictions[slide_id]
+        for layer in self.layers_of(slide_id, PREDICTED, MEASURED, "image beside prediction"):
+            self.viewer.layers.remove(layer)
+        gene = (
+            self.session.gene if self.session.gene in prediction.var_names else str(prediction.var_names[0])
+        )
+        for data, meta, kind in prediction_layers(slide, prediction, gene):
+            meta["visible"] = slide_id == self.session.current
+            self.viewer.add_layer(Layer.create(data, meta, kind))
+        self._hide_plain_spots(slide_id)
+        if slide_id == self.session.current:
+            self.viewer.reset_view()
+
+    def _hide_plain_spots(self, slide_id: str) -> None:
+        for layer in self.layers_of(slide_id, "measured", "spots"):
+            layer.visible = False
+
+
+@dataclass
+class Step:
+    """What a widget's work generator yields: ``done`` of ``total`` and a line of text."""
+
+    done: int
+    total: int
+    text: str = ""
+
+
+class RunPanel(QWidget):
+    """Run and Cancel buttons, a progress bar with counts and a status line for one generator worker.
+
+    The work runs in a :func:`napari.qt.threading.create_worker` thread; Cancel stops it between two
+    yields; errors become napari notifications (the viewer never sees the exception); a napari
+    progress bar in the activity dock mirrors the counts.
+    """
+
+    def __init__(self, run_text: str, on_run: Callable[[], None], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.run_button, self.cancel_button = QPushButton(run_text), QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.bar, self.status = QProgressBar(), QLabel("")
+        self.bar.setFormat("%v / %m")
+        self.status.setWordWrap(True)
+        self.worker: GeneratorWorker | None = None
+        self._napari_bar: progress | None = None
+        self.run_button.clicked.connect(on_run)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(buttons)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.status)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(
+        self, work: Callable[[], Generator[Step, None, Any]], label: str, on_done: Callable[[Any], None]
+    ) -> GeneratorWorker:
+        """Run ``work()`` in a thread; ``on_done(result)`` runs in the GUI thread when it completes."""
+        if self.worker is not None:
+            raise RuntimeError("a run is already in progress")
+        self.label = label
+        self.status.setText(f"{label}…")
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        worker = create_worker(work, _start_thread=False, _ignore_errors=True)  # errors: _on_error
+        worker.yielded.connect(self._on_step)
+        worker.returned.connect(on_done)
+        worker.returned.connect(lambda _: self.status.setText(f"{label}: done"))
+        worker.errored.connect(self._on_error)
+        worker.aborted.connect(lambda: self.status.setText(f"{label}: cancelled"))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.status.setText(f"{self.label}: cancelling after the current batch…")
+            self.worker.quit()
+
+    def _on_step(self, step: Step) -> None:
+        self.bar.setMaximum(max(step.total, 1))
+        self.bar.setValue(step.done)
+        if step.text:
+            self.status.setText(step.text)
+        if self._napari_bar is None or self._napari_bar.total != step.total:
+            self._close_napari_bar()
+            self._napari_bar = progress(total=step.total, desc=self.label)
+        self._napari_bar.update(step.done - self._napari_bar.n)
+
+    def _on_error(self, error: Exception) -> None:
+        self.status.setText(f"{self.label} failed: {error}")
+        show_error(f"{self.label} failed: {error}")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._close_napari_bar()
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    def _close_napari_bar(self) -> None:
+        if self._napari_bar is not None:
+            self._napari_bar.close()
+            self._napari_bar = None
+
+
+class PathField(QWidget):
+    """A line edit with a Browse… button (file, save file or folder)."""
+
+    def __init__(
+        self, mode: str = "file", caption: str = "", filter: str = "", placeholder: str = ""
+    ) -> None:
+        super().__init__()
+        self.mode, self.caption, self.filter = mode, caption, filter
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.edit)
+        layout.addWidget(browse)
+
+    @property
+    def text(self) -> str:
+        return self.edit.text().strip()
+
+    def set_text(self, value: str) -> None:
+        self.edit.setText(value)
+
+    def _browse(self) -> None:
+        if self.mode == "folder":
+            chosen = QFileDialog.getExistingDirectory(self, self.caption)
+        elif self.mode == "save":
+            chosen, _ = QFileDialog.getSaveFileName(self, self.caption, self.text, self.filter)
+        else:
+            chosen, _ = QFileDialog.getOpenFileName(self, self.caption, self.text, self.filter)
+        if chosen:
+            self.edit.setText(chosen)

@@ -1,0 +1,182 @@
+"""The demo: the whole pipeline on the HER2ST sections, offline, with defaults (``spahgc demo``).
+
+Embed every section (offline encoder, cached) → train SpaHGC on all sections but one (an inner
+validation slide among them picks the epoch) → predict the held-out section → write its predictions
+h5ad, a report (SpaHGC and the ridge baselines on the same embeddings and genes) and figures of
+predicted vs measured for the genes that validated best. The held-out section plays no part in
+training, gene choice, epoch choice or the choice of genes to show.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._files import atomic_path, cache_dir
+from .baselines import BASELINES
+from .dataset import slide_data
+from .embedding import cohort_embeddings
+from .encoders import DEFAULT_ENCODER, create_encoder
+from .errors import InputError
+from .evaluate import gene_pcc, rmse
+from .expression import read_gene_panel
+from .io.cohort import load_cohort
+from .io.export import write_h5ad
+from .patches import PatchSpec
+from .pipeline import make_trainer, predict_slide
+from .render import best_genes, render_gene
+from .sample_data import her2st_cohort_table, her2st_folder
+from .slide import Slide
+from .train import SpaHGCPredictor
+
+PANEL_NAME = "her2st_785_genes.txt"
+
+
+@dataclass
+class DemoResult:
+    """What the demo made: slides, embeddings, the model, the held-out prediction and the files."""
+
+    slides: list[Slide]
+    encoder: dict
+    embeddings: dict[str, np.ndarray]
+    model: SpaHGCPredictor
+    test_slide: str
+    prediction: object
+    files: dict[str, Path] = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+
+def run_demo(
+    out_dir: str | Path,
+    cohort: str | Path | None = None,
+    test_slide: str | None = None,
+    epochs: int = 200,
+    seed: int = 0,
+    device: str = "auto",
+    n_figures: int = 3,
+    log: Callable[[str], None] = print,
+) -> DemoResult:
+    """Run the demo into ``out_dir``; ``cohort`` defaults to the HER2ST sections (local or downloaded)."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    if cohort is None:
+        folder = her2st_folder()
+        cohort = her2st_cohort_table(folder)
+        panel_file = folder / PANEL_NAME
+    else:
+        panel_file = Path(cohort).parent / PANEL_NAME
+    slides = load_cohort(cohort)
+    test_slide = test_slide or slides[-1].slide_id
+    if test_slide not in {s.slide_id for s in slides}:
+        raise InputError(f"no slide {test_slide!r} in the cohort", cohort)
+    panel = read_gene_panel(panel_file) if panel_file.is_file() else None
+    log(
+        f"{len(slides)} sections; held out: {test_slide}; genes: "
+        + (f"{PANEL_NAME}" if panel else "top 300 HVGs")
+    )
+
+    encoder = create_encoder(DEFAULT_ENCODER, device=device)
+    log(f"embedding {sum(s.n_spots for s in slides)} spots with {encoder.name} (cached)…")
+    embeddings = cohort_embeddings(slides, encoder, cache_dir("embeddings"), PatchSpec())
+    training = [s for s in slides if s.slide_id != test_slide]
+    target = next(s for s in slides if s.slide_id == test_slide)
+    trainer = make_trainer(
+        training, embeddings, panel=panel, n_hvg=None if panel else 300, encoder=encoder.info(),
+        patch=PatchSpec().to_dict(), seed=seed, device=device, epochs=epochs,
+    )  # fmt: skip
+    log(f"training on {', '.join(s.slide_id for s in training)} (≤ {epochs} epochs)…")
+    for progress in trainer.steps():
+        if progress.validation_pcc is not None and progress.epoch % 25 == 0:
+            log(
+                f"  epoch {progress.epoch}: loss {progress.loss:.3f}, validation PCC {progress.validation_pcc:.3f}"
+            )
+    model = trainer.result
+    prediction = predict_slide(model, target, embeddings[test_slide], device="cpu")
+
+    files = {"model": model.save(out_dir / "model")}
+    files["predictions"] = write_h5ad(prediction, out_dir / f"{test_slide}.h5ad")
+    metrics = _metrics(model, training, target, embeddings, prediction)
+    genes = best_genes(prediction, n_figures, by="validation_pcc")
+    for gene in genes:
+        files[f"figure {gene}"] = render_gene(prediction, gene, out_dir / f"{test_slide}_{gene}.png")
+    files["report"] = _write_report(out_dir, test_slide, metrics, genes, model, time.perf_counter() - started)
+    return DemoResult(slides, encoder.info(), embeddings, model, test_slide, prediction, files, metrics)
+
+
+def _metrics(model, training, target, embeddings, prediction) -> dict:
+    """Held-out PCC (mean over genes, constant genes excluded) and RMSE of SpaHGC and the ridge baselines."""
+    genes = model.genes
+    train = [slide_data(s, embeddings[s.slide_id], genes) for s in training]
+    test = slide_data(target, embeddings[target.slide_id], genes)
+    outputs = {
+        "spahgc": prediction.X,
+        **{name: BASELINES[name](train, test) for name in ("ridge", "ridge_spatial")},
+    }
+    metrics = {}
+    for name, values in outputs.items():
+        per_gene = gene_pcc(test.expression, values)
+        metrics[name] = {
+            "pcc": float(np.nanmean(per_gene)),
+            "rmse": rmse(test.expression, values),
+            "n_genes_excluded": int(np.isnan(per_gene).sum()),
+        }
+    return metrics
+
+
+def _write_report(
+    out_dir: Path, test_slide: str, metrics: dict, genes: list[str], model, seconds: float
+) -> Path:
+    validation = model.metadata.validation
+    lines = [
+        f"# SpaHGC demo: held-out section {test_slide}",
+        "",
+        f"Reference slides {', '.join(model.metadata.training_slides)}; {model.metadata.validation_slide} of them was "
+        f"held out to choose the epoch ({validation.get('best_epoch')}, validation PCC "
+        f"{validation.get('pcc', float('nan')):.3f}).",
+        f"{len(model.genes)} genes; {seconds:.0f} s in all.",
+        "",
+        "| method | PCC (mean over genes) | RMSE |",
+        "|---|---|---|",
+        *(f"| {name} | {m['pcc']:.3f} | {m['rmse']:.3f} |" for name, m in metrics.items()),
+        "",
+        "Figures (genes that validated best, chosen without the held-out section): "
+        + ", ".join(f"`{test_slide}_{g}.png`" for g in genes),
+    ]
+    record = {
+        "test_slide": test_slide,
+        "metrics": metrics,
+        "figure_genes": genes,
+        "seconds": round(seconds, 1),
+    }
+    with atomic_path(out_dir / "report.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+    with atomic_path(out_dir / "report.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return out_dir / "report.md"
+
+
+def open_in_viewer(result: DemoResult, viewer=None):
+    """``viewer`` (a new one by default) with the five widgets docked and the demo's slides, embeddings,
+    model and held-out prediction loaded, the best-validated gene on show."""
+    from ._qt._common import session_for
+    from ._qt.widgets import EmbedWidget, ExportWidget, GenesWidget, PredictWidget, SlideWidget
+
+    if viewer is None:
+        import napari
+
+        viewer = napari.Viewer()
+    for name, widget in (("Slide", SlideWidget), ("Embed", EmbedWidget), ("Predict", PredictWidget),
+                         ("Genes", GenesWidget), ("Export", ExportWidget)):  # fmt: skip
+        viewer.window.add_dock_widget(widget(viewer), name=name)
+    session = session_for(viewer)
+    session.add_slides(result.slides)
+    session.set_current(result.test_slide)
+    session.set_embeddings(result.encoder, result.embeddings)
+    session.set_model(result.model)
+    session.set_prediction(result.test_slide, result.prediction)
+    return viewer

@@ -1,0 +1,111 @@
+"""What the widgets of one viewer share (Qt-free): slides, embeddings, the model and its predictions.
+
+The widgets are views of a :class:`Session`: they change it through its methods and redraw when its
+signals fire, so every widget sees the same state whichever one changed it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from anndata import AnnData
+from psygnal import Signal
+
+from .errors import InputError
+from .render import best_genes
+from .slide import Slide
+from .train import SpaHGCPredictor
+
+
+class Session:
+    """Loaded slides, the slide on show, embeddings of one encoder, a model, predictions, the gene on show."""
+
+    slides_changed = Signal()
+    current_changed = Signal(object)  # slide id or None
+    embeddings_changed = Signal()
+    model_changed = Signal()
+    prediction_changed = Signal(str)  # slide id
+    gene_changed = Signal(str)
+
+    def __init__(self) -> None:
+        self.slides: dict[str, Slide] = {}
+        self.current: str | None = None
+        self.encoder: dict | None = None
+        self.embeddings: dict[str, np.ndarray] = {}
+        self.model: SpaHGCPredictor | None = None
+        self.predictions: dict[str, AnnData] = {}
+        self.gene: str | None = None
+
+    # ------------------------------------------------------------------------------------ slides
+    def add_slides(self, slides: Iterable[Slide]) -> None:
+        """Add (or replace, by slide id) slides; what was derived from a replaced slide is dropped."""
+        slides = list(slides)
+        for slide in slides:
+            self.slides[slide.slide_id] = slide
+            self.embeddings.pop(slide.slide_id, None)
+            self.predictions.pop(slide.slide_id, None)
+        self.slides_changed.emit()
+        if slides and (self.current is None or self.current in {s.slide_id for s in slides}):
+            self.set_current(slides[0].slide_id)
+
+    def set_current(self, slide_id: str | None) -> None:
+        if slide_id is not None and slide_id not in self.slides:
+            raise InputError(f"no slide {slide_id!r} is loaded")
+        self.current = slide_id
+        self.current_changed.emit(slide_id)
+
+    @property
+    def current_slide(self) -> Slide | None:
+        return self.slides.get(self.current) if self.current is not None else None
+
+    def require_current(self) -> Slide:
+        if self.current_slide is None:
+            raise InputError("no slide is loaded: open a cohort table, an outs/ folder or an h5ad first")
+        return self.current_slide
+
+    def set_pixel_size(self, slide_id: str, microns_per_pixel: float) -> None:
+        """The user's pixel size for a slide that had none (embeddings made at another scale are dropped)."""
+        slide = self.slides[slide_id]
+        slide.pixel_size_um, slide.pixel_size_source = float(microns_per_pixel), "entered by the user"
+        self.embeddings.pop(slide_id, None)
+        self.slides_changed.emit()
+
+    # -------------------------------------------------------------------------------- embeddings
+    def set_embeddings(self, encoder: dict, embeddings: dict[str, np.ndarray]) -> None:
+        """Embeddings by slide id; another encoder (or other weights) replaces all earlier ones."""
+        if encoder != self.encoder:
+            self.embeddings = {}
+            self.encoder = dict(encoder)
+        self.embeddings.update(embeddings)
+        self.embeddings_changed.emit()
+
+    def missing_embeddings(self, slide_ids: Sequence[str]) -> list[str]:
+        return [s for s in slide_ids if s not in self.embeddings]
+
+    # ---------------------------------------------------------------------- model and predictions
+    def set_model(self, model: SpaHGCPredictor) -> None:
+        self.model = model
+        self.model_changed.emit()
+
+    def set_prediction(self, slide_id: str, prediction: AnnData) -> None:
+        self.predictions[slide_id] = prediction
+        self.prediction_changed.emit(slide_id)
+        if self.gene not in prediction.var_names:
+            self.set_gene(default_gene(prediction))
+
+    def set_gene(self, gene: str) -> None:
+        self.gene = gene
+        self.gene_changed.emit(gene)
+
+
+def default_gene(prediction: AnnData) -> str:
+    """The gene shown first: the best cross-validated one when the model knows, else the first."""
+    return best_genes(prediction, 1, by="validation_pcc")[0]
+
+
+def gene_scores(prediction: AnnData, column: str) -> dict[str, float]:
+    """``{gene: value}`` of a ``var`` column (``validation_pcc`` or ``pcc``); empty when absent."""
+    if column not in prediction.var:
+        return {}
+    return dict(zip(map(str, prediction.var_names), prediction.var[column].astype(float), strict=True))

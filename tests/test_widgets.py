@@ -1,0 +1,190 @@
+"""The dock widgets in a real napari viewer (Xvfb, show=True) on real HER2ST sections."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from napari.layers import Points
+from qtpy.QtCore import Qt
+
+from conftest import HER2ST
+from napari_spahgc._qt._common import session_for
+from napari_spahgc._qt.widgets import EmbedWidget, ExportWidget, GenesWidget, PredictWidget, SlideWidget
+from napari_spahgc.io.cohort import read_cohort
+
+PLUGIN = "napari-spahgc"
+WIDGETS = {"Slide": SlideWidget, "Embed": EmbedWidget, "Predict": PredictWidget, "Genes": GenesWidget,
+           "Export": ExportWidget}  # fmt: skip
+LONG = 300_000  # ms: generous for 2 busy cores
+
+
+def _cohort(her2st_cohort, tmp_path, sections) -> str:
+    """A cohort table of some HER2ST sections, absolute paths."""
+    rows = [
+        {"slide_id": e.slide_id, "image": e.image, "spots": e.spots, "counts": e.counts,
+         "pixel_size_um": e.pixel_size_um, "patient": e.patient}
+        for e in read_cohort(her2st_cohort) if e.slide_id in sections
+    ]  # fmt: skip
+    path = tmp_path / "cohort.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)
+
+
+def _finish(qtbot, panel) -> None:
+    qtbot.waitUntil(lambda: not panel.running, timeout=LONG)
+
+
+def _widgets(viewer) -> dict:
+    widgets = {name: cls(viewer) for name, cls in WIDGETS.items()}
+    for name, widget in widgets.items():
+        viewer.window.add_dock_widget(widget, name=name)
+    return widgets
+
+
+def test_each_widget_docks_from_the_manifest(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    for name in WIDGETS:
+        dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        assert isinstance(widget, WIDGETS[name])
+        qtbot.waitUntil(dock.isVisible, timeout=5000)
+        assert widget.session is session_for(viewer)  # one shared session per viewer
+
+
+def test_full_flow_load_embed_train_predict_pick_gene_export(
+    make_napari_viewer, qtbot, her2st_cohort, tmp_path, notifications
+):
+    viewer = make_napari_viewer(show=True)
+    w = _widgets(viewer)
+    session = session_for(viewer)
+    w["Slide"].open(_cohort(her2st_cohort, tmp_path, ("C2", "C3", "C4")))
+    _finish(qtbot, w["Slide"].panel)
+    assert list(session.slides) == ["C2", "C3", "C4"] and session.current == "C2"
+    assert w["Slide"].counts.text().startswith(f"{session.slides['C2'].n_spots} spots")
+    assert not w["Slide"].pixel_size.isEnabled()  # known from the cohort table
+    w["Slide"].slides.setCurrentText("C4")  # the slide to predict
+    assert session.current == "C4" and [layer.visible for layer in viewer.layers if "C4" in layer.name] == [
+        True,
+        True,
+    ]
+    assert sorted(w["Predict"].reference_ids()) == ["C2", "C3"]
+
+    w["Embed"].cache.set_text(str(tmp_path / "embeddings"))
+    w["Embed"].batch_size.setValue(32)
+    w["Embed"].run()
+    _finish(qtbot, w["Embed"].panel)
+    assert set(session.embeddings) == {"C2", "C3", "C4"} and session.encoder["name"] == "efficientnet-lite0"
+    assert w["Embed"].panel.bar.value() == sum(s.n_spots for s in session.slides.values())
+
+    w["Predict"].epochs.setValue(4)
+    w["Predict"].genes.set_text(str(HER2ST / "her2st_785_genes.txt"))
+    w["Predict"].save_to.set_text(str(tmp_path / "model"))
+    w["Predict"].run()
+    _finish(qtbot, w["Predict"].panel)
+    assert not notifications, [str(n.message) for n in notifications]
+    prediction = session.predictions["C4"]
+    assert prediction.n_vars == 785 and "measured" in prediction.layers
+    assert (tmp_path / "model" / "config.json").is_file()
+    spots = [layer for layer in viewer.layers if isinstance(layer, Points) and layer.visible]
+    assert sorted(layer.name.rsplit(" ", 1)[1] for layer in spots) == ["measured", "predicted"]
+    assert w["Genes"].table.rowCount() == 785
+
+    w["Genes"].filter.setText("krt")
+    shown = [w["Genes"].table.item(r, 0).text() for r in range(785) if not w["Genes"].table.isRowHidden(r)]
+    assert "KRT8" in shown and all("KRT" in g for g in shown)
+    predicted = next(layer for layer in spots if layer.name.endswith("predicted"))
+    before = predicted.face_color.copy()
+    row = w["Genes"].table.findItems("KRT8", Qt.MatchFlag.MatchExactly)[0].row()
+    w["Genes"].table.selectRow(row)
+    assert session.gene == "KRT8" and predicted.name == "C4 KRT8 predicted"
+    assert not np.allclose(before, predicted.face_color)  # the colours follow the gene
+    values = prediction[:, "KRT8"].X.ravel()
+    assert np.corrcoef(predicted.face_color[:, 0], values)[0, 1] ** 2 > 0.5  # and follow its values
+    measured = next(layer for layer in spots if layer.name.endswith("measured"))
+    assert predicted.face_contrast_limits == measured.face_contrast_limits  # one shared scale
+    assert "KRT8" in w["Genes"].title.text()
+    w["Genes"].colormap.setCurrentText("magma")
+    assert predicted.face_colormap.name == "magma" and measured.face_colormap.name == "magma"
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    assert shot[..., :3].max() > 0 and shot[..., :3].std() > 5  # not black, not uniform
+
+    h5ad = w["Export"].export_h5ad(tmp_path / "out" / "C4.h5ad")
+    back = ad.read_h5ad(h5ad)
+    np.testing.assert_allclose(back.X, prediction.X)
+    assert list(back.obs_names) == list(session.slides["C4"].spot_ids) and "measured" in back.layers
+    png = w["Export"].export_png(tmp_path / "out" / "view.png")
+    assert png.stat().st_size > 10_000
+
+
+def test_cancel_during_embedding_then_a_rerun_completes_from_the_cache(
+    make_napari_viewer, qtbot, her2st_cohort, tmp_path
+):
+    viewer = make_napari_viewer(show=True)
+    w = _widgets(viewer)
+    session = session_for(viewer)
+    w["Slide"].open(_cohort(her2st_cohort, tmp_path, ("C2", "C3")))
+    _finish(qtbot, w["Slide"].panel)
+    cache = tmp_path / "embeddings"
+    w["Embed"].cache.set_text(str(cache))
+    w["Embed"].batch_size.setValue(8)
+    n_c2 = session.slides["C2"].n_spots
+    worker = w["Embed"].run()
+    worker.yielded.connect(lambda step: step.done > n_c2 and w["Embed"].panel.cancel())  # C3 part-way
+    with qtbot.waitSignal(worker.aborted, timeout=LONG):
+        pass
+    _finish(qtbot, w["Embed"].panel)
+    assert session.embeddings == {} and "cancelled" in w["Embed"].panel.status.text()
+    (finished,) = cache.iterdir()  # C2 only: the slide in progress left nothing behind
+    stamp = finished.stat().st_mtime_ns
+    w["Embed"].run()
+    _finish(qtbot, w["Embed"].panel)
+    assert set(session.embeddings) == {"C2", "C3"} and len(list(cache.iterdir())) == 2
+    assert finished.stat().st_mtime_ns == stamp  # read from the cache, not recomputed
+
+
+def test_bad_file_and_bad_weights_give_notifications_and_the_viewer_survives(
+    make_napari_viewer, qtbot, her2st_cohort, tmp_path, notifications
+):
+    viewer = make_napari_viewer(show=True)
+    w = _widgets(viewer)
+    bad = tmp_path / "broken.csv"
+    bad.write_text("slide_id,image,spots,counts,pixel_size_um,patient\nA,nope.jpg,nope.tsv,,,\n")
+    w["Slide"].open(bad)
+    _finish(qtbot, w["Slide"].panel)
+    assert any("nope" in str(n.message) for n in notifications)
+    w["Slide"].open(_cohort(her2st_cohort, tmp_path, ("C2",)))
+    _finish(qtbot, w["Slide"].panel)
+    weights = tmp_path / "pytorch_model.bin"
+    weights.write_bytes(b"not a checkpoint")
+    w["Embed"].encoder.setCurrentText("uni")
+    w["Embed"].weights.set_text(str(weights))
+    w["Embed"].run()
+    _finish(qtbot, w["Embed"].panel)
+    assert any(
+        "pytorch_model.bin" in str(n.message) and "cannot read weights" in str(n.message)
+        for n in notifications
+    )
+    w["Predict"].run()  # nothing embedded: a message, no worker
+    assert any("no embeddings" in str(n.message) for n in notifications)
+    viewer.add_points(np.array([[1.0, 2.0]]))  # still alive
+    assert len(viewer.layers) == 3
+
+
+def test_image_and_spot_table_without_pixel_size_take_the_users_value(make_napari_viewer, qtbot, tmp_path):
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(0)
+    PILImage.fromarray(rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)).save(tmp_path / "he.png")
+    pd.DataFrame({"spot_id": [f"s{i}" for i in range(12)], "x": np.arange(12) * 50.0 + 100,
+                  "y": np.full(12, 300.0)}).to_csv(tmp_path / "spots.csv", index=False)  # fmt: skip
+    viewer = make_napari_viewer(show=True)
+    w = _widgets(viewer)
+    session = session_for(viewer)
+    w["Slide"].open(tmp_path / "spots.csv", tmp_path / "he.png")
+    _finish(qtbot, w["Slide"].panel)
+    assert list(session.slides) == ["spots"] and session.current_slide.pixel_size_um is None
+    assert w["Slide"].pixel_size.isEnabled() and "unknown" in w["Slide"].pixel_source.text()
+    w["Slide"].pixel_size.setValue(0.5)
+    w["Slide"].apply_pixel.click()
+    assert session.current_slide.pixel_size_um == 0.5 and not w["Slide"].pixel_size.isEnabled()
+    assert w["Slide"].pixel_source.text() == "entered by the user"
