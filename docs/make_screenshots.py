@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import napari
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
 from napari_spahgc._qt._common import session_for
@@ -48,8 +49,10 @@ def main() -> None:
     docks = {
         name: viewer.window.add_dock_widget(w, name=name.title(), area="right") for name, w in widgets.items()
     }
+    window = viewer.window._qt_window
     for name in ("embed", "predict", "export"):
-        viewer.window._qt_window.tabifyDockWidget(docks["slide"], docks[name])
+        window.tabifyDockWidget(docks["slide"], docks[name])
+    window.resizeDocks([docks["slide"], docks["genes"]], [380, 700], Qt.Orientation.Vertical)
     session = session_for(viewer)
 
     widgets["slide"].source.set_text(args.cohort)
@@ -65,6 +68,7 @@ def main() -> None:
     if args.gene:
         session.set_gene(args.gene)
     widgets["genes"].filter.setText("")
+    docks["predict"].raise_()
     QApplication.processEvents()
 
     viewer.screenshot(str(OUT / "canvas.png"), canvas_only=True, flash=False)
