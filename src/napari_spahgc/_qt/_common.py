@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 from ..layers import MEASURED, METADATA_KEY, PREDICTED, prediction_layers, slide_layers
 from ..session import Session
 
-_SESSIONS: dict[int, Session] = {}
+_SESSIONS: dict[int, tuple[Session, LayerSync]] = {}
 
 
 def session_for(viewer: napari.Viewer) -> Session:
@@ -38,10 +38,9 @@ def session_for(viewer: napari.Viewer) -> Session:
     key = id(viewer)
     if key not in _SESSIONS:
         session = Session()
-        _SESSIONS[key] = session
-        session._layer_sync = LayerSync(viewer, session)  # lives as long as the session
+        _SESSIONS[key] = (session, LayerSync(viewer, session))
         weakref.finalize(viewer, _SESSIONS.pop, key, None)
-    return _SESSIONS[key]
+    return _SESSIONS[key][0]
 
 
 def layer_info(layer: Layer) -> dict:
