@@ -108,6 +108,17 @@ def test_full_flow_load_embed_train_predict_pick_gene_export(
     shot = viewer.screenshot(canvas_only=True, flash=False)
     assert shot[..., :3].max() > 0 and shot[..., :3].std() > 5  # not black, not uniform
 
+    w["Predict"].load_mode.setChecked(True)  # the saved model folder predicts the same, deterministically
+    w["Predict"].model_dir.set_text(str(tmp_path / "model"))
+    w["Predict"].run()
+    _finish(qtbot, w["Predict"].panel)
+    np.testing.assert_allclose(session.predictions["C4"].X, prediction.X, rtol=1e-5, atol=1e-5)
+    prediction = session.predictions["C4"]
+    assert (
+        session.gene == "KRT8"
+        and [lay.name for lay in viewer.layers if lay.visible][-1] == "C4 KRT8 measured"
+    )
+
     h5ad = w["Export"].export_h5ad(tmp_path / "out" / "C4.h5ad")
     back = ad.read_h5ad(h5ad)
     np.testing.assert_allclose(back.X, prediction.X)
