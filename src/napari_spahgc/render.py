@@ -15,7 +15,7 @@ from ._files import atomic_path
 from .errors import InputError
 from .layers import gene_values, shared_limits
 
-UNITS = "log1p(CPM)"
+UNITS = "log1p CPM"
 
 
 def best_genes(prediction: AnnData, n: int, by: str = "validation_pcc") -> list[str]:
@@ -61,7 +61,8 @@ def render_gene(
     margin = size * 1.5
     (x0, y0), (x1, y1) = xy.min(axis=0) - margin, xy.max(axis=0) + margin
 
-    figure = Figure(figsize=(5.2 * len(panels) + 0.8, 5.6), dpi=dpi, layout="constrained")
+    height = float(np.clip(5.2 * (y1 - y0) / max(x1 - x0, 1e-9), 2.5, 9.0)) + 0.9  # panel + titles
+    figure = Figure(figsize=(5.2 * len(panels) + 0.8, height), dpi=dpi, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for ax, (label, values) in zip(axes, panels, strict=True):

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QListWidget,
@@ -368,6 +369,7 @@ class GenesWidget(_SessionWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.colormap = QComboBox()
         self.colormap.addItems(COLORMAPS)
         self.low, self.high = (QDoubleSpinBox(decimals=3, minimum=-1e6, maximum=1e6) for _ in range(2))
