@@ -10,13 +10,17 @@ import torch
 
 from napari_spahgc import InputError
 from napari_spahgc.dataset import SlideData
+from napari_spahgc.graph import ExpressionScale, ReferenceBank, build_graph
+from napari_spahgc.model import SpaHGC
 from napari_spahgc.train import (
+    GraphBatch,
     SpaHGCPredictor,
     Trainer,
     _contrastive,
     fit_predict_fold,
     pearson_per_gene,
     split_options,
+    validation_groups,
 )
 
 GENES = [f"G{i}" for i in range(5)]
@@ -40,7 +44,7 @@ def _trainer(slides, **options) -> Trainer:
     graph, model, train = split_options(
         {"epochs": 6, "eval_every": 2, "hidden": 32, "q": 3, "k": 4, **options}
     )
-    return Trainer(slides[:-1], slides[-1], GENES, graph, model, train)
+    return Trainer(slides, GENES, graph, model, train)
 
 
 def test_complementary_masks():
@@ -79,11 +83,61 @@ def test_training_learns_and_selects_on_validation():
     assert [p.epoch for p in progress] == list(range(1, 61))
     assert progress[-1].loss < progress[0].loss
     validation = trainer.result.metadata.validation
-    assert validation["best_epoch"] % 5 == 0 and validation["pcc"] > 0.5
+    assert len(validation["members"]) == 4 and validation["pcc"] > 0.5
+    assert all(m["best_epoch"] % 5 == 0 and m["pcc"] > 0.4 for m in validation["members"])
     test = _slides(n_slides=1, seed=0)[0]
     test.slide_id = "held-out"
     prediction = trainer.result.predict(test)
     assert prediction.shape == (36, len(GENES)) and np.isfinite(prediction).all()
+
+
+def test_validation_groups_cover_the_slides_once():
+    groups = validation_groups(5, members=4, seed=3)
+    assert len(groups) == 4 and sorted(i for g in groups for i in g) == [0, 1, 2, 3, 4]
+    assert sorted(validation_groups(3, members=4, seed=0)) == [[0], [1], [2]]  # one member per slide
+    assert validation_groups(2, members=4, seed=0) == [[]]  # two slides: one member, no validation
+    single = validation_groups(4, members=1, seed=5)
+    assert len(single) == 1 and len(single[0]) == 1
+
+
+def test_uneven_groups_and_two_slides():
+    """Five slides, four members: one member holds two slides out (and trains on three, repeating one
+    per epoch); two slides: a single member trained on both without validation."""
+    trainer = _trainer(_slides(n_slides=5), epochs=4)
+    model = trainer.fit()
+    members = model.metadata.validation["members"]
+    assert sorted(len(m["validation_slides"]) for m in members) == [1, 1, 1, 2]
+    assert all(np.isfinite(m["pcc"]) and m["best_epoch"] in (2, 4) for m in members)
+    assert np.isfinite(model.predict(_slides(n_slides=1, seed=3)[0])).all()
+    pair = _trainer(_slides(n_slides=2), epochs=3).fit()
+    assert pair.network.options.members == 1 and pair.metadata.validation == {"epochs_run": 3}
+    assert "no validation slide" in pair.metadata.validation_summary()
+
+
+def test_members_are_independent_and_padding_is_inert():
+    """Member 0's output and gradients do not depend on what member 1 is given (or how much padding
+    its larger graph adds)."""
+    slides = _slides(n_slides=4)
+    small = _slides(n_slides=1, n=20, seed=4)[0]
+    small.coords = small.coords[:20]
+    graph_options, model_options, _ = split_options({"hidden": 32, "q": 3, "k": 4, "members": 2})
+    torch.manual_seed(0)
+    network = SpaHGC(16, len(GENES), model_options).eval()
+    scale = ExpressionScale.fit(slides)
+    bank = ReferenceBank.from_slides(slides[1:], scale)
+    graph_small = build_graph(small, bank, graph_options)
+    outputs = []
+    for other in (slides[0], _slides(n_slides=1, n=36, seed=8)[0]):
+        other.slide_id = "other"
+        batch = GraphBatch.from_graphs([graph_small, build_graph(other, bank, graph_options)])
+        assert batch.target_x.shape[1] == 36 and batch.n_targets == [20, 36]
+        outputs.append(network(*batch.inputs)[0, :20])
+    torch.testing.assert_close(outputs[0], outputs[1])
+    alone = network(*GraphBatch.from_graphs([graph_small, graph_small]).inputs)[0]
+    torch.testing.assert_close(alone, outputs[0])
+    outputs[1].sum().backward()
+    gradients = [p.grad for p in network.parameters() if p.grad is not None]
+    assert all(g[1].abs().max() == 0 for g in gradients) and any(g[0].abs().max() > 0 for g in gradients)
 
 
 def test_cancel_between_epochs_leaves_no_model():
@@ -105,7 +159,11 @@ def test_save_load_predict_round_trip(tmp_path):
     folder = model.save(tmp_path / "model")
     config = json.loads((folder / "config.json").read_text())
     assert config["genes"] == GENES and config["training_slides"] == ["S0", "S1", "S2", "S3"]
-    assert config["validation_slide"] == "S3" and "pcc" in config["validation"]
+    assert (
+        sorted(config["validation_slides"]) == [["S0"], ["S1"], ["S2"], ["S3"]]
+        and "pcc" in config["validation"]
+    )
+    assert config["model_options"]["members"] == 4 and len(config["validation"]["members"]) == 4
     assert config["train_options"]["alpha"] == 0.8 and config["graph_options"]["k"] == 4
     loaded = SpaHGCPredictor.load(folder)
     np.testing.assert_array_equal(loaded.predict(test), expected)
@@ -115,6 +173,10 @@ def test_save_load_predict_round_trip(tmp_path):
         loaded.check_compatible("uni")
     with pytest.raises(InputError, match="not a napari-spahgc model folder"):
         SpaHGCPredictor.load(tmp_path)
+    del config["model_options"]["members"]  # a folder from the single-model format
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="train it again"):
+        SpaHGCPredictor.load(folder)
     wrong_dim = _slides(n_slides=1, dim=8)[0]
     with pytest.raises(InputError, match="8-d embeddings"):
         loaded.predict(wrong_dim)

@@ -121,7 +121,8 @@ def train(
     batch_size: BatchOpt = 64,
     cache: CacheOpt = None,
 ) -> None:
-    """Train SpaHGC on every slide of the cohort (one is held out for epoch selection) and save it."""
+    """Train SpaHGC on every slide of the cohort (a cross-validated ensemble: each member holds slides out
+    to choose its epoch) and save it."""
     from .pipeline import make_trainer
 
     panel = _panel(genes, n_hvg)
@@ -136,11 +137,7 @@ def train(
             bar.update(1)
     model = trainer.result
     folder = model.save(out)
-    validation = model.metadata.validation
-    typer.echo(
-        f"model: {folder} ({len(model.genes)} genes; validation slide {model.metadata.validation_slide}: "
-        f"PCC {validation.get('pcc', float('nan')):.3f} at epoch {validation.get('best_epoch', '-')})"
-    )
+    typer.echo(f"model: {folder} ({len(model.genes)} genes; {model.metadata.validation_summary()})")
 
 
 @app.command()

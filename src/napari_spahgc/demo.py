@@ -1,7 +1,7 @@
 """The demo: the whole pipeline on the HER2ST sections, offline, with defaults (``spahgc demo``).
 
-Embed every section (offline encoder, cached) → train SpaHGC on all sections but one (an inner
-validation slide among them picks the epoch) → predict the held-out section → write its predictions
+Embed every section (offline encoder, cached) → train SpaHGC on all sections but one (a
+cross-validated ensemble: each member picks its epoch on a training section it does not train on) → predict the held-out section → write its predictions
 h5ad, a report (SpaHGC and the ridge baselines on the same embeddings and genes) and figures of
 predicted vs measured for the genes that validated best. The held-out section plays no part in
 training, gene choice, epoch choice or the choice of genes to show.
@@ -131,13 +131,10 @@ def _metrics(model, training, target, embeddings, prediction) -> dict:
 def _write_report(
     out_dir: Path, test_slide: str, metrics: dict, genes: list[str], model, seconds: float
 ) -> Path:
-    validation = model.metadata.validation
     lines = [
         f"# SpaHGC demo: held-out section {test_slide}",
         "",
-        f"Reference slides {', '.join(model.metadata.training_slides)}; {model.metadata.validation_slide} of them was "
-        f"held out to choose the epoch ({validation.get('best_epoch')}, validation PCC "
-        f"{validation.get('pcc', float('nan')):.3f}).",
+        f"Reference slides {', '.join(model.metadata.training_slides)}; {model.metadata.validation_summary()}.",
         f"{len(model.genes)} genes; {seconds:.0f} s in all.",
         "",
         "| method | PCC (mean over genes) | RMSE |",

@@ -1,4 +1,10 @@
-"""The SpaHGC network, one small module per operator.
+"""The SpaHGC network, one small module per operator, for an ensemble of independent members.
+
+Every weight has a leading *member* axis: ``members`` networks with their own parameters run in one
+batched computation (one matrix product per operator for all of them), which is what makes a
+cross-validated ensemble affordable on a CPU, where small graphs are limited by per-operation
+overhead, not arithmetic. Node features are ``(members, nodes, features)``; edges index the
+flattened ``members × nodes`` rows, so each member's graph is a disjoint block and members never mix.
 
 ``SpaHGC.encode`` runs the heterogeneous encoder (input projections, then L layers of GraphSAGE on TS
 and RS edges plus CNDA on CS edges, relation outputs averaged per node type); ``SpaHGC.predict_genes``
@@ -7,11 +13,11 @@ runs CNAP (multi-head attention of each target over its CS references, residual)
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import SAGEConv
 from torch_geometric.utils import scatter, softmax
 
 from .graph import CS, RS, TS
@@ -19,14 +25,16 @@ from .graph import CS, RS, TS
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """Architecture; ``use_*`` switches exist for ablations (``use_cs=False`` drops every CS edge, so
-    neither CNDA nor CNAP runs and the references are not used)."""
+    """Architecture; ``members`` independent networks form the ensemble; ``use_*`` switches exist for
+    ablations (``use_cs=False`` drops every CS edge, so neither CNDA nor CNAP runs and the references
+    are not used)."""
 
-    hidden: int = 128
+    hidden: int = 96
     layers: int = 4
     heads: int = 4
     cnap_heads: int = 4
     dropout: float = 0.1
+    members: int = 4
     use_ts: bool = True
     use_rs: bool = True
     use_cs: bool = True
@@ -37,6 +45,56 @@ class ModelOptions:
         return asdict(self)
 
 
+class MemberLinear(nn.Module):
+    """One affine map per member, applied to ``(members, n, in)`` in a single batched product; each
+    member is initialised like ``torch.nn.Linear``."""
+
+    def __init__(self, members: int, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        bound = 1 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(members, in_features, out_features).uniform_(-bound, bound))
+        self.bias = (
+            nn.Parameter(torch.empty(members, 1, out_features).uniform_(-bound, bound)) if bias else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.bias is None:
+            return torch.bmm(x, self.weight)
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class MemberLayerNorm(nn.Module):
+    """LayerNorm over the feature axis with a per-member affine transform."""
+
+    def __init__(self, members: int, features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(members, 1, features))
+        self.bias = nn.Parameter(torch.zeros(members, 1, features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.addcmul(self.bias, nn.functional.layer_norm(x, x.shape[-1:]), self.weight)
+
+
+def _flat(x: Tensor) -> Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+class GraphSAGE(nn.Module):
+    """GraphSAGE with mean aggregation: W₁·mean_{j→i} x_j + W₂·x_i (``SAGEConv``'s operator, with a
+    weight per member)."""
+
+    def __init__(self, members: int, hidden: int) -> None:
+        super().__init__()
+        self.neighbours = MemberLinear(members, hidden, hidden)
+        self.root = MemberLinear(members, hidden, hidden, bias=False)
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        src, dst = edge_index
+        flat = _flat(x)
+        mean = scatter(flat.index_select(0, src), dst, dim=0, dim_size=len(flat), reduce="mean")
+        return self.neighbours(mean.view_as(x)) + self.root(x)
+
+
 class CrossNodeAttention(nn.Module):
     """One direction of CNDA: nodes of the destination type attend over their incoming CS edges.
 
@@ -44,26 +102,28 @@ class CrossNodeAttention(nn.Module):
     over each destination node's incoming edges (``torch_geometric.utils.softmax``).
     """
 
-    def __init__(self, hidden: int, heads: int) -> None:
+    def __init__(self, members: int, hidden: int, heads: int) -> None:
         super().__init__()
         if hidden % heads:
             raise ValueError("hidden must be divisible by heads")
         self.heads, self.head_dim = heads, hidden // heads
-        self.query = nn.Linear(hidden, hidden)
-        self.key = nn.Linear(hidden, hidden)
-        self.value = nn.Linear(hidden, hidden)
-        self.out = nn.Linear(hidden, hidden)
+        self.query = MemberLinear(members, hidden, hidden)
+        self.key = MemberLinear(members, hidden, hidden)
+        self.value = MemberLinear(members, hidden, hidden)
+        self.out = MemberLinear(members, hidden, hidden)
 
     def forward(self, source: Tensor, destination: Tensor, edge_index: Tensor) -> Tensor:
         src, dst = edge_index
         shape = (-1, self.heads, self.head_dim)
+        n_destination = destination.shape[0] * destination.shape[1]
         # index_select (not fancy indexing): its backward is a cheap index_add, not index_put
-        q = self.query(destination).view(shape).index_select(0, dst)
-        k = self.key(source).view(shape).index_select(0, src)
-        v = self.value(source).view(shape).index_select(0, src)
-        weights = softmax((q * k).sum(-1) / self.head_dim**0.5, dst, num_nodes=len(destination))
+        q = self.query(destination).reshape(shape).index_select(0, dst)
+        k = self.key(source).reshape(shape).index_select(0, src)
+        v = self.value(source).reshape(shape).index_select(0, src)
+        weights = softmax((q * k).sum(-1) / self.head_dim**0.5, dst, num_nodes=n_destination)
         messages = (weights.unsqueeze(-1) * v).reshape(len(src), -1)
-        return self.out(scatter(messages, dst, dim=0, dim_size=len(destination), reduce="sum"))
+        pooled = scatter(messages, dst, dim=0, dim_size=n_destination, reduce="sum")
+        return self.out(pooled.view_as(destination))
 
 
 class HeteroLayer(nn.Module):
@@ -73,14 +133,14 @@ class HeteroLayer(nn.Module):
 
     def __init__(self, options: ModelOptions) -> None:
         super().__init__()
-        h = options.hidden
+        m, h = options.members, options.hidden
         self.options = options
-        self.ts = SAGEConv(h, h)
-        self.rs = SAGEConv(h, h)
-        self.cnda_to_target = CrossNodeAttention(h, options.heads)
-        self.cnda_to_reference = CrossNodeAttention(h, options.heads)
-        self.norm_target = nn.LayerNorm(h)
-        self.norm_reference = nn.LayerNorm(h)
+        self.ts = GraphSAGE(m, h)
+        self.rs = GraphSAGE(m, h)
+        self.cnda_to_target = CrossNodeAttention(m, h, options.heads)
+        self.cnda_to_reference = CrossNodeAttention(m, h, options.heads)
+        self.norm_target = MemberLayerNorm(m, h)
+        self.norm_reference = MemberLayerNorm(m, h)
         self.dropout = nn.Dropout(options.dropout)
 
     def forward(self, target: Tensor, reference: Tensor, edges: dict) -> tuple[Tensor, Tensor]:
@@ -97,47 +157,54 @@ class HeteroLayer(nn.Module):
             reference, to_reference, self.norm_reference
         )
 
-    def _update(self, h: Tensor, relations: list[Tensor], norm: nn.LayerNorm) -> Tensor:
+    def _update(self, h: Tensor, relations: list[Tensor], norm: MemberLayerNorm) -> Tensor:
         if not relations:
             return h
         mixed = torch.stack(relations).mean(0)
         return self.dropout(nn.functional.elu(norm(h + mixed)))
 
 
-class AttentionPooling(nn.Module):
+class AttentionPooling(CrossNodeAttention):
     """CNAP: each target attends (multi-head) over the final embeddings of its k CS references;
-    the pooled vector is added to the target embedding (residual)."""
+    the pooled vector is added to the target embedding (residual). Same projections as CNDA, over a
+    dense (target, k) table instead of an edge list."""
 
-    def __init__(self, hidden: int, heads: int) -> None:
-        super().__init__()
-        self.attention = nn.MultiheadAttention(hidden, heads, batch_first=True)
-        self.norm = nn.LayerNorm(hidden)
+    def __init__(self, members: int, hidden: int, heads: int) -> None:
+        super().__init__(members, hidden, heads)
+        self.norm = MemberLayerNorm(members, hidden)
 
-    def forward(self, target: Tensor, reference: Tensor, cs_edges: Tensor) -> Tensor:
-        n = len(target)
-        k = cs_edges.shape[1] // max(n, 1)
-        neighbours = reference.index_select(0, cs_edges[0]).view(n, k, -1)  # CS edges: by target, k each
-        pooled, _ = self.attention(target.unsqueeze(1), neighbours, neighbours, need_weights=False)
-        return self.norm(target + pooled.squeeze(1))
+    def forward(self, target: Tensor, reference: Tensor, retrieved: Tensor) -> Tensor:
+        """``retrieved``: (members, n_target, k) flattened reference rows of each target's CS edges."""
+        m, n, k = retrieved.shape
+        neighbours = _flat(reference).index_select(0, retrieved.reshape(-1)).view(m, n * k, -1)
+        q = self.query(target).view(m, n, 1, self.heads, self.head_dim)
+        keys = self.key(neighbours).view(m, n, k, self.heads, self.head_dim)
+        values = self.value(neighbours).view(m, n, k, self.heads, self.head_dim)
+        weights = torch.softmax((q * keys).sum(-1) / self.head_dim**0.5, dim=2)  # over the k references
+        pooled = (weights.unsqueeze(-1) * values).sum(2).reshape(m, n, -1)
+        return self.norm(target + self.out(pooled))
 
 
 class SpaHGC(nn.Module):
-    """Heterogeneous graph network: embeddings (+ reference expression) → predicted genes (standardised)."""
+    """Heterogeneous graph network: embeddings (+ reference expression) → predicted genes
+    (standardised), for every ensemble member at once."""
 
     def __init__(self, embedding_dim: int, n_genes: int, options: ModelOptions = ModelOptions()) -> None:
         super().__init__()
-        h = options.hidden
+        m, h = options.members, options.hidden
         self.options = options
-        self.project_target = nn.Sequential(nn.Linear(embedding_dim, h), nn.LayerNorm(h), nn.ELU())
+        self.project_target = nn.Sequential(
+            MemberLinear(m, embedding_dim, h), MemberLayerNorm(m, h), nn.ELU()
+        )
         self.project_reference = nn.Sequential(
-            nn.Linear(embedding_dim + n_genes, h), nn.LayerNorm(h), nn.ELU()
+            MemberLinear(m, embedding_dim + n_genes, h), MemberLayerNorm(m, h), nn.ELU()
         )
         self.layers = nn.ModuleList(HeteroLayer(options) for _ in range(options.layers))
         self.pooling = (
-            AttentionPooling(h, options.cnap_heads) if options.use_cs and options.use_cnap else None
+            AttentionPooling(m, h, options.cnap_heads) if options.use_cs and options.use_cnap else None
         )
         self.head = nn.Sequential(
-            nn.Linear(h, h), nn.ELU(), nn.Dropout(options.dropout), nn.Linear(h, n_genes)
+            MemberLinear(m, h, h), nn.ELU(), nn.Dropout(options.dropout), MemberLinear(m, h, n_genes)
         )
 
     def encode(self, target_x: Tensor, reference_x: Tensor, edges: dict) -> tuple[Tensor, Tensor]:
@@ -146,10 +213,10 @@ class SpaHGC(nn.Module):
             target, reference = layer(target, reference, edges)
         return target, reference
 
-    def predict_genes(self, target: Tensor, reference: Tensor, edges: dict) -> Tensor:
+    def predict_genes(self, target: Tensor, reference: Tensor, retrieved: Tensor) -> Tensor:
         if self.pooling is not None:
-            target = self.pooling(target, reference, edges[CS])
+            target = self.pooling(target, reference, retrieved)
         return self.head(target)
 
-    def forward(self, target_x: Tensor, reference_x: Tensor, edges: dict) -> Tensor:
-        return self.predict_genes(*self.encode(target_x, reference_x, edges), edges)
+    def forward(self, target_x: Tensor, reference_x: Tensor, edges: dict, retrieved: Tensor) -> Tensor:
+        return self.predict_genes(*self.encode(target_x, reference_x, edges), retrieved)

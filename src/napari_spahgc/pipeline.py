@@ -17,7 +17,7 @@ from .evaluate import gene_pcc
 from .expression import log_cpm, select_genes
 from .io.export import spot_anndata, write_h5ad
 from .slide import Slide
-from .train import ModelMetadata, SpaHGCPredictor, Trainer, split_options, split_validation
+from .train import ModelMetadata, SpaHGCPredictor, Trainer, split_options
 
 
 def make_trainer(
@@ -32,13 +32,12 @@ def make_trainer(
     **options,
 ) -> Trainer:
     """A :class:`Trainer` on ``slides`` (all need counts); genes from ``panel`` or ``n_hvg`` chosen on
-    these slides only; one slide (drawn with ``seed``) is held out for epoch selection."""
+    these slides only; the ensemble members choose their epochs on held-out training slides."""
     missing = [s.slide_id for s in slides if s.expression is None]
     if missing:
         raise InputError(f"training slides need measured counts; none for {', '.join(missing)}")
     genes = select_genes([s.expression for s in slides], panel=panel, n_hvg=n_hvg)
     data = [slide_data(s, embeddings[s.slide_id], genes) for s in slides]
-    train, validation = split_validation(data, seed)
     graph_options, model_options, train_options = split_options(options, seed=seed, device=device)
     metadata = ModelMetadata(
         genes=genes,
@@ -50,7 +49,7 @@ def make_trainer(
             "genes": "panel" if panel is not None else f"top {n_hvg} HVGs per training slide, intersected",
         },
     )
-    return Trainer(train, validation, genes, graph_options, model_options, train_options, metadata)
+    return Trainer(data, genes, graph_options, model_options, train_options, metadata)
 
 
 def predict_slide(model: SpaHGCPredictor, slide: Slide, embeddings: np.ndarray, device: str = "cpu"):

@@ -41,7 +41,7 @@ class TrainOptions:
     """
 
     epochs: int = 200
-    lr: float = 1e-4
+    lr: float = 3e-4
     weight_decay: float = 1e-4
     alpha: float = 0.8
     beta: float = 0.9
@@ -51,7 +51,7 @@ class TrainOptions:
     con_target_weight: float = 1.0
     con_reference_weight: float = 1.0
     eval_every: int = 5
-    patience: int | None = 50
+    patience: int | None = 25
     seed: int = 0
     device: str = "auto"
 
@@ -80,21 +80,40 @@ class ModelMetadata:
     patch: dict = field(default_factory=dict)
     preprocessing: dict = field(default_factory=lambda: {"normalize": "counts / spot total × 1e6, log1p"})
     training_slides: list[str] = field(default_factory=list)
-    validation_slide: str | None = None
+    validation_slides: list[list[str]] = field(default_factory=list)
     validation: dict = field(default_factory=dict)
 
+    def validation_summary(self) -> str:
+        """One sentence on how the epochs were chosen and how the members validated."""
+        members = self.validation.get("members")
+        if not members:
+            return f"one model trained on every slide for {self.validation.get('epochs_run', '?')} epochs (no validation slide)"
+        parts = "; ".join(
+            f"{'+'.join(m['validation_slides'])}: PCC {m['pcc']:.3f} at epoch {m['best_epoch']}"
+            for m in members
+        )
+        return (
+            f"ensemble of {len(members)} member(s), each choosing its epoch on held-out training slides ({parts}); "
+            f"mean validation PCC {self.validation['pcc']:.3f}"
+        )
 
-def pearson_per_gene(pred: Tensor, truth: Tensor) -> Tensor:
-    """Differentiable Pearson correlation of each gene (column) across spots, for the training loss
-    (the metric itself is :func:`napari_spahgc.evaluate.gene_pcc`); constant columns give NaN."""
-    pred = pred - pred.mean(0)
-    truth = truth - truth.mean(0)
-    denominator = pred.norm(dim=0) * truth.norm(dim=0)
-    return torch.where(denominator > 1e-8, (pred * truth).sum(0) / denominator.clamp_min(1e-8), torch.nan)
+
+def pearson_per_gene(pred: Tensor, truth: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Differentiable Pearson correlation of each gene (last axis) across spots (second-to-last axis),
+    over the rows where ``mask`` (``(…, n, 1)``) is 1, for the training loss (the metric itself is
+    :func:`napari_spahgc.evaluate.gene_pcc`); constant columns give NaN."""
+    if mask is None:
+        mask = torch.ones_like(pred[..., :1])
+    count = mask.sum(-2, keepdim=True)
+    pred = (pred - (pred * mask).sum(-2, keepdim=True) / count) * mask
+    truth = (truth - (truth * mask).sum(-2, keepdim=True) / count) * mask
+    denominator = pred.norm(dim=-2) * truth.norm(dim=-2)
+    return torch.where(denominator > 1e-8, (pred * truth).sum(-2) / denominator.clamp_min(1e-8), torch.nan)
 
 
 class SpaHGCPredictor:
-    """A trained SpaHGC: the network, its reference bank and expression scale, and its metadata."""
+    """A trained SpaHGC: the ensemble network, its reference bank and expression scale, and its
+    metadata."""
 
     def __init__(
         self,
@@ -115,7 +134,8 @@ class SpaHGCPredictor:
 
     @torch.inference_mode()
     def predict(self, slide: SlideData, device: str = "cpu") -> np.ndarray:
-        """Predicted log1p-CPM (n_spots, n_genes); deterministic: no masking, no dropout."""
+        """Predicted log1p-CPM (n_spots, n_genes), the mean of the ensemble members; deterministic:
+        no masking, no dropout."""
         if slide.embeddings.shape[1] != self.metadata.embedding_dim:
             raise InputError(
                 f"slide {slide.slide_id!r} has {slide.embeddings.shape[1]}-d embeddings but the model was "
@@ -128,8 +148,8 @@ class SpaHGCPredictor:
         graph = build_graph(slide, bank, self.graph_options)
         target = resolve_device(device)
         network = self.network.to(target).eval()
-        x_t, x_r, edges = _inputs(graph, target)
-        return self.scale.inverse(network(x_t, x_r, edges).float().cpu().numpy())
+        batch = GraphBatch.from_graphs([graph] * network.options.members, target)
+        return self.scale.inverse(network(*batch.inputs).mean(0).float().cpu().numpy())
 
     def save(self, folder: str | Path) -> Path:
         """Write ``model.safetensors`` (weights, bank, scale) and ``config.json`` atomically."""
@@ -174,6 +194,12 @@ class SpaHGCPredictor:
         config = json.loads(config_path.read_text())
         if config.get("format") != "napari-spahgc model":
             raise InputError("config.json is not a napari-spahgc model description", config_path)
+        if "members" not in config.get("model_options", {}):
+            raise InputError(
+                f"this model folder was written by napari-spahgc {config.get('package_version', '?')}, "
+                "before models became ensembles; train it again with this version",
+                folder,
+            )
         tensors = load_file(str(weights_path))
         metadata = ModelMetadata(**{k: config[k] for k in ModelMetadata.__dataclass_fields__ if k in config})
         network = SpaHGC(metadata.embedding_dim, len(metadata.genes), ModelOptions(**config["model_options"]))
@@ -208,35 +234,39 @@ class SpaHGCPredictor:
 
 
 class Trainer:
-    """Fit SpaHGC on training slides, choosing the epoch on a validation slide (also a training slide).
+    """Fit SpaHGC as a cross-validated ensemble on training slides.
 
-    Each epoch takes one gradient step per ``train`` slide (in a seeded random order), the slide as
-    target against a bank of the *other* ``train`` slides. The validation slide is predicted against the ``train`` slides every ``eval_every`` epochs;
-    the best epoch's weights are kept. The final bank holds every training slide, validation included.
+    The slides are split (seeded) into ``members`` groups; member i holds group i out and chooses its
+    epoch on it, training on the others. All members train at once in one batched network, each on
+    its own graphs: one gradient step per training slide and epoch (in a seeded random order), the
+    slide as target against a bank of the member's *other* training slides; every ``eval_every``
+    epochs each member predicts its held-out slides against its training slides, and its best epoch's
+    weights are kept. Prediction averages the members. With two slides there is a single member
+    trained on both, with no validation (final epoch). The final bank holds every training slide.
     """
 
     def __init__(
         self,
-        train: Sequence[SlideData],
-        validation: SlideData | None,
+        slides: Sequence[SlideData],
         genes: Sequence[str],
         graph_options: GraphOptions = GraphOptions(),
         model_options: ModelOptions = ModelOptions(),
         train_options: TrainOptions = TrainOptions(),
         metadata: ModelMetadata | None = None,
     ) -> None:
-        if len(train) < 2:
+        if len(slides) < 2:
             raise InputError("SpaHGC needs at least two training slides (each is a reference for the other)")
-        self.train, self.validation = list(train), validation
-        self.graph_options, self.model_options, self.options = graph_options, model_options, train_options
-        everything = [*self.train, *([validation] if validation is not None else [])]
-        self.scale = ExpressionScale.fit(everything)
-        self.bank = ReferenceBank.from_slides(everything, self.scale)
+        self.slides = list(slides)
+        self.held_out = validation_groups(len(self.slides), model_options.members, train_options.seed)
+        self.graph_options, self.options = graph_options, train_options
+        self.model_options = replace(model_options, members=len(self.held_out))
+        self.scale = ExpressionScale.fit(self.slides)
+        self.bank = ReferenceBank.from_slides(self.slides, self.scale)
         self.metadata = metadata or ModelMetadata(
-            genes=list(genes), embedding_dim=train[0].embeddings.shape[1]
+            genes=list(genes), embedding_dim=slides[0].embeddings.shape[1]
         )
-        self.metadata.training_slides = [s.slide_id for s in everything]
-        self.metadata.validation_slide = validation.slide_id if validation is not None else None
+        self.metadata.training_slides = [s.slide_id for s in self.slides]
+        self.metadata.validation_slides = [[self.slides[i].slide_id for i in g] for g in self.held_out]
         self.result: SpaHGCPredictor | None = None
 
     def steps(self) -> Iterator[TrainingProgress]:
@@ -246,42 +276,63 @@ class Trainer:
         generator = torch.Generator().manual_seed(o.seed)
         device = resolve_device(o.device)
         network = SpaHGC(self.metadata.embedding_dim, len(self.metadata.genes), self.model_options).to(device)
-        optimiser = torch.optim.AdamW(network.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-        graphs = [
-            (*_inputs(self._graph(slide, self.train), device), self._truth(slide, device))
-            for slide in self.train
-        ]
-        validation = self._validation_inputs(device)
+        optimiser = torch.optim.AdamW(
+            network.parameters(), lr=o.lr, weight_decay=o.weight_decay, foreach=True
+        )
+        member_slides = [[s for i, s in enumerate(self.slides) if i not in group] for group in self.held_out]
+        graphs = [[self._graph(s, train, with_truth=True) for s in train] for train in member_slides]
+        validation = self._validation_batches(member_slides, device)
+        n_steps = max(len(g) for g in graphs)
 
-        best = (-np.inf, 0, None, None)
+        members = self.model_options.members
+        best_scores, best_epochs = np.full(members, -np.inf), np.zeros(members, dtype=int)
+        best_gene_pcc: list[np.ndarray | None] = [None] * members
+        best_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
         for epoch in range(1, o.epochs + 1):
             network.train()
+            orders = [_order(len(g), n_steps, generator) for g in graphs]
             losses = []
-            for index in torch.randperm(len(graphs), generator=generator).tolist():
-                losses.append(self._step(network, optimiser, *graphs[index], generator))
+            for step in range(n_steps):
+                batch = GraphBatch.from_graphs(
+                    [g[order[step]] for g, order in zip(graphs, orders, strict=True)], device
+                )
+                losses.append(self._step(network, optimiser, batch, generator))
             loss = float(np.mean(losses))
 
             score = None
-            if validation is not None and (epoch % o.eval_every == 0 or epoch == o.epochs):
+            if validation and (epoch % o.eval_every == 0 or epoch == o.epochs):
                 per_gene = self._validate(network, validation)
-                score = float(np.nanmean(per_gene))
-                if score > best[0]:
-                    weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
-                    best = (score, epoch, weights, per_gene)
+                scores = np.array([np.nanmean(p) for p in per_gene])
+                score = float(scores.mean())
+                for m in np.flatnonzero(scores > best_scores):
+                    best_scores[m], best_epochs[m], best_gene_pcc[m] = scores[m], epoch, per_gene[m]
+                    for name, value in network.state_dict().items():
+                        best_weights[name][m] = value[m]
             yield TrainingProgress(epoch, o.epochs, loss, score)
-            if o.patience and best[2] is not None and epoch - best[1] >= o.patience:
+            if (
+                validation
+                and o.patience
+                and np.all(best_epochs > 0)
+                and epoch - best_epochs.max() >= o.patience
+            ):
                 break
 
-        if best[2] is not None:
-            network.load_state_dict(best[2])
-            self.metadata.validation = {
-                "pcc": float(best[0]),
-                "best_epoch": int(best[1]),
-                "epochs_run": epoch,
-                "gene_pcc": [None if np.isnan(v) else round(float(v), 5) for v in best[3]],
-            }
-        else:
-            self.metadata.validation = {"epochs_run": epoch}
+        self.metadata.validation = {"epochs_run": epoch}
+        if validation:
+            network.load_state_dict(best_weights)
+            self.metadata.validation.update(
+                pcc=float(best_scores.mean()),
+                members=[
+                    {"validation_slides": slides, "pcc": float(s), "best_epoch": int(e)}
+                    for slides, s, e in zip(
+                        self.metadata.validation_slides, best_scores, best_epochs, strict=True
+                    )
+                ],
+                gene_pcc=[
+                    None if np.isnan(v) else round(float(v), 5)
+                    for v in _nanmean_columns(np.stack(best_gene_pcc))
+                ],
+            )
         self.result = SpaHGCPredictor(
             network.cpu().eval(),
             self.bank,
@@ -299,43 +350,74 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- internals
 
-    def _step(self, network, optimiser, x_t, x_r, edges, truth, generator) -> float:
-        """One gradient step on one slide graph: supervised + contrastive loss on two masked views."""
+    def _step(self, network: SpaHGC, optimiser, batch: GraphBatch, generator: torch.Generator) -> float:
+        """One gradient step of every member on its graph: supervised + contrastive loss on two
+        masked views. The loss is the sum of the members' losses, so each member's gradient is the
+        one it would get trained alone."""
         o = self.options
-        masks = self._masks(x_t, x_r, generator)
-        target, reference = network.encode(x_t * masks[0], x_r * masks[1], edges)
-        prediction = network.predict_genes(target, reference, edges)
-        loss = o.mse_weight * torch.nn.functional.mse_loss(prediction, truth)
-        loss = loss + o.pcc_weight * (1 - torch.nanmean(pearson_per_gene(prediction, truth)))
+        masks = self._masks(batch.target_x, batch.reference_x, generator)
+        target, reference = network.encode(
+            batch.target_x * masks[0], batch.reference_x * masks[1], batch.edges
+        )
+        prediction = network.predict_genes(target, reference, batch.retrieved)
+        rows = batch.target_mask
+        mse = ((prediction - batch.truth) ** 2 * rows).sum((1, 2)) / (rows.sum((1, 2)) * prediction.shape[-1])
+        pcc = torch.nanmean(pearson_per_gene(prediction, batch.truth, rows), dim=-1)
+        loss = o.mse_weight * mse + o.pcc_weight * (1 - pcc)
         if o.masking != "none":
             with torch.no_grad():
-                target_2, reference_2 = network.encode(x_t * masks[2], x_r * masks[3], edges)
-            loss = loss + o.con_target_weight * _contrastive(target, target_2)
-            loss = loss + o.con_reference_weight * _contrastive(reference, reference_2)
+                target_2, reference_2 = network.encode(
+                    batch.target_x * masks[2], batch.reference_x * masks[3], batch.edges
+                )
+            loss = loss + o.con_target_weight * _contrastive(target, target_2, rows.squeeze(-1))
+            loss = loss + o.con_reference_weight * _contrastive(
+                reference, reference_2, batch.reference_mask.squeeze(-1)
+            )
+        loss = loss.sum()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        return float(loss.detach())
+        return float(loss.detach()) / len(prediction)
 
-    def _truth(self, slide: SlideData, device: torch.device) -> Tensor:
-        return torch.from_numpy(self.scale.transform(slide.expression)).to(device)
-
-    def _graph(self, target: SlideData, references: Sequence[SlideData]) -> HeteroData:
+    def _graph(
+        self, target: SlideData, references: Sequence[SlideData], with_truth: bool = False
+    ) -> HeteroData:
         others = [s for s in references if s.slide_id != target.slide_id]
-        return build_graph(target, ReferenceBank.from_slides(others, self.scale), self.graph_options)
+        graph = build_graph(target, ReferenceBank.from_slides(others, self.scale), self.graph_options)
+        if with_truth:
+            graph["target"].y = torch.from_numpy(self.scale.transform(target.expression))
+        return graph
 
-    def _validation_inputs(self, device: torch.device):
-        if self.validation is None:
-            return None
-        graph = self._graph(self.validation, self.train)
-        return (*_inputs(graph, device), self.validation.expression)
+    def _validation_batches(self, member_slides, device) -> list[tuple[GraphBatch, list]]:
+        """Validation rounds: in round r each member predicts its r-th held-out slide (members with
+        fewer held-out slides repeat their last one; repeats are not scored)."""
+        if not any(self.held_out):
+            return []
+        rounds = []
+        for r in range(max(len(g) for g in self.held_out)):
+            picks = [group[min(r, len(group) - 1)] for group in self.held_out]
+            graphs = [
+                self._graph(self.slides[i], train) for i, train in zip(picks, member_slides, strict=True)
+            ]
+            scored = [
+                self.slides[i].expression if r < len(g) else None
+                for i, g in zip(picks, self.held_out, strict=True)
+            ]
+            rounds.append((GraphBatch.from_graphs(graphs, device), scored))
+        return rounds
 
     @torch.no_grad()
-    def _validate(self, network: SpaHGC, validation) -> np.ndarray:
-        """Per-gene PCC on the validation slide (unmasked, eval mode; constant genes are NaN)."""
-        x_t, x_r, edges, truth = validation
+    def _validate(self, network: SpaHGC, validation) -> list[np.ndarray]:
+        """Per member, the per-gene PCC on its held-out slides (unmasked, eval mode; mean over its
+        slides; constant genes are NaN)."""
         network.eval()
-        return gene_pcc(truth, self.scale.inverse(network(x_t, x_r, edges).cpu().numpy()))
+        per_member: list[list[np.ndarray]] = [[] for _ in self.held_out]
+        for batch, truths in validation:
+            predictions = batch.split(network(*batch.inputs).cpu().numpy())
+            for m, (prediction, truth) in enumerate(zip(predictions, truths, strict=True)):
+                if truth is not None:
+                    per_member[m].append(gene_pcc(truth, self.scale.inverse(prediction)))
+        return [_nanmean_columns(np.stack(scores)) for scores in per_member]
 
     def _masks(self, x_t: Tensor, x_r: Tensor, generator: torch.Generator) -> tuple[Tensor, ...]:
         o = self.options
@@ -354,15 +436,100 @@ class Trainer:
         return t1, r1, t2, r2
 
 
-def _inputs(graph: HeteroData, device: torch.device) -> tuple[Tensor, Tensor, dict]:
-    edges = {relation: graph[relation].edge_index.to(device) for relation in (TS, CS, RS)}
-    return graph["target"].x.to(device), graph["reference"].x.to(device), edges
+@dataclass
+class GraphBatch:
+    """One graph per ensemble member, padded to common node counts: features ``(members, n, d)``,
+    edges indexing the flattened ``members × n`` rows (each member's graph a disjoint block), each
+    target's CS references as a ``(members, n_target, k)`` table, and masks of the real rows."""
+
+    target_x: Tensor
+    reference_x: Tensor
+    edges: dict
+    retrieved: Tensor
+    n_targets: list[int]
+    target_mask: Tensor
+    reference_mask: Tensor
+    truth: Tensor | None = None
+
+    @property
+    def inputs(self) -> tuple[Tensor, Tensor, dict, Tensor]:
+        return self.target_x, self.reference_x, self.edges, self.retrieved
+
+    def split(self, values: np.ndarray) -> list[np.ndarray]:
+        """Per member, its real target rows of a ``(members, n, …)`` array."""
+        return [values[m, :n] for m, n in enumerate(self.n_targets)]
+
+    @classmethod
+    def from_graphs(cls, graphs: Sequence[HeteroData], device: torch.device | str = "cpu") -> GraphBatch:
+        n_t = max(g["target"].num_nodes for g in graphs)
+        n_r = max(g["reference"].num_nodes for g in graphs)
+        ks = {g[CS].edge_index.shape[1] // max(g["target"].num_nodes, 1) for g in graphs}
+        if len(ks) > 1:
+            raise InputError("every member's bank must offer the same number K of CS references")
+        k = ks.pop()
+        edges: dict = {TS: [], CS: [], RS: []}
+        retrieved = torch.empty(len(graphs), n_t, k, dtype=torch.long)
+        for m, g in enumerate(graphs):
+            t0, r0 = m * n_t, m * n_r
+            edges[TS].append(g[TS].edge_index + t0)
+            edges[RS].append(g[RS].edge_index + r0)
+            edges[CS].append(g[CS].edge_index + torch.tensor([[r0], [t0]]))
+            retrieved[m] = r0  # padded targets point at the member's first reference; never scored
+            retrieved[m, : g["target"].num_nodes] = g[CS].edge_index[0].view(-1, k) + r0
+        has_truth = all("y" in g["target"] for g in graphs)
+        return cls(
+            target_x=_pad([g["target"].x for g in graphs], n_t).to(device),
+            reference_x=_pad([g["reference"].x for g in graphs], n_r).to(device),
+            edges={relation: torch.cat(e, dim=1).to(device) for relation, e in edges.items()},
+            retrieved=retrieved.to(device),
+            n_targets=[g["target"].num_nodes for g in graphs],
+            target_mask=_pad([torch.ones(g["target"].num_nodes, 1) for g in graphs], n_t).to(device),
+            reference_mask=_pad([torch.ones(g["reference"].num_nodes, 1) for g in graphs], n_r).to(device),
+            truth=_pad([g["target"].y for g in graphs], n_t).to(device) if has_truth else None,
+        )
 
 
-def _contrastive(online: Tensor, target: Tensor) -> Tensor:
-    """Asymmetric contrastive term 2 − 2·cos(online, stop-gradient target), averaged over nodes."""
-    cosine = torch.nn.functional.cosine_similarity(online, target.detach(), dim=-1)
-    return (2 - 2 * cosine).mean()
+def _pad(tensors: Sequence[Tensor], rows: int) -> Tensor:
+    """Stack 2-d tensors along a new first axis, zero-padding their rows to ``rows``."""
+    out = tensors[0].new_zeros(len(tensors), rows, tensors[0].shape[1])
+    for m, t in enumerate(tensors):
+        out[m, : len(t)] = t
+    return out
+
+
+def _order(n_graphs: int, n_steps: int, generator: torch.Generator) -> list[int]:
+    """A seeded random order of a member's graphs for one epoch, extended by random draws when the
+    member has fewer graphs than the epoch has steps."""
+    order = torch.randperm(n_graphs, generator=generator).tolist()
+    extra = torch.randint(n_graphs, (n_steps - n_graphs,), generator=generator).tolist()
+    return order + extra
+
+
+def _nanmean_columns(values: np.ndarray) -> np.ndarray:
+    """Column means ignoring NaN (NaN where a column has no value), without a warning."""
+    counts = np.sum(~np.isnan(values), axis=0)
+    return np.where(counts > 0, np.nansum(values, axis=0) / np.maximum(counts, 1), np.nan)
+
+
+def _contrastive(online: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Asymmetric contrastive term 2 − 2·cos(online, stop-gradient target), averaged over nodes (the
+    real ones where ``mask`` is given; one value per leading index)."""
+    term = 2 - 2 * torch.nn.functional.cosine_similarity(online, target.detach(), dim=-1)
+    if mask is None:
+        return term.mean(-1)
+    return (term * mask).sum(-1) / mask.sum(-1)
+
+
+def validation_groups(n_slides: int, members: int, seed: int) -> list[list[int]]:
+    """The held-out slide indices of each ensemble member: the slides in a seeded order, split into
+    min(members, n_slides) groups; with ``members=1`` one slide is held out; with fewer than three
+    slides a single member holds nothing out."""
+    if n_slides < 3:
+        return [[]]
+    order = np.random.default_rng(seed).permutation(n_slides)
+    if members <= 1:
+        return [[int(order[0])]]
+    return [sorted(int(i) for i in part) for part in np.array_split(order, min(members, n_slides))]
 
 
 def fit_predict_fold(
@@ -373,27 +540,17 @@ def fit_predict_fold(
     genes: Sequence[str] | None = None,
     **options,
 ) -> np.ndarray:
-    """One benchmark fold: hold out one training slide (chosen by ``seed``) for epoch selection,
-    train on the rest, predict ``test`` against a bank of every training slide.
+    """One benchmark fold: train the cross-validated ensemble on ``train`` (epochs chosen on held-out
+    training slides only), predict ``test`` against a bank of every training slide.
 
     ``options`` are fields of :class:`TrainOptions`, :class:`GraphOptions` or :class:`ModelOptions`.
     """
     if any(s.slide_id == test.slide_id for s in train):
         raise ValueError(f"test slide {test.slide_id!r} is among the training slides")
     graph_options, model_options, train_options = split_options(options, seed=seed, device=device)
-    train, validation = split_validation(train, seed)
     genes = list(genes) if genes is not None else [str(i) for i in range(train[0].expression.shape[1])]
-    trainer = Trainer(train, validation, genes, graph_options, model_options, train_options)
+    trainer = Trainer(train, genes, graph_options, model_options, train_options)
     return trainer.fit().predict(test, device=device)
-
-
-def split_validation(slides: Sequence[SlideData], seed: int) -> tuple[list[SlideData], SlideData | None]:
-    """Hold out one slide (drawn with ``seed``) for epoch selection when at least three are given."""
-    slides = list(slides)
-    if len(slides) < 3:
-        return slides, None
-    validation = slides.pop(int(np.random.default_rng(seed).integers(len(slides))))
-    return slides, validation
 
 
 def split_options(options: dict, **overrides) -> tuple[GraphOptions, ModelOptions, TrainOptions]:
