@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
 import napari
@@ -26,8 +27,9 @@ OUT = ROOT / "docs" / "images"
 
 def wait(panel) -> None:
     app = QApplication.instance()
-    while panel.running:
+    while panel.running:  # let the worker have the CPU: poll, do not spin
         app.processEvents()
+        time.sleep(0.05)
 
 
 def main() -> None:
