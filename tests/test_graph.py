@@ -11,7 +11,7 @@ from napari_spahgc.graph import (
     CS,
     RS,
     TS,
-    ExpressionScale,
+    FeatureScale,
     GraphOptions,
     ReferenceBank,
     build_graph,
@@ -64,7 +64,7 @@ def test_chunked_search_equals_brute_force(monkeypatch, exclude_self):
 def test_graph_edges_and_reference_nodes():
     target = _slide("T", 10, seed=1)
     references = [_slide("A", 8, seed=2), _slide("B", 9, seed=3)]
-    scale = ExpressionScale.fit(references)
+    scale = FeatureScale.fit(references)
     bank = ReferenceBank.from_slides(references, scale)
     graph = build_graph(target, bank, GraphOptions(q=3, k=4, k_rs=2))
     n_ref = graph["reference"].num_nodes
@@ -89,14 +89,14 @@ def test_graph_edges_and_reference_nodes():
 
 def test_target_slide_never_in_its_own_bank():
     target = _slide("T", 6)
-    own = ReferenceBank.from_slides([_slide("A", 5), target], ExpressionScale.fit([target]))
+    own = ReferenceBank.from_slides([_slide("A", 5), target], FeatureScale.fit([target]))
     with pytest.raises(ValueError, match="contains spots of the target slide"):
         build_graph(target, own)
 
 
 def test_expression_scale_round_trip():
     slides = [_slide("A", 8, seed=4), _slide("B", 8, seed=5)]
-    scale = ExpressionScale.fit(slides)
+    scale = FeatureScale.fit(slides)
     values = np.concatenate([s.expression for s in slides])
     z = scale.transform(values)
     np.testing.assert_allclose(z.mean(0), 0, atol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from napari_spahgc import InputError
 from napari_spahgc.dataset import SlideData
-from napari_spahgc.graph import ExpressionScale, ReferenceBank, build_graph
+from napari_spahgc.graph import FeatureScale, ReferenceBank, build_graph
 from napari_spahgc.model import SpaHGC
 from napari_spahgc.train import (
     GraphBatch,
@@ -50,13 +51,16 @@ def _trainer(slides, **options) -> Trainer:
 def test_complementary_masks():
     trainer = _trainer(_slides())
     x_t, x_r = torch.ones(300, 40), torch.ones(500, 60)
-    t1, r1, t2, r2 = trainer._masks(x_t, x_r, torch.Generator().manual_seed(0))
+    t1, r1, t2, r2 = trainer._views(x_t, x_r, np.random.default_rng(0))
     assert ((t1 > 0) ^ (t2 > 0)).all() and ((r1 > 0) ^ (r2 > 0)).all()  # exactly complementary
     assert (t1 > 0).float().mean() == pytest.approx(0.8, abs=0.02)  # alpha: kept in the supervised view
     assert (r1 > 0).float().mean() == pytest.approx(0.9, abs=0.02)  # beta
     assert t1.max() == pytest.approx(1 / 0.8) and t2.max() == pytest.approx(1 / 0.2)  # rescaled views
-    random_views = _trainer(_slides(), masking="random")._masks(x_t, x_r, torch.Generator().manual_seed(0))
-    assert ((random_views[0] > 0) & (random_views[2] > 0)).any()  # the ablation is not complementary
+    x_t, x_r = torch.randn(300, 40), torch.randn(500, 60)
+    t1, r1, t2, r2 = trainer._views(x_t, x_r, np.random.default_rng(1))
+    assert torch.allclose(0.8 * t1 + 0.2 * t2, x_t) and torch.allclose(0.9 * r1 + 0.1 * r2, x_r)  # views of x
+    random_views = _trainer(_slides(), masking="random")._views(x_t, x_r, np.random.default_rng(0))
+    assert ((random_views[0] != 0) & (random_views[2] != 0)).any()  # the ablation is not complementary
 
 
 def test_loss_terms_on_known_inputs():
@@ -123,7 +127,7 @@ def test_members_are_independent_and_padding_is_inert():
     graph_options, model_options, _ = split_options({"hidden": 32, "q": 3, "k": 4, "members": 2})
     torch.manual_seed(0)
     network = SpaHGC(16, len(GENES), model_options).eval()
-    scale = ExpressionScale.fit(slides)
+    scale = FeatureScale.fit(slides)
     bank = ReferenceBank.from_slides(slides[1:], scale)
     graph_small = build_graph(small, bank, graph_options)
     outputs = []
@@ -138,6 +142,34 @@ def test_members_are_independent_and_padding_is_inert():
     outputs[1].sum().backward()
     gradients = [p.grad for p in network.parameters() if p.grad is not None]
     assert all(g[1].abs().max() == 0 for g in gradients) and any(g[0].abs().max() > 0 for g in gradients)
+    network.zero_grad()
+    with network.members_only([1]):  # member 1 alone, with its own weights
+        only = network(*GraphBatch.from_graphs([graph_small]).inputs)[0]
+        only.sum().backward()
+    torch.testing.assert_close(only, network(*GraphBatch.from_graphs([graph_small] * 2).inputs)[1])
+    assert not torch.allclose(only, alone)  # member 0's weights give another output
+    gradients = [p.grad for p in network.parameters() if p.grad is not None]
+    assert all(g[0].abs().max() == 0 for g in gradients) and any(g[1].abs().max() > 0 for g in gradients)
+
+
+def test_members_stop_early_one_by_one():
+    """Each member stops once its own validation PCC has not improved for ``patience`` epochs and
+    keeps its best epoch's weights; the others train on."""
+    trainer = _trainer(_slides(), epochs=80, eval_every=1, patience=4, lr=3e-3)
+    progress = list(trainer.steps())
+    members = trainer.result.metadata.validation["members"]
+    epochs_run = trainer.result.metadata.validation["epochs_run"]
+    for m in members:
+        assert m["epochs_trained"] in (m["best_epoch"] + 4, epochs_run)
+    assert max(m["epochs_trained"] for m in members) == epochs_run == len(progress)
+    assert len({m["epochs_trained"] for m in members}) > 1  # members stopped at different epochs
+    summary = trainer.result.metadata.validation_summary()
+    assert f"at epoch {members[0]['best_epoch']} of {members[0]['epochs_trained']}" in summary
+    first_stop = min(m["epochs_trained"] for m in members)
+    assert progress[first_stop].member_pcc.count(None) >= 1  # stopped members are not evaluated
+    for m, record in enumerate(members):  # the best score a member reported is what it keeps
+        history = [p.member_pcc[m] for p in progress if p.member_pcc[m] is not None]
+        assert len(history) == record["epochs_trained"] and max(history) == pytest.approx(record["pcc"])
 
 
 def test_cancel_between_epochs_leaves_no_model():
@@ -203,6 +235,31 @@ def test_leakage_guards():
     assert np.isfinite(prediction).all()
     prediction = fit_predict_fold(slides[1:], slides[0], seed=0, device="cpu", epochs=2, hidden=32)
     assert prediction.shape == slides[0].expression.shape
+
+
+def test_embeddings_are_standardised_on_the_training_slides_only():
+    slides = _slides(n_slides=4) + _slides(n_slides=1, seed=9)
+    for slide in slides:  # features on other scales than N(0, 1), as real embeddings are
+        slide.embeddings = slide.embeddings * np.linspace(0.1, 3, 16, dtype=np.float32) + 2
+    *slides, held_out = slides
+    held_out.slide_id = "new"
+    model = _trainer(slides, epochs=1).fit()
+    expected = FeatureScale.fit(slides, "embeddings")
+    np.testing.assert_allclose(model.embedding_scale.mean, expected.mean)
+    np.testing.assert_allclose(model.embedding_scale.sd, expected.sd)
+    raw = np.concatenate([s.embeddings for s in slides])
+    np.testing.assert_allclose(model.bank.embeddings, expected.transform(raw), atol=1e-6)
+    # the slide to predict is standardised with the training slides' scale before its graph is built
+    graph = build_graph(
+        replace(held_out, embeddings=expected.transform(held_out.embeddings)), model.bank, model.graph_options
+    )
+    batch = GraphBatch.from_graphs([graph] * model.network.options.members)
+    with torch.no_grad():
+        direct = model.scale.inverse(model.network(*batch.inputs).mean(0).numpy())
+    np.testing.assert_allclose(model.predict(held_out), direct, rtol=1e-5, atol=1e-5)
+    unscaled = _trainer(slides, epochs=1, standardize_embeddings=False).fit()
+    np.testing.assert_array_equal(unscaled.bank.embeddings, raw)
+    assert unscaled.metadata.preprocessing["embeddings"] == "as encoded"
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,8 @@ runs CNAP (multi-head attention of each target over its CS references, residual)
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -45,7 +47,19 @@ class ModelOptions:
         return asdict(self)
 
 
-class MemberLinear(nn.Module):
+class MemberModule(nn.Module):
+    """A module with one set of weights per member. :meth:`SpaHGC.members_only` can restrict it to
+    some members (``active``): it then maps ``(len(active), n, …)`` inputs with those members' weights."""
+
+    active: Tensor | None = None
+
+    def member_weights(self, weight: Tensor | None) -> Tensor | None:
+        if weight is None or self.active is None:
+            return weight
+        return weight.index_select(0, self.active)
+
+
+class MemberLinear(MemberModule):
     """One affine map per member, applied to ``(members, n, in)`` in a single batched product; each
     member is initialised like ``torch.nn.Linear``."""
 
@@ -58,12 +72,11 @@ class MemberLinear(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.bias is None:
-            return torch.bmm(x, self.weight)
-        return torch.baddbmm(self.bias, x, self.weight)
+        weight, bias = self.member_weights(self.weight), self.member_weights(self.bias)
+        return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias, x, weight)
 
 
-class MemberLayerNorm(nn.Module):
+class MemberLayerNorm(MemberModule):
     """LayerNorm over the feature axis with a per-member affine transform."""
 
     def __init__(self, members: int, features: int) -> None:
@@ -72,7 +85,8 @@ class MemberLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(members, 1, features))
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.addcmul(self.bias, nn.functional.layer_norm(x, x.shape[-1:]), self.weight)
+        normalised = nn.functional.layer_norm(x, x.shape[-1:])
+        return torch.addcmul(self.member_weights(self.bias), normalised, self.member_weights(self.weight))
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -92,7 +106,8 @@ class GraphSAGE(nn.Module):
         src, dst = edge_index
         flat = _flat(x)
         mean = scatter(flat.index_select(0, src), dst, dim=0, dim_size=len(flat), reduce="mean")
-        return self.neighbours(mean.view_as(x)) + self.root(x)
+        root = self.root.member_weights(self.root.weight)
+        return torch.baddbmm(self.neighbours(mean.view_as(x)), x, root)  # + W₂·x, fused
 
 
 class CrossNodeAttention(nn.Module):
@@ -176,10 +191,11 @@ class AttentionPooling(CrossNodeAttention):
     def forward(self, target: Tensor, reference: Tensor, retrieved: Tensor) -> Tensor:
         """``retrieved``: (members, n_target, k) flattened reference rows of each target's CS edges."""
         m, n, k = retrieved.shape
-        neighbours = _flat(reference).index_select(0, retrieved.reshape(-1)).view(m, n * k, -1)
+        rows = retrieved.reshape(-1)
+        # project every reference once, then gather each target's k (cheaper than projecting n·k copies)
         q = self.query(target).view(m, n, 1, self.heads, self.head_dim)
-        keys = self.key(neighbours).view(m, n, k, self.heads, self.head_dim)
-        values = self.value(neighbours).view(m, n, k, self.heads, self.head_dim)
+        keys = _flat(self.key(reference)).index_select(0, rows).view(m, n, k, self.heads, self.head_dim)
+        values = _flat(self.value(reference)).index_select(0, rows).view(m, n, k, self.heads, self.head_dim)
         weights = torch.softmax((q * keys).sum(-1) / self.head_dim**0.5, dim=2)  # over the k references
         pooled = (weights.unsqueeze(-1) * values).sum(2).reshape(m, n, -1)
         return self.norm(target + self.out(pooled))
@@ -220,3 +236,21 @@ class SpaHGC(nn.Module):
 
     def forward(self, target_x: Tensor, reference_x: Tensor, edges: dict, retrieved: Tensor) -> Tensor:
         return self.predict_genes(*self.encode(target_x, reference_x, edges), retrieved)
+
+    @contextmanager
+    def members_only(self, members: Sequence[int]) -> Iterator[None]:
+        """Inside the block the network runs only ``members``: inputs hold one graph per listed member,
+        in that order; the other members' weights are not used and get no gradient. Training uses
+        this to drop members that have stopped early, so they cost nothing."""
+        if list(members) == list(range(self.options.members)):
+            yield
+            return
+        modules = [m for m in self.modules() if isinstance(m, MemberModule)]
+        index = torch.as_tensor(list(members), dtype=torch.long, device=modules[0].weight.device)
+        for module in modules:
+            module.active = index
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.active = None

@@ -22,7 +22,7 @@ from ._files import atomic_path
 from .dataset import SlideData
 from .errors import InputError
 from .evaluate import gene_pcc
-from .graph import CS, RS, TS, ExpressionScale, GraphOptions, ReferenceBank, build_graph
+from .graph import CS, RS, TS, FeatureScale, GraphOptions, ReferenceBank, build_graph
 from .model import ModelOptions, SpaHGC
 
 WEIGHTS_FILE = "model.safetensors"
@@ -38,10 +38,14 @@ class TrainOptions:
     with probability ``alpha`` (targets) or ``beta`` (references), the other view keeps exactly the
     complement 1 − M; each view is rescaled by 1 / (its keep ratio). ``masking="random"`` draws the
     second view's mask independently (ablation), ``"none"`` disables masking and the contrastive terms.
+
+    Early stopping, member by member: every ``eval_every`` epochs each member still training predicts
+    its held-out slides; a member stops once ``patience`` epochs pass without a better validation PCC
+    (``None``: never) and keeps its best epoch's weights. Training ends when every member has stopped.
     """
 
     epochs: int = 200
-    lr: float = 3e-4
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     alpha: float = 0.8
     beta: float = 0.9
@@ -51,7 +55,7 @@ class TrainOptions:
     con_target_weight: float = 1.0
     con_reference_weight: float = 1.0
     eval_every: int = 5
-    patience: int | None = 25
+    patience: int | None = 15
     seed: int = 0
     device: str = "auto"
 
@@ -68,6 +72,7 @@ class TrainingProgress:
     total: int
     loss: float
     validation_pcc: float | None = None
+    member_pcc: list[float] | None = None  # each member's validation PCC at this epoch
 
 
 @dataclass
@@ -90,6 +95,7 @@ class ModelMetadata:
             return f"one model trained on every slide for {self.validation.get('epochs_run', '?')} epochs (no validation slide)"
         parts = "; ".join(
             f"{'+'.join(m['validation_slides'])}: PCC {m['pcc']:.3f} at epoch {m['best_epoch']}"
+            + (f" of {m['epochs_trained']}" if "epochs_trained" in m else "")
             for m in members
         )
         return (
@@ -112,20 +118,21 @@ def pearson_per_gene(pred: Tensor, truth: Tensor, mask: Tensor | None = None) ->
 
 
 class SpaHGCPredictor:
-    """A trained SpaHGC: the ensemble network, its reference bank and expression scale, and its
-    metadata."""
+    """A trained SpaHGC: the ensemble network, its reference bank (standardised embeddings and
+    expression), the expression and embedding scales, and its metadata."""
 
     def __init__(
         self,
         network: SpaHGC,
         bank: ReferenceBank,
-        scale: ExpressionScale,
+        scale: FeatureScale,
+        embedding_scale: FeatureScale,
         graph_options: GraphOptions,
         train_options: TrainOptions,
         metadata: ModelMetadata,
     ) -> None:
         self.network = network.eval()
-        self.bank, self.scale = bank, scale
+        self.bank, self.scale, self.embedding_scale = bank, scale, embedding_scale
         self.graph_options, self.train_options, self.metadata = graph_options, train_options, metadata
 
     @property
@@ -145,7 +152,7 @@ class SpaHGCPredictor:
         if np.any(bank.slide_ids == slide.slide_id):  # never retrieve a slide's own spots
             keep = bank.slide_ids != slide.slide_id
             bank = ReferenceBank(bank.embeddings[keep], bank.expression[keep], bank.slide_ids[keep])
-        graph = build_graph(slide, bank, self.graph_options)
+        graph = build_graph(_standardised(slide, self.embedding_scale), bank, self.graph_options)
         target = resolve_device(device)
         network = self.network.to(target).eval()
         batch = GraphBatch.from_graphs([graph] * network.options.members, target)
@@ -166,6 +173,8 @@ class SpaHGCPredictor:
                 "bank.expression": torch.from_numpy(self.bank.expression),
                 "scale.mean": torch.from_numpy(self.scale.mean),
                 "scale.sd": torch.from_numpy(self.scale.sd),
+                "embedding_scale.mean": torch.from_numpy(self.embedding_scale.mean),
+                "embedding_scale.sd": torch.from_numpy(self.embedding_scale.sd),
             }
         )
         config = {
@@ -194,13 +203,14 @@ class SpaHGCPredictor:
         config = json.loads(config_path.read_text())
         if config.get("format") != "napari-spahgc model":
             raise InputError("config.json is not a napari-spahgc model description", config_path)
-        if "members" not in config.get("model_options", {}):
+        tensors = load_file(str(weights_path))
+        if "members" not in config.get("model_options", {}) or "embedding_scale.mean" not in tensors:
             raise InputError(
                 f"this model folder was written by napari-spahgc {config.get('package_version', '?')}, "
-                "before models became ensembles; train it again with this version",
+                "in an earlier model format (before ensembles and standardised embeddings); train it "
+                "again with this version",
                 folder,
             )
-        tensors = load_file(str(weights_path))
         metadata = ModelMetadata(**{k: config[k] for k in ModelMetadata.__dataclass_fields__ if k in config})
         network = SpaHGC(metadata.embedding_dim, len(metadata.genes), ModelOptions(**config["model_options"]))
         network.load_state_dict(
@@ -211,11 +221,15 @@ class SpaHGCPredictor:
             tensors["bank.expression"].numpy(),
             np.asarray(config["bank_slide_ids"], dtype=object),
         )
-        scale = ExpressionScale(tensors["scale.mean"].numpy(), tensors["scale.sd"].numpy())
+        scale = FeatureScale(tensors["scale.mean"].numpy(), tensors["scale.sd"].numpy())
+        embedding_scale = FeatureScale(
+            tensors["embedding_scale.mean"].numpy(), tensors["embedding_scale.sd"].numpy()
+        )
         return cls(
             network,
             bank,
             scale,
+            embedding_scale,
             GraphOptions(**config["graph_options"]),
             TrainOptions(**config["train_options"]),
             metadata,
@@ -256,16 +270,26 @@ class Trainer:
     ) -> None:
         if len(slides) < 2:
             raise InputError("SpaHGC needs at least two training slides (each is a reference for the other)")
-        self.slides = list(slides)
+        self.embedding_scale = (
+            FeatureScale.fit(slides, "embeddings")
+            if graph_options.standardize_embeddings
+            else FeatureScale.identity(slides[0].embeddings.shape[1])
+        )
+        self.slides = [_standardised(s, self.embedding_scale) for s in slides]
         self.held_out = validation_groups(len(self.slides), model_options.members, train_options.seed)
         self.graph_options, self.options = graph_options, train_options
         self.model_options = replace(model_options, members=len(self.held_out))
-        self.scale = ExpressionScale.fit(self.slides)
+        self.scale = FeatureScale.fit(self.slides)
         self.bank = ReferenceBank.from_slides(self.slides, self.scale)
         self.metadata = metadata or ModelMetadata(
             genes=list(genes), embedding_dim=slides[0].embeddings.shape[1]
         )
         self.metadata.training_slides = [s.slide_id for s in self.slides]
+        self.metadata.preprocessing["embeddings"] = (
+            "standardised per feature on the training slides"
+            if graph_options.standardize_embeddings
+            else "as encoded"
+        )
         self.metadata.validation_slides = [[self.slides[i].slide_id for i in g] for g in self.held_out]
         self.result: SpaHGCPredictor | None = None
 
@@ -273,48 +297,48 @@ class Trainer:
         """Train; yields after every epoch. Stop iterating to cancel (``result`` stays None)."""
         o = self.options
         torch.manual_seed(o.seed)
-        generator = torch.Generator().manual_seed(o.seed)
+        generator = torch.Generator().manual_seed(o.seed)  # slide order
+        mask_rng = np.random.default_rng(o.seed)  # feature masks
         device = resolve_device(o.device)
         network = SpaHGC(self.metadata.embedding_dim, len(self.metadata.genes), self.model_options).to(device)
-        optimiser = torch.optim.AdamW(
-            network.parameters(), lr=o.lr, weight_decay=o.weight_decay, foreach=True
+        optimiser = torch.optim.AdamW(  # fused: one kernel per weight on CPU and CUDA
+            network.parameters(), lr=o.lr, weight_decay=o.weight_decay, fused=True
         )
         member_slides = [[s for i, s in enumerate(self.slides) if i not in group] for group in self.held_out]
         graphs = [[self._graph(s, train, with_truth=True) for s in train] for train in member_slides]
-        validation = self._validation_batches(member_slides, device)
+        validation = self._validation_rounds(member_slides)
         n_steps = max(len(g) for g in graphs)
 
         members = self.model_options.members
+        active = list(range(members))  # members still training
         best_scores, best_epochs = np.full(members, -np.inf), np.zeros(members, dtype=int)
+        trained = np.zeros(members, dtype=int)  # epochs each member trained for
         best_gene_pcc: list[np.ndarray | None] = [None] * members
         best_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
         for epoch in range(1, o.epochs + 1):
             network.train()
             orders = [_order(len(g), n_steps, generator) for g in graphs]
             losses = []
-            for step in range(n_steps):
-                batch = GraphBatch.from_graphs(
-                    [g[order[step]] for g, order in zip(graphs, orders, strict=True)], device
-                )
-                losses.append(self._step(network, optimiser, batch, generator))
-            loss = float(np.mean(losses))
-
-            score = None
+            with network.members_only(active):
+                for step in range(n_steps):
+                    batch = GraphBatch.from_graphs([graphs[m][orders[m][step]] for m in active], device)
+                    losses.append(self._step(network, optimiser, batch, mask_rng))
+            trained[active] = epoch
+            progress = TrainingProgress(epoch, o.epochs, float(np.mean(losses)))
             if validation and (epoch % o.eval_every == 0 or epoch == o.epochs):
-                per_gene = self._validate(network, validation)
-                scores = np.array([np.nanmean(p) for p in per_gene])
-                score = float(scores.mean())
-                for m in np.flatnonzero(scores > best_scores):
-                    best_scores[m], best_epochs[m], best_gene_pcc[m] = scores[m], epoch, per_gene[m]
-                    for name, value in network.state_dict().items():
-                        best_weights[name][m] = value[m]
-            yield TrainingProgress(epoch, o.epochs, loss, score)
-            if (
-                validation
-                and o.patience
-                and np.all(best_epochs > 0)
-                and epoch - best_epochs.max() >= o.patience
-            ):
+                per_gene = self._validate(network, validation, active, device)
+                scores = {m: float(np.nanmean(values)) for m, values in per_gene.items()}
+                for m, score in scores.items():
+                    if score > best_scores[m]:
+                        best_scores[m], best_epochs[m], best_gene_pcc[m] = score, epoch, per_gene[m]
+                        for name, value in network.state_dict().items():
+                            best_weights[name][m] = value[m]
+                    if o.patience and epoch - best_epochs[m] >= o.patience:
+                        active.remove(m)  # early stopping, member by member
+                progress.validation_pcc = float(np.mean(list(scores.values())))
+                progress.member_pcc = [scores.get(m) for m in range(members)]
+            yield progress
+            if not active:
                 break
 
         self.metadata.validation = {"epochs_run": epoch}
@@ -323,9 +347,14 @@ class Trainer:
             self.metadata.validation.update(
                 pcc=float(best_scores.mean()),
                 members=[
-                    {"validation_slides": slides, "pcc": float(s), "best_epoch": int(e)}
-                    for slides, s, e in zip(
-                        self.metadata.validation_slides, best_scores, best_epochs, strict=True
+                    {
+                        "validation_slides": slides,
+                        "pcc": float(s),
+                        "best_epoch": int(e),
+                        "epochs_trained": int(t),
+                    }
+                    for slides, s, e, t in zip(
+                        self.metadata.validation_slides, best_scores, best_epochs, trained, strict=True
                     )
                 ],
                 gene_pcc=[
@@ -337,6 +366,7 @@ class Trainer:
             network.cpu().eval(),
             self.bank,
             self.scale,
+            self.embedding_scale,
             self.graph_options,
             replace(o, epochs=epoch),
             self.metadata,
@@ -350,15 +380,13 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- internals
 
-    def _step(self, network: SpaHGC, optimiser, batch: GraphBatch, generator: torch.Generator) -> float:
+    def _step(self, network: SpaHGC, optimiser, batch: GraphBatch, mask_rng: np.random.Generator) -> float:
         """One gradient step of every member on its graph: supervised + contrastive loss on two
         masked views. The loss is the sum of the members' losses, so each member's gradient is the
         one it would get trained alone."""
         o = self.options
-        masks = self._masks(batch.target_x, batch.reference_x, generator)
-        target, reference = network.encode(
-            batch.target_x * masks[0], batch.reference_x * masks[1], batch.edges
-        )
+        views = self._views(batch.target_x, batch.reference_x, mask_rng)
+        target, reference = network.encode(views[0], views[1], batch.edges)
         prediction = network.predict_genes(target, reference, batch.retrieved)
         rows = batch.target_mask
         mse = ((prediction - batch.truth) ** 2 * rows).sum((1, 2)) / (rows.sum((1, 2)) * prediction.shape[-1])
@@ -366,9 +394,7 @@ class Trainer:
         loss = o.mse_weight * mse + o.pcc_weight * (1 - pcc)
         if o.masking != "none":
             with torch.no_grad():
-                target_2, reference_2 = network.encode(
-                    batch.target_x * masks[2], batch.reference_x * masks[3], batch.edges
-                )
+                target_2, reference_2 = network.encode(views[2], views[3], batch.edges)
             loss = loss + o.con_target_weight * _contrastive(target, target_2, rows.squeeze(-1))
             loss = loss + o.con_reference_weight * _contrastive(
                 reference, reference_2, batch.reference_mask.squeeze(-1)
@@ -388,50 +414,51 @@ class Trainer:
             graph["target"].y = torch.from_numpy(self.scale.transform(target.expression))
         return graph
 
-    def _validation_batches(self, member_slides, device) -> list[tuple[GraphBatch, list]]:
-        """Validation rounds: in round r each member predicts its r-th held-out slide (members with
-        fewer held-out slides repeat their last one; repeats are not scored)."""
+    def _validation_rounds(self, member_slides) -> list[list[tuple[HeteroData, np.ndarray | None]]]:
+        """Validation rounds: in round r each member predicts its r-th held-out slide (graph, truth);
+        members with fewer held-out slides repeat their last one, unscored (truth None)."""
         if not any(self.held_out):
             return []
         rounds = []
         for r in range(max(len(g) for g in self.held_out)):
-            picks = [group[min(r, len(group) - 1)] for group in self.held_out]
-            graphs = [
-                self._graph(self.slides[i], train) for i, train in zip(picks, member_slides, strict=True)
-            ]
-            scored = [
-                self.slides[i].expression if r < len(g) else None
-                for i, g in zip(picks, self.held_out, strict=True)
-            ]
-            rounds.append((GraphBatch.from_graphs(graphs, device), scored))
+            picks = [(group[min(r, len(group) - 1)], r < len(group)) for group in self.held_out]
+            rounds.append(
+                [
+                    (self._graph(self.slides[i], train), self.slides[i].expression if scored else None)
+                    for (i, scored), train in zip(picks, member_slides, strict=True)
+                ]
+            )
         return rounds
 
     @torch.no_grad()
-    def _validate(self, network: SpaHGC, validation) -> list[np.ndarray]:
-        """Per member, the per-gene PCC on its held-out slides (unmasked, eval mode; mean over its
-        slides; constant genes are NaN)."""
+    def _validate(self, network: SpaHGC, rounds, members: list[int], device) -> dict[int, np.ndarray]:
+        """Per listed member, the per-gene PCC on its held-out slides (unmasked, eval mode; mean over
+        its slides; constant genes are NaN)."""
         network.eval()
-        per_member: list[list[np.ndarray]] = [[] for _ in self.held_out]
-        for batch, truths in validation:
-            predictions = batch.split(network(*batch.inputs).cpu().numpy())
-            for m, (prediction, truth) in enumerate(zip(predictions, truths, strict=True)):
-                if truth is not None:
-                    per_member[m].append(gene_pcc(truth, self.scale.inverse(prediction)))
-        return [_nanmean_columns(np.stack(scores)) for scores in per_member]
+        scores: dict[int, list[np.ndarray]] = {m: [] for m in members}
+        with network.members_only(members):
+            for graphs in rounds:
+                batch = GraphBatch.from_graphs([graphs[m][0] for m in members], device)
+                predictions = batch.split(network(*batch.inputs).cpu().numpy())
+                for m, prediction in zip(members, predictions, strict=True):
+                    truth = graphs[m][1]
+                    if truth is not None:
+                        scores[m].append(gene_pcc(truth, self.scale.inverse(prediction)))
+        return {m: _nanmean_columns(np.stack(values)) for m, values in scores.items()}
 
-    def _masks(self, x_t: Tensor, x_r: Tensor, generator: torch.Generator) -> tuple[Tensor, ...]:
+    def _views(self, x_t: Tensor, x_r: Tensor, rng: np.random.Generator) -> tuple[Tensor, ...]:
+        """The two masked views of the target and reference features: (target 1, reference 1,
+        target 2, reference 2), each view rescaled by 1 / (its keep ratio)."""
         o = self.options
         if o.masking == "none":
-            ones_t, ones_r = torch.ones_like(x_t), torch.ones_like(x_r)
-            return ones_t, ones_r, ones_t, ones_r
+            return x_t, x_r, x_t, x_r
         views = []
         for x, keep in ((x_t, o.alpha), (x_r, o.beta)):
-            first = (torch.rand(x.shape, generator=generator) < keep).to(x.device)
-            if o.masking == "complementary":
-                second = ~first
-            else:
-                second = (torch.rand(x.shape, generator=generator) < 1 - keep).to(x.device)
-            views.append((first / keep, second / (1 - keep)))
+            first = _bernoulli(x.shape, keep, rng).to(x.device)
+            second = (
+                ~first if o.masking == "complementary" else _bernoulli(x.shape, 1 - keep, rng).to(x.device)
+            )
+            views.append((_masked(x, first, keep), _masked(x, second, 1 - keep)))
         (t1, t2), (r1, r2) = views
         return t1, r1, t2, r2
 
@@ -503,6 +530,24 @@ def _order(n_graphs: int, n_steps: int, generator: torch.Generator) -> list[int]
     order = torch.randperm(n_graphs, generator=generator).tolist()
     extra = torch.randint(n_graphs, (n_steps - n_graphs,), generator=generator).tolist()
     return order + extra
+
+
+def _standardised(slide: SlideData, scale: FeatureScale) -> SlideData:
+    """A copy of ``slide`` with standardised embeddings."""
+    return replace(slide, embeddings=scale.transform(slide.embeddings))
+
+
+def _bernoulli(shape: tuple[int, ...], p: float, rng: np.random.Generator) -> Tensor:
+    """A boolean mask, each entry True with probability ``p`` (to 1/65536): drawn as 16-bit integers
+    by numpy's PCG64, about 3× faster than torch's CPU generator for these millions of entries."""
+    draws = rng.integers(0, 1 << 16, size=shape, dtype=np.uint16)
+    return torch.from_numpy(draws < round(p * (1 << 16)))
+
+
+def _masked(x: Tensor, kept: Tensor, keep_ratio: float) -> Tensor:
+    """``x`` where ``kept``, 0 elsewhere, rescaled by 1 / ``keep_ratio`` (one pass; the bool mask is
+    never converted to floats, which is slow on the CPU)."""
+    return torch.where(kept, x * (1 / torch.tensor(keep_ratio, dtype=x.dtype)), 0.0)
 
 
 def _nanmean_columns(values: np.ndarray) -> np.ndarray:
