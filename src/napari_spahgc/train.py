@@ -71,8 +71,8 @@ class TrainingProgress:
     epoch: int
     total: int
     loss: float
-    validation_pcc: float | None = None
-    member_pcc: list[float] | None = None  # each member's validation PCC at this epoch
+    validation_pcc: float | None = None  # mean over the members evaluated at this epoch
+    member_pcc: list[float | None] | None = None  # per member; None for members that have stopped
 
 
 @dataclass
