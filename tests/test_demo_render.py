@@ -72,7 +72,8 @@ def test_render_command_line(demo_out, tmp_path):
 
 def test_demo_result_opens_in_napari_with_everything_loaded(her2st_cohort, tmp_path, make_napari_viewer):
     from napari_spahgc._qt._common import session_for
-    from napari_spahgc.demo import open_in_viewer, run_demo
+    from napari_spahgc._qt.viewer import open_in_viewer
+    from napari_spahgc.demo import run_demo
     from napari_spahgc.io.cohort import read_cohort
 
     rows = ["slide_id,image,spots,counts,pixel_size_um,patient"] + [

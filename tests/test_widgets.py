@@ -69,8 +69,7 @@ def test_full_flow_load_embed_train_predict_pick_gene_export(
     ]
     assert sorted(w["Predict"].reference_ids()) == ["C2", "C3"]
 
-    w["Embed"].cache.set_text(str(tmp_path / "embeddings"))
-    w["Embed"].batch_size.setValue(32)
+    w["Embed"].batch_size.setValue(32)  # the run's shared cache: test_viewer_first may have filled it
     w["Embed"].run()
     _finish(qtbot, w["Embed"].panel)
     assert set(session.embeddings) == {"C2", "C3", "C4"} and session.encoder["name"] == "efficientnet-lite0"
@@ -199,3 +198,23 @@ def test_image_and_spot_table_without_pixel_size_take_the_users_value(make_napar
     w["Slide"].apply_pixel.click()
     assert session.current_slide.pixel_size_um == 0.5 and not w["Slide"].pixel_size.isEnabled()
     assert w["Slide"].pixel_source.text() == "entered by the user"
+
+
+def test_a_crashed_worker_process_is_a_notification_and_the_viewer_lives_on(
+    make_napari_viewer, qtbot, notifications
+):
+    from napari_spahgc.child import run_in_child
+
+    viewer = make_napari_viewer(show=True)
+    panel = _widgets(viewer)["Embed"].panel
+    results = []
+
+    def work(cancel):
+        return (yield from run_in_child("child_tasks:crash", cancel=cancel))
+
+    panel.start(work, "Crash test", results.append)
+    _finish(qtbot, panel)
+    assert results == [] and "killed by SIGSEGV" in panel.status.text()
+    assert any("Crash test failed" in str(n.message) and "SIGSEGV" in str(n.message) for n in notifications)
+    viewer.add_points(np.array([[1.0, 2.0]]))
+    assert viewer.screenshot(canvas_only=True, flash=False)[..., :3].std() > 0

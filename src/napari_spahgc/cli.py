@@ -229,7 +229,7 @@ def demo(
     """
     import os
 
-    from .demo import open_in_viewer, run_demo
+    from .demo import run_demo
 
     result = run_demo(
         out,
@@ -253,6 +253,8 @@ def demo(
         )
         return
     import napari
+
+    from ._qt.viewer import open_in_viewer
 
     open_in_viewer(result)
     napari.run()

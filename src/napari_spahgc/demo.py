@@ -155,25 +155,3 @@ def _write_report(
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return out_dir / "report.md"
-
-
-def open_in_viewer(result: DemoResult, viewer=None):
-    """``viewer`` (a new one by default) with the five widgets docked and the demo's slides, embeddings,
-    model and held-out prediction loaded, the best-validated gene on show."""
-    from ._qt._common import session_for
-    from ._qt.widgets import EmbedWidget, ExportWidget, GenesWidget, PredictWidget, SlideWidget
-
-    if viewer is None:
-        import napari
-
-        viewer = napari.Viewer()
-    for name, widget in (("Slide", SlideWidget), ("Embed", EmbedWidget), ("Predict", PredictWidget),
-                         ("Genes", GenesWidget), ("Export", ExportWidget)):  # fmt: skip
-        viewer.window.add_dock_widget(widget(viewer), name=name)
-    session = session_for(viewer)
-    session.add_slides(result.slides)
-    session.set_current(result.test_slide)
-    session.set_embeddings(result.encoder, result.embeddings)
-    session.set_model(result.model)
-    session.set_prediction(result.test_slide, result.prediction)
-    return viewer

@@ -18,12 +18,15 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from .errors import InputError
+
+if TYPE_CHECKING:  # torch is imported where a model is built: listing encoders stays light
+    import torch
+    from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,6 +45,11 @@ class EncoderSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
+    @property
+    def takes_weights_file(self) -> bool:
+        """Whether the user supplies the weights (gated models) rather than a package shipping them."""
+        return self.packaged_weights is None
+
 
 def _uni() -> nn.Module:
     import timm
@@ -54,6 +62,7 @@ def _uni() -> nn.Module:
 
 def _uni2_h() -> nn.Module:
     import timm
+    import torch
 
     return timm.create_model(
         "vit_huge_patch14_224", img_size=224, patch_size=14, depth=24, num_heads=24, init_values=1e-5,
@@ -96,6 +105,8 @@ class Encoder:
     def __init__(
         self, spec: EncoderSpec, model: nn.Module, weights_checksum: str, device: torch.device
     ) -> None:
+        import torch
+
         self.spec, self.name, self.dim = spec, spec.name, spec.dim
         self.mean, self.std = spec.mean, spec.std
         self.weights_checksum = weights_checksum
@@ -108,6 +119,8 @@ class Encoder:
 
     def __call__(self, patches: np.ndarray) -> np.ndarray:
         """Embed a batch; on CUDA a batch that does not fit is split in halves until it does."""
+        import torch
+
         try:
             return self._embed(patches)
         except torch.cuda.OutOfMemoryError:
@@ -117,17 +130,19 @@ class Encoder:
             half = len(patches) // 2
             return np.concatenate([self(patches[:half]), self(patches[half:])])
 
-    @torch.inference_mode()
     def _embed(self, patches: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(np.ascontiguousarray(patches))
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        x = batch.permute(0, 3, 1, 2).float().div_(255).sub_(self._mean).div_(self._std)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return self.model(x).float().cpu().numpy()
-        return self.model(x).numpy().astype(np.float32)
+        import torch
+
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.ascontiguousarray(patches))
+            if self.device.type == "cuda":
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
+            x = batch.permute(0, 3, 1, 2).float().div_(255).sub_(self._mean).div_(self._std)
+            if self.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return self.model(x).float().cpu().numpy()
+            return self.model(x).numpy().astype(np.float32)
 
     def info(self) -> dict:
         return {"name": self.name, "dim": self.dim, "weights_checksum": self.weights_checksum}
@@ -144,6 +159,8 @@ def create_encoder(
     """
     if name not in REGISTRY:
         raise InputError(f"unknown encoder {name!r}; choose one of {', '.join(REGISTRY)}")
+    import torch
+
     from ._device import default_threads, resolve_device
 
     spec = REGISTRY[name]
@@ -201,6 +218,8 @@ def _download_from_hub(spec: EncoderSpec) -> Path:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file without unpickling arbitrary objects."""
+    import torch
+
     if not path.is_file():
         raise InputError("weights file not found", path)
     try:

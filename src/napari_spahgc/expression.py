@@ -7,7 +7,6 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
-import scanpy as sc
 
 from .errors import InputError
 
@@ -17,6 +16,8 @@ COUNTS_PER_SPOT = 1e6
 def log_cpm(counts: ad.AnnData, genes: list[str] | None = None) -> ad.AnnData:
     """Counts ÷ spot total × 1e6, then log1p; per slide (totals over all genes of the spot), then
     restricted to ``genes`` when given. Returns a new dense float32 AnnData."""
+    import scanpy as sc  # here, not at import: docking a widget should not pay for scanpy
+
     normalized = counts.copy()
     sc.pp.normalize_total(normalized, target_sum=COUNTS_PER_SPOT)
     sc.pp.log1p(normalized)
@@ -53,6 +54,8 @@ def select_genes(
     if panel is not None:
         genes = [gene for gene in panel if gene in measured]
     else:
+        import scanpy as sc
+
         chosen = []
         for counts in training:
             normalized = log_cpm(counts[:, sorted(measured)])

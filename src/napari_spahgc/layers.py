@@ -88,7 +88,9 @@ def measured_features(slide: Slide, max_genes: int = MAX_FEATURE_GENES) -> pd.Da
 
 
 def _slide_metadata(slide: Slide, kind: str) -> dict:
+    """What a layer knows of its slide; ``slide`` lets the widgets adopt slides opened by the reader."""
     return {
+        "slide": slide,
         "slide_id": slide.slide_id,
         "kind": kind,
         "pixel_size_um": slide.pixel_size_um,

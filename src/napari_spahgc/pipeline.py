@@ -1,21 +1,30 @@
 """Train a SpaHGC model on a cohort and write predictions: the steps the CLI and the widgets share.
 
 Embeddings are passed in (one (n_spots, d) array per slide id), so the same functions serve cached
-embeddings from the CLI and embeddings computed in a napari worker.
+embeddings from the CLI and embeddings computed in a napari worker. The ``*_flow`` generators are the
+widgets' long jobs: they yield :class:`~napari_spahgc.progress.Progress` and return plain data (arrays,
+AnnData, paths), so they run in a worker process (:mod:`napari_spahgc.child`) and torch never enters
+the viewer's process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from anndata import AnnData
 
+from ._device import resolve_device
 from .dataset import slide_data
+from .embedding import embed_cohort
+from .encoders import REGISTRY, create_encoder
 from .errors import InputError
 from .evaluate import gene_pcc
 from .expression import log_cpm, select_genes
 from .io.export import spot_anndata, write_h5ad
+from .patches import PatchSpec
+from .progress import Progress
 from .slide import Slide
 from .train import ModelMetadata, SpaHGCPredictor, Trainer, split_options
 
@@ -105,3 +114,65 @@ def _measured(slide: Slide, genes: Sequence[str]) -> np.ndarray:
     columns = {g: i for i, g in enumerate(genes)}
     measured[:, [columns[g] for g in present]] = values
     return measured
+
+
+def embed_flow(
+    slides: Sequence[Slide],
+    encoder_name: str,
+    weights: str | None,
+    device: str,
+    batch_size: int,
+    cache: str | Path,
+) -> Generator[Progress, None, tuple[dict, dict[str, str]]]:
+    """Embed ``slides`` through the cache, yielding spots done; return (encoder info, {slide id: cache
+    file}). Weights are passed only to encoders that take a weights file."""
+    total = sum(s.n_spots for s in slides)
+    yield Progress(0, total, f"loading {encoder_name}")
+    spec = REGISTRY.get(encoder_name)
+    encoder = create_encoder(encoder_name, weights if spec and spec.takes_weights_file else None, device)
+    finished, paths = 0, {}
+    for p in embed_cohort(slides, encoder, cache, PatchSpec(), batch_size):
+        yield Progress(finished + p.done, total, f"{p.slide_id}: {p.done}/{p.total} spots ({encoder.name})")
+        if p.path is not None:
+            finished += p.total
+            paths[p.slide_id] = str(p.path)
+    return encoder.info(), paths
+
+
+def train_predict_flow(
+    slides: Sequence[Slide],
+    target: Slide,
+    embeddings: Mapping[str, np.ndarray],
+    panel: Sequence[str] | None,
+    n_hvg: int | None,
+    encoder: Mapping,
+    epochs: int,
+    seed: int,
+    device: str,
+    save_to: str | Path | None,
+) -> Generator[Progress, None, tuple[str | None, AnnData]]:
+    """Train on ``slides`` (yielding epochs), save the model to ``save_to`` when given, predict
+    ``target``; return (the model folder or None, the prediction)."""
+    yield Progress(0, epochs, "building graphs")
+    trainer = make_trainer(
+        slides, embeddings, panel=panel, n_hvg=n_hvg, encoder=encoder, patch=PatchSpec().to_dict(),
+        seed=seed, device=device, epochs=epochs,
+    )  # fmt: skip
+    for p in trainer.steps():
+        score = "" if p.validation_pcc is None else f", validation PCC {p.validation_pcc:.3f}"
+        yield Progress(p.epoch, epochs, f"epoch {p.epoch}/{epochs}: loss {p.loss:.3f}{score}")
+    model = trainer.result
+    folder = str(model.save(save_to)) if save_to else None
+    yield Progress(epochs, epochs, f"predicting {target.slide_id}")
+    return folder, predict_slide(model, target, embeddings[target.slide_id], str(resolve_device(device)))
+
+
+def load_predict_flow(
+    folder: str | Path, target: Slide, embeddings: np.ndarray, encoder: Mapping, device: str
+) -> Generator[Progress, None, tuple[str, AnnData]]:
+    """Load the model folder, check it was trained on ``encoder``'s embeddings, predict ``target``."""
+    yield Progress(0, 1, f"loading {Path(folder).name}")
+    model = SpaHGCPredictor.load(folder)
+    model.check_compatible(encoder.get("name", ""), encoder.get("weights_checksum"))
+    yield Progress(0, 1, f"predicting {target.slide_id}")
+    return str(folder), predict_slide(model, target, embeddings, str(resolve_device(device)))

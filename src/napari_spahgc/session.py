@@ -1,4 +1,4 @@
-"""What the widgets of one viewer share (Qt-free): slides, embeddings, the model and its predictions.
+"""What the widgets of one viewer share (Qt-free, torch-free): slides, embeddings and predictions.
 
 The widgets are views of a :class:`Session`: they change it through its methods and redraw when its
 signals fire, so every widget sees the same state whichever one changed it.
@@ -15,16 +15,17 @@ from psygnal import Signal
 from .errors import InputError
 from .render import best_genes
 from .slide import Slide
-from .train import SpaHGCPredictor
 
 
 class Session:
-    """Loaded slides, the slide on show, embeddings of one encoder, a model, predictions, the gene on show."""
+    """Loaded slides, the slide on show, embeddings of one encoder, predictions, the gene on show.
+
+    The models live in their folders (training and prediction run in a worker process); the session
+    holds only plain data: arrays and AnnData.
+    """
 
     slides_changed = Signal()
     current_changed = Signal(object)  # slide id or None
-    embeddings_changed = Signal()
-    model_changed = Signal()
     prediction_changed = Signal(str)  # slide id
     gene_changed = Signal(str)
 
@@ -33,7 +34,6 @@ class Session:
         self.current: str | None = None
         self.encoder: dict | None = None
         self.embeddings: dict[str, np.ndarray] = {}
-        self.model: SpaHGCPredictor | None = None
         self.predictions: dict[str, AnnData] = {}
         self.gene: str | None = None
 
@@ -78,16 +78,11 @@ class Session:
             self.embeddings = {}
             self.encoder = dict(encoder)
         self.embeddings.update(embeddings)
-        self.embeddings_changed.emit()
 
     def missing_embeddings(self, slide_ids: Sequence[str]) -> list[str]:
         return [s for s in slide_ids if s not in self.embeddings]
 
-    # ---------------------------------------------------------------------- model and predictions
-    def set_model(self, model: SpaHGCPredictor) -> None:
-        self.model = model
-        self.model_changed.emit()
-
+    # ------------------------------------------------------------------------------- predictions
     def set_prediction(self, slide_id: str, prediction: AnnData) -> None:
         self.predictions[slide_id] = prediction
         self.prediction_changed.emit(slide_id)

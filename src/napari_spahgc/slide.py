@@ -23,7 +23,8 @@ class SlideImage:
 
     ``levels[i]`` is an (rows, cols, 3) uint8 dask array whose pixel covers ``downsamples[i]``
     full-resolution pixels. Nothing is read until a region is asked for, so a whole-slide level
-    never has to fit in memory.
+    never has to fit in memory. An image opened from a file (``reopen_from``) pickles as that path and
+    is opened again on unpickling (the worker process gets the image, not its open file handles).
     """
 
     path: Path
@@ -31,6 +32,12 @@ class SlideImage:
     downsamples: list[float]
     pixel_size_um: float | None = None
     pixel_size_source: str | None = None
+    reopen_from: Path | None = None
+
+    def __reduce__(self):
+        if self.reopen_from is not None:
+            return _reopened, (self.reopen_from,)
+        return super().__reduce__()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -76,6 +83,12 @@ class SlideImage:
             pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BOX))
             scale *= ratio
         return pixels, scale
+
+
+def _reopened(path: Path) -> SlideImage:
+    from .io.images import open_image
+
+    return open_image(path)
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from typing import Any
 
 import napari
@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..layers import MEASURED, METADATA_KEY, PREDICTED, prediction_layers, slide_layers
+from ..progress import Progress
 from ..session import Session
 
 _SESSIONS: dict[int, tuple[Session, LayerSync]] = {}
@@ -55,6 +56,18 @@ class LayerSync:
         session.slides_changed.connect(self._add_new_slides)
         session.current_changed.connect(self._show_current)
         session.prediction_changed.connect(self._show_prediction)
+        self._adopt(list(viewer.layers))
+        viewer.layers.events.inserted.connect(lambda event: self._adopt([event.value]))
+
+    def _adopt(self, layers: list[Layer]) -> None:
+        """Slides whose layers came from elsewhere (File ▸ Open, sample data) join the session."""
+        new = {}
+        for layer in layers:
+            slide = layer_info(layer).get("slide")
+            if slide is not None and slide.slide_id not in self.session.slides:
+                new.setdefault(slide.slide_id, slide)
+        if new:
+            self.session.add_slides(new.values())
 
     def layers_of(self, slide_id: str, *kinds: str) -> list[Layer]:
         return [
@@ -100,21 +113,14 @@ class LayerSync:
             layer.visible = False
 
 
-@dataclass
-class Step:
-    """What a widget's work generator yields: ``done`` of ``total`` and a line of text."""
-
-    done: int
-    total: int
-    text: str = ""
-
-
 class RunPanel(QWidget):
     """Run and Cancel buttons, a progress bar with counts and a status line for one generator worker.
 
-    The work runs in a :func:`napari.qt.threading.create_worker` thread; Cancel stops it between two
-    yields; errors become napari notifications (the viewer never sees the exception); a napari
-    progress bar in the activity dock mirrors the counts.
+    The work runs in a :func:`napari.qt.threading.create_worker` thread (heavy work there drives a
+    worker process, :func:`napari_spahgc.child.run_in_child`); Cancel sets the event handed to the work
+    and stops the thread between two yields; errors, a crashed worker process included, become napari
+    notifications (the viewer never sees the exception); a napari progress bar in the activity dock
+    mirrors the counts.
     """
 
     def __init__(self, run_text: str, on_run: Callable[[], None], parent: QWidget | None = None) -> None:
@@ -125,6 +131,7 @@ class RunPanel(QWidget):
         self.bar.setFormat("%v / %m")
         self.status.setWordWrap(True)
         self.worker: GeneratorWorker | None = None
+        self._cancel = threading.Event()
         self._napari_bar: progress | None = None
         self.run_button.clicked.connect(on_run)
         self.cancel_button.clicked.connect(self.cancel)
@@ -142,16 +149,21 @@ class RunPanel(QWidget):
         return self.worker is not None
 
     def start(
-        self, work: Callable[[], Generator[Step, None, Any]], label: str, on_done: Callable[[Any], None]
+        self,
+        work: Callable[[threading.Event], Generator[Progress, None, Any]],
+        label: str,
+        on_done: Callable[[Any], None],
     ) -> GeneratorWorker:
-        """Run ``work()`` in a thread; ``on_done(result)`` runs in the GUI thread when it completes."""
+        """Run ``work(cancel)`` in a thread; ``cancel`` is set when the user cancels; ``on_done(result)``
+        runs in the GUI thread when it completes."""
         if self.worker is not None:
             raise RuntimeError("a run is already in progress")
-        self.label = label
+        self.label, self._cancel = label, threading.Event()
         self.status.setText(f"{label}…")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        worker = create_worker(work, _start_thread=False, _ignore_errors=True)  # errors: _on_error
+        # errors are not raised in the GUI thread: _on_error turns them into notifications
+        worker = create_worker(work, self._cancel, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_step)
         worker.returned.connect(on_done)
         worker.returned.connect(lambda _: self.status.setText(f"{label}: done"))
@@ -165,9 +177,10 @@ class RunPanel(QWidget):
     def cancel(self) -> None:
         if self.worker is not None:
             self.status.setText(f"{self.label}: cancelling after the current batch…")
+            self._cancel.set()
             self.worker.quit()
 
-    def _on_step(self, step: Step) -> None:
+    def _on_step(self, step: Progress) -> None:
         self.bar.setMaximum(max(step.total, 1))
         self.bar.setValue(step.done)
         if step.text:

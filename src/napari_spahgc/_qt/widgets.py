@@ -1,8 +1,9 @@
 """The plugin's dock widgets: Slide, Embed, Predict, Genes, Export.
 
-Each widget is a view of the viewer's :class:`~napari_spahgc.session.Session`; heavy work runs the
-Qt-free core in a generator worker (:class:`RunPanel`), and its result is stored in the session from
-the GUI thread, which then updates the layers (:class:`LayerSync`).
+Each widget is a view of the viewer's :class:`~napari_spahgc.session.Session`; heavy work (embedding,
+training, prediction) runs the Qt-free core's flows in a worker process driven from a generator worker
+(:class:`RunPanel`), so torch is never imported into napari's process; the result is stored in the
+session from the GUI thread, which then updates the layers (:class:`LayerSync`).
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._device import resolve_device
 from .._files import cache_dir
+from ..child import run_in_child
 from ..errors import InputError
 from ..layers import MEASURED, PREDICTED, gene_raster, gene_values, layer_name, shared_limits
+from ..progress import Progress
 from ..session import gene_scores
-from ._common import PathField, RunPanel, Step, layer_info, session_for
+from ._common import PathField, RunPanel, layer_info, session_for
 
 DEVICES = ("auto", "cpu", "cuda")
 COLORMAPS = ("viridis", "magma", "inferno", "plasma", "turbo", "gray")
@@ -93,16 +95,16 @@ class SlideWidget(_SessionWidget):
 
         path, image = Path(path), Path(image) if image else None
 
-        def work():
+        def work(_cancel):  # light reading, in the thread (between slides, Cancel stops it)
             if path.suffix.lower() == ".csv" and image is None and is_cohort_table(path):
                 entries = read_cohort(path)
                 slides = []
                 for index, entry in enumerate(entries):
-                    yield Step(index, len(entries), f"reading {entry.slide_id}")
+                    yield Progress(index, len(entries), f"reading {entry.slide_id}")
                     slides.append(entry.load())
-                yield Step(len(entries), len(entries), "")
+                yield Progress(len(entries), len(entries), "")
                 return slides
-            yield Step(0, 1, f"reading {path.name}")
+            yield Progress(0, 1, f"reading {path.name}")
             return open_slides(path, image)
 
         return self.panel.start(work, "Opening slides", self.session.add_slides)
@@ -152,7 +154,7 @@ class EmbedWidget(_SessionWidget):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer)
-        from ..encoders import DEFAULT_ENCODER, list_encoders
+        from ..encoders import DEFAULT_ENCODER, list_encoders  # the registry only: no torch
 
         self.encoder = QComboBox()
         self.encoder.addItems(list_encoders())
@@ -178,34 +180,27 @@ class EmbedWidget(_SessionWidget):
         self._encoder_changed(self.encoder.currentText())
 
     def _encoder_changed(self, name: str) -> None:
-        self.weights.setEnabled(name != "efficientnet-lite0")
+        from ..encoders import REGISTRY
+
+        self.weights.setEnabled(REGISTRY[name].takes_weights_file)
 
     def run(self):
-        """Embed all loaded slides; the embeddings join the session when every slide is done."""
-        from ..embedding import embed_cohort, load_embeddings
-        from ..encoders import create_encoder
-        from ..patches import PatchSpec
+        """Embed all loaded slides in a worker process; the embeddings join the session when every
+        slide is done."""
+        from ..embedding import load_embeddings
 
         slides = list(self.session.slides.values())
         if not slides:
             show_error("Open slides first (Slide widget).")
             return None
-        name, weights = self.encoder.currentText(), self.weights.text or None
-        device, batch_size, folder = self.device.currentText(), self.batch_size.value(), Path(self.cache.text)
-        total = sum(s.n_spots for s in slides)
+        settings = (self.encoder.currentText(), self.weights.text or None, self.device.currentText(),
+                    self.batch_size.value(), self.cache.text)  # fmt: skip
 
-        def work():
-            yield Step(0, total, f"loading {name}")
-            encoder = create_encoder(name, weights if name != "efficientnet-lite0" else None, device)
-            finished, paths = 0, {}
-            for p in embed_cohort(slides, encoder, folder, PatchSpec(), batch_size):
-                yield Step(
-                    finished + p.done, total, f"{p.slide_id}: {p.done}/{p.total} spots ({encoder.name})"
-                )
-                if p.path is not None:
-                    finished += p.total
-                    paths[p.slide_id] = p.path
-            return encoder.info(), {slide_id: load_embeddings(path)[0] for slide_id, path in paths.items()}
+        def work(cancel):
+            encoder, paths = yield from run_in_child(
+                "napari_spahgc.pipeline:embed_flow", slides, *settings, cancel=cancel
+            )
+            return encoder, {slide_id: load_embeddings(path)[0] for slide_id, path in paths.items()}
 
         return self.panel.start(work, "Embedding", lambda result: self.session.set_embeddings(*result))
 
@@ -268,7 +263,7 @@ class PredictWidget(_SessionWidget):
         return [item.text() for item in items if item.checkState() == Qt.CheckState.Checked]
 
     def run(self):
-        """Predict the current slide in a worker (training first in train mode)."""
+        """Predict the current slide in a worker process (training first in train mode)."""
         try:
             work = self._train_work() if self.train_mode.isChecked() else self._load_work()
         except InputError as err:
@@ -277,8 +272,10 @@ class PredictWidget(_SessionWidget):
         return self.panel.start(work, "Predicting", self._done)
 
     def _done(self, result) -> None:
-        model, slide_id, prediction = result
-        self.session.set_model(model)
+        """Show the prediction; a saved model folder becomes the one "Model folder" mode uses."""
+        folder, slide_id, prediction = result
+        if folder:
+            self.model_dir.set_text(folder)
         self.session.set_prediction(slide_id, prediction)
 
     def _target(self):
@@ -289,8 +286,6 @@ class PredictWidget(_SessionWidget):
 
     def _train_work(self):
         from ..expression import read_gene_panel
-        from ..patches import PatchSpec
-        from ..pipeline import make_trainer, predict_slide
 
         target, references = self._target(), self.reference_ids()
         if not references:
@@ -300,57 +295,30 @@ class PredictWidget(_SessionWidget):
             raise InputError(f"reference slide(s) {', '.join(missing)} have no embeddings: run Embed first")
         panel = read_gene_panel(self.genes.text) if self.genes.text else None
         slides = [self.session.slides[s] for s in references]
-        embeddings, encoder = dict(self.session.embeddings), dict(self.session.encoder or {})
-        epochs, seed, device = self.epochs.value(), self.seed.value(), self.device.currentText()
-        n_hvg, save_to = None if panel else self.n_hvg.value(), self.save_to.text
-
-        def work():
-            yield Step(0, epochs, "building graphs")
-            trainer = make_trainer(
-                slides, embeddings, panel=panel, n_hvg=n_hvg, encoder=encoder, patch=PatchSpec().to_dict(),
-                seed=seed, device=device, epochs=epochs,
-            )  # fmt: skip
-            for p in trainer.steps():
-                score = "" if p.validation_pcc is None else f", validation PCC {p.validation_pcc:.3f}"
-                yield Step(p.epoch, epochs, f"epoch {p.epoch}/{epochs}: loss {p.loss:.3f}{score}")
-            model = trainer.result
-            if save_to:
-                model.save(save_to)
-            yield Step(epochs, epochs, f"predicting {target.slide_id}")
-            return (
-                model,
-                target.slide_id,
-                predict_slide(model, target, embeddings[target.slide_id], _device(device)),
-            )
-
-        return work
+        embeddings = {s: self.session.embeddings[s] for s in (*references, target.slide_id)}
+        arguments = (slides, target, embeddings, panel, None if panel else self.n_hvg.value(),
+                     dict(self.session.encoder or {}), self.epochs.value(), self.seed.value(),
+                     self.device.currentText(), self.save_to.text or None)  # fmt: skip
+        return _in_child("napari_spahgc.pipeline:train_predict_flow", target.slide_id, *arguments)
 
     def _load_work(self):
-        from ..pipeline import predict_slide
-        from ..train import SpaHGCPredictor
-
         target = self._target()
         if not self.model_dir.text:
             raise InputError("choose a trained model folder (written by 'spahgc train' or this widget)")
-        folder, encoder, device = (
-            Path(self.model_dir.text),
-            dict(self.session.encoder or {}),
-            self.device.currentText(),
-        )
-        embeddings = self.session.embeddings[target.slide_id]
-
-        def work():
-            yield Step(0, 1, f"loading {folder.name}")
-            model = SpaHGCPredictor.load(folder)
-            model.check_compatible(encoder.get("name", ""), encoder.get("weights_checksum"))
-            yield Step(0, 1, f"predicting {target.slide_id}")
-            return model, target.slide_id, predict_slide(model, target, embeddings, _device(device))
-
-        return work
+        arguments = (self.model_dir.text, target, self.session.embeddings[target.slide_id],
+                     dict(self.session.encoder or {}), self.device.currentText())  # fmt: skip
+        return _in_child("napari_spahgc.pipeline:load_predict_flow", target.slide_id, *arguments)
 
 
-def _device(choice: str) -> str:
-    return str(resolve_device(choice))
+def _in_child(flow: str, slide_id: str, *arguments):
+    """Work for :class:`RunPanel`: ``flow`` in a worker process, its (model folder, prediction) result
+    returned as (model folder, ``slide_id``, prediction)."""
+
+    def work(cancel):
+        folder, prediction = yield from run_in_child(flow, *arguments, cancel=cancel)
+        return folder, slide_id, prediction
+
+    return work
 
 
 # ------------------------------------------------------------------------------------------- Genes

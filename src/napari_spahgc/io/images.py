@@ -40,13 +40,13 @@ def open_image(path: str | Path) -> SlideImage:
         raise InputError("image file not found", path)
     lower = path.name.lower()
     if lower.endswith(FLAT_SUFFIXES):
-        pyramid = _flat_image_pyramid(path)
-        image = _open_tiff(pyramid, display_path=path)
-        image.path = path
-        return image
-    if lower.endswith(TIFF_SUFFIXES):
-        return _open_tiff(path, display_path=path)
-    raise InputError(f"unsupported image type (expected one of {', '.join(IMAGE_SUFFIXES)})", path)
+        image = _open_tiff(_flat_image_pyramid(path), display_path=path)
+    elif lower.endswith(TIFF_SUFFIXES):
+        image = _open_tiff(path, display_path=path)
+    else:
+        raise InputError(f"unsupported image type (expected one of {', '.join(IMAGE_SUFFIXES)})", path)
+    image.reopen_from = path
+    return image
 
 
 def _open_tiff(path: Path, display_path: Path) -> SlideImage:

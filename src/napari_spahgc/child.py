@@ -1,0 +1,177 @@
+"""Run a progress generator in a separate Python process, streaming what it yields back.
+
+Why: the napari process must never load torch's native stack. Importing ``torch_geometric`` pulls in
+``torch._dynamo`` and through it ``triton``, whose native library segfaults a process in which Mesa's
+LLVM is already loaded (any viewer drawn with software or radeonsi OpenGL). A child process has no
+OpenGL context, keeps the viewer responsive while torch holds the cores, and a crash in it becomes an
+exception here, not a dead viewer. See docs/architecture.md.
+
+Protocol: the parent starts ``python -m napari_spahgc.child`` and writes a random key to its stdin;
+the child listens on a local address (a Unix socket or a named pipe), prints the address, and the
+parent connects with that key (multiprocessing's HMAC-authenticated connection, so only this parent
+can talk to the child). The parent sends ``(sys.path, "module:function", args, kwargs)``; the child
+calls the function, which returns a generator, and sends ``("progress", item)`` for every item,
+then ``("result", value)``, ``("error", type name, message, is_input_error)`` or ``("cancelled",)``.
+A ``"cancel"`` from the parent is honoured between two items: the child closes the generator (its
+``finally`` blocks run, so no half-written file is left) and exits. The child also exits when the
+parent's end of its stdin closes, so a parent that dies never leaves a child behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Generator
+from multiprocessing.connection import Client, Connection, Listener
+from signal import Signals
+from typing import Any
+
+from .errors import InputError
+from .progress import Progress
+
+CANCEL = "cancel"
+_POLL_S = 0.1
+_EXIT_GRACE_S = 30.0  # a cancel is honoured at the child's next item
+
+
+class WorkerProcessError(Exception):
+    """The child process failed: an exception in the task, or the process died without an answer.
+
+    Not a ``RuntimeError``: napari's generator workers return a ``RuntimeError`` as a result instead of
+    reporting it as an error.
+    """
+
+
+def run_in_child(
+    target: str, *args: Any, cancel: threading.Event | None = None, **kwargs: Any
+) -> Generator[Any, None, Any]:
+    """Run ``target(*args, **kwargs)`` (``"package.module:function"``, a generator function) in a new
+    Python process; yield what it yields and return what it returns.
+
+    Setting ``cancel`` stops the child between two of its items; this generator then yields the last
+    item once more (a :class:`Progress` if there was none, so a napari worker sees its abort flag) and returns ``None``. An
+    :class:`InputError` in the child is raised here as an :class:`InputError` with the same message;
+    any other failure, a crash included, as :class:`WorkerProcessError`.
+    """
+    key = secrets.token_bytes(32)
+    process = subprocess.Popen(
+        [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    connection: Connection | None = None
+    try:
+        process.stdin.write(key.hex().encode() + b"\n")
+        process.stdin.flush()
+        address = process.stdout.readline().decode().strip()
+        process.stdout.close()
+        if not address:
+            raise WorkerProcessError(_ended(process))
+        connection = Client(address, authkey=key)
+        connection.send((list(sys.path), target, args, kwargs))
+        last, cancel_sent = None, False
+        while True:
+            if cancel is not None and cancel.is_set() and not cancel_sent:
+                connection.send(CANCEL)
+                cancel_sent = True
+            if not connection.poll(_POLL_S):
+                continue
+            try:
+                kind, *payload = connection.recv()
+            except (EOFError, ConnectionError) as err:
+                raise WorkerProcessError(_ended(process)) from err
+            if kind == "progress":
+                last = payload[0]
+                yield last
+            elif kind == "result":
+                return payload[0]
+            elif kind == "error":
+                name, message, is_input = payload
+                raise InputError(message) if is_input else WorkerProcessError(f"{name}: {message}")
+            else:  # cancelled: the child closed its generator and is exiting
+                _stop(process, connection)
+                yield last if last is not None else Progress(0, 1, "cancelled")
+                return None
+    finally:
+        _stop(process, connection)
+
+
+def _stop(process: subprocess.Popen, connection: Connection | None) -> None:
+    """Let the child finish (asking it to cancel if it is still working), then make sure it is gone."""
+    if process.poll() is None and connection is not None and not connection.closed:
+        with contextlib.suppress(OSError, ValueError):
+            connection.send(CANCEL)
+    try:
+        process.wait(_EXIT_GRACE_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    finally:
+        if connection is not None:
+            connection.close()
+        if process.stdin and not process.stdin.closed:
+            process.stdin.close()
+
+
+def _ended(process: subprocess.Popen) -> str:
+    try:
+        code = process.wait(_EXIT_GRACE_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        code = process.wait()
+    how = f"was killed by {Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    return f"the worker process {how} before it finished (its error output is in the terminal)"
+
+
+# ------------------------------------------------------------------------------------ child side
+def _watch_parent() -> None:
+    """Exit as soon as the parent's end of stdin closes (the parent finished, or died)."""
+    while os.read(0, 4096):  # raw reads: a buffered reader's lock would trouble interpreter shutdown
+        pass
+    os._exit(3)
+
+
+def _serve(connection: Connection) -> None:
+    paths, target, args, kwargs = connection.recv()
+    sys.path[:] = paths
+    module, _, name = target.partition(":")
+    try:
+        generator = getattr(importlib.import_module(module), name)(*args, **kwargs)
+        while True:
+            if connection.poll() and connection.recv() == CANCEL:
+                generator.close()
+                connection.send(("cancelled",))
+                return
+            try:
+                item = next(generator)
+            except StopIteration as stop:
+                connection.send(("result", stop.value))
+                return
+            connection.send(("progress", item))
+    except Exception as err:
+        traceback.print_exc()
+        connection.send(("error", type(err).__name__, str(err), isinstance(err, InputError)))
+
+
+def main() -> None:
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(0, 1)
+        if not chunk:
+            return
+        line += chunk
+    key = bytes.fromhex(line.decode().strip())
+    threading.Thread(target=_watch_parent, daemon=True).start()
+    with Listener(authkey=key) as listener:
+        print(listener.address, flush=True)
+        os.dup2(2, 1)  # stray prints of the task go to stderr, never into the parent's pipe
+        with listener.accept() as connection:
+            _serve(connection)
+
+
+if __name__ == "__main__":
+    main()

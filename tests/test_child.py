@@ -1,0 +1,107 @@
+"""Worker processes: progress streamed back, results, errors, crashes, cancel, and no orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_ome_pyramid
+from napari_spahgc.child import WorkerProcessError, run_in_child
+from napari_spahgc.errors import InputError
+from napari_spahgc.io.images import open_image
+from napari_spahgc.progress import Progress
+
+
+def _drain(generator):
+    items = []
+    while True:
+        try:
+            items.append(next(generator))
+        except StopIteration as stop:
+            return items, stop.value
+
+
+def test_progress_streams_back_and_the_result_is_returned():
+    items, result = _drain(run_in_child("child_tasks:count", 4))
+    assert items == [Progress(i, 4, f"step {i}") for i in range(1, 5)]
+    assert result["steps"] == 4 and result["pid"] != os.getpid()  # it ran elsewhere
+
+
+def test_input_errors_keep_their_type_and_message_other_errors_name_their_type():
+    with pytest.raises(InputError, match=r"^/data/table.csv: cannot read this table$"):
+        _drain(run_in_child("child_tasks:bad_input", "/data/table.csv"))
+    with pytest.raises(WorkerProcessError, match="ZeroDivisionError: division by zero in a task"):
+        _drain(run_in_child("child_tasks:broken"))
+
+
+def test_a_crash_of_the_worker_process_is_an_exception_here():
+    with pytest.raises(WorkerProcessError, match="killed by SIGSEGV"):
+        _drain(run_in_child("child_tasks:crash"))
+
+
+def test_cancel_stops_between_steps_and_the_task_cleans_up(tmp_path):
+    marker, cancel = tmp_path / "marker", threading.Event()
+    generator = run_in_child("child_tasks:count", 1000, 0.02, str(marker), cancel=cancel)
+    seen = []
+    for item in generator:
+        seen.append(item.done)
+        if item.done == 3:
+            cancel.set()
+    assert seen[:3] == [1, 2, 3] and len(seen) < 100  # stopped soon after
+    assert seen[-1] == seen[-2]  # the last step once more, so a napari worker sees its abort flag
+    assert marker.read_text() == "finished"  # the task's finally ran in the worker process
+
+
+def test_abandoning_the_generator_stops_the_worker_process(tmp_path):
+    marker = tmp_path / "marker"
+    generator = run_in_child("child_tasks:count", 1000, 0.02, str(marker))
+    next(generator)
+    generator.close()
+    assert marker.read_text() == "finished"
+
+
+def test_the_worker_process_exits_when_its_parent_dies(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = {[str(Path(__file__).parent)]!r}
+        from napari_spahgc.child import run_in_child
+        for _ in run_in_child("child_tasks:write_pid_then_wait", {str(pid_file)!r}):
+            pass
+    """)])  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and parent.poll() is None
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child):
+        assert time.monotonic() < deadline, "the worker process outlived its parent"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/stat")
+    return not (status.exists() and status.read_text().split()[2] == "Z")  # a zombie has exited
+
+
+def test_a_slide_image_reaches_the_worker_as_its_file_not_its_open_handles(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 255, (700, 900, 3), dtype=np.uint8)
+    image = open_image(write_ome_pyramid(tmp_path / "slide.ome.tif", pixels, 0.5))
+    _, region = _drain(run_in_child("child_tasks:read_region", image, 100, 200, 64))
+    np.testing.assert_array_equal(region, pixels[100:164, 200:264])
