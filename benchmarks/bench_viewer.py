@@ -22,7 +22,7 @@ import pandas as pd
 from qtpy.QtWidgets import QApplication
 
 from napari_spahgc._qt._common import session_for
-from napari_spahgc._qt.widgets import GenesWidget
+from napari_spahgc._qt.genes import GenesWidget
 from napari_spahgc.slide import Slide
 
 ROOT = Path(__file__).resolve().parents[1]

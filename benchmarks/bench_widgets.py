@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 
-MODULES = ("napari_spahgc._qt.widgets", "napari_spahgc._reader", "napari_spahgc.sample_data")
+MODULES = ("napari_spahgc._qt.viewer", "napari_spahgc._reader", "napari_spahgc.sample_data")
 WIDGETS = ("Slide", "Embed", "Predict", "Genes", "Export")
 
 IMPORT = """

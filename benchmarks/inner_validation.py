@@ -19,11 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from napari_spahgc import load_cohort
+from napari_spahgc._files import cache_dir
 from napari_spahgc.benchmark import make_folds
-from napari_spahgc.cli import _embed, _settings
 from napari_spahgc.dataset import slide_data
+from napari_spahgc.embedding import cohort_embeddings
+from napari_spahgc.encoders import create_encoder
 from napari_spahgc.expression import read_gene_panel, select_genes
-from napari_spahgc.train import Trainer, split_options
+from napari_spahgc.options import SpaHGCConfig, parse_settings
+from napari_spahgc.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,11 +44,11 @@ def main() -> None:
     args = parser.parse_args()
 
     slides = load_cohort(args.cohort)
-    _, embeddings = _embed(slides, "efficientnet-lite0", None, "cpu", 64, None, load=True)
-    panel = read_gene_panel(args.genes)
-    graph_options, model_options, train_options = split_options(
-        _settings(args.settings), seed=args.seed, device="cpu"
+    embeddings = cohort_embeddings(
+        slides, create_encoder("efficientnet-lite0", device="cpu"), cache_dir("embeddings")
     )
+    panel = read_gene_panel(args.genes)
+    config = SpaHGCConfig.from_options(parse_settings(args.settings), seed=args.seed, device="cpu")
     wanted = {f for f in args.folds.split(",") if f}
     rows = []
     for held_out in make_folds(slides)[1]:
@@ -55,7 +58,7 @@ def main() -> None:
         genes = select_genes([s.expression for s in training], panel=panel)
         train = [slide_data(s, embeddings[s.slide_id], genes) for s in training]
         started = time.perf_counter()
-        trainer = Trainer(train, genes, graph_options, model_options, train_options)
+        trainer = Trainer(train, genes, config)
         history = [(p.epoch, p.member_pcc) for p in trainer.steps() if p.member_pcc is not None]
         model = trainer.result
         members = model.metadata.validation["members"]

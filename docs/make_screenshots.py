@@ -19,7 +19,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
 from napari_spahgc._qt._common import session_for
-from napari_spahgc._qt.widgets import EmbedWidget, ExportWidget, GenesWidget, PredictWidget, SlideWidget
+from napari_spahgc._qt.viewer import WIDGETS
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "images"
@@ -44,10 +44,7 @@ def main() -> None:
 
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1900, 1150)
-    widgets = {
-        "slide": SlideWidget(viewer), "embed": EmbedWidget(viewer), "predict": PredictWidget(viewer),
-        "genes": GenesWidget(viewer), "export": ExportWidget(viewer),
-    }  # fmt: skip
+    widgets = {name.lower(): cls(viewer) for name, cls in WIDGETS.items()}
     docks = {
         name: viewer.window.add_dock_widget(w, name=name.title(), area="right") for name, w in widgets.items()
     }

@@ -9,7 +9,13 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
+import torch_geometric  # noqa: F401
 from napari.utils.notifications import notification_manager
+
+# This process both draws viewers and trains in-process (demo and pipeline tests). Loading torch's
+# stack (triton through torch_geometric) after a viewer has drawn segfaults with Mesa, so it is loaded
+# here first, as `spahgc demo` does before it opens napari. The user's order, where the plugin must
+# never load it, is tested in fresh processes (test_viewer_first.py).
 
 REPO = Path(__file__).resolve().parents[1]
 HER2ST = REPO.parent / "shared" / "data" / "her2st"

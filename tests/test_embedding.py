@@ -96,3 +96,35 @@ def test_embed_slide_and_a_damaged_cache_file(tmp_path, slides, encoder):
     assert counting.calls == 48  # unreadable entry: recomputed, and replaced
     np.testing.assert_array_equal(again, embeddings)
     assert load_embeddings(path)[0].shape == (24, 1280)
+
+
+def test_a_lazy_encoder_keys_the_cache_like_the_built_one_and_embeds_the_same(tmp_path, slides, encoder):
+    import sys
+
+    from napari_spahgc.encoders import LazyEncoder
+
+    lazy = LazyEncoder("efficientnet-lite0", device="cpu")
+    assert lazy.info() == encoder.info()  # the key is known before the model is built
+    first = cohort_embeddings(slides[:1], lazy, tmp_path)
+    again = cohort_embeddings(slides[:1], encoder, tmp_path)  # a cache hit for the built encoder
+    np.testing.assert_array_equal(first[slides[0].slide_id], again[slides[0].slide_id])
+    assert "torch" in sys.modules  # (imported by the fixture; the CLI test below checks a fresh process)
+
+
+def test_embed_on_a_cached_cohort_builds_no_encoder_and_imports_no_torch(her2st_cohort, tmp_path):
+    import subprocess
+    import sys
+
+    cache, cohort = tmp_path / "cache", tmp_path / "C2.csv"
+    lines = her2st_cohort.read_text().splitlines()
+    cohort.write_text("\n".join(lines[:2]).replace("../../shared", str(her2st_cohort.parents[2] / "shared")))
+    code = (
+        "import sys; from napari_spahgc.cli import app\n"
+        f"app(['embed', {str(cohort)!r}, '--cache', {str(cache)!r}], standalone_mode=False)\n"
+        "print('TORCH', 'torch' in sys.modules)\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr[-2000:]
+    assert "TORCH True" in runs[0].stdout  # the first run embeds
+    assert "TORCH False" in runs[1].stdout  # the second reads every slide from the cache
+    assert len(list(cache.glob("*.npz"))) == 1

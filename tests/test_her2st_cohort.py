@@ -82,3 +82,13 @@ def test_info_cli_table(her2st_cohort):
     lines = result.stdout.strip().splitlines()
     assert lines[0].split()[:3] == ["slide_id", "n_spots", "n_genes"]
     assert [line.split()[0] for line in lines[1:]] == list(SECTIONS)
+
+
+def test_slides_without_their_counts_keep_the_same_spots(her2st_cohort):
+    from napari_spahgc.io.spots import read_count_ids, read_counts
+
+    entry = read_cohort(her2st_cohort)[0]
+    assert read_count_ids(entry.counts).equals(read_counts(entry.counts).obs_names)
+    full, spots_only = entry.load(), entry.load(with_expression=False)
+    assert spots_only.expression is None and spots_only.spot_ids.equals(full.spot_ids)
+    np.testing.assert_array_equal(spots_only.centers_px, full.centers_px)

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from napari_spahgc import InputError, Slide
 from napari_spahgc.pipeline import make_trainer, predict_slide, write_predictions
-from napari_spahgc.train import SpaHGCPredictor
+from napari_spahgc.predictor import SpaHGCPredictor
 
 N_GENES, DIM = 30, 12
 

@@ -10,12 +10,10 @@ from qtpy.QtCore import Qt
 
 from conftest import HER2ST
 from napari_spahgc._qt._common import session_for
-from napari_spahgc._qt.widgets import EmbedWidget, ExportWidget, GenesWidget, PredictWidget, SlideWidget
+from napari_spahgc._qt.viewer import WIDGETS
 from napari_spahgc.io.cohort import read_cohort
 
 PLUGIN = "napari-spahgc"
-WIDGETS = {"Slide": SlideWidget, "Embed": EmbedWidget, "Predict": PredictWidget, "Genes": GenesWidget,
-           "Export": ExportWidget}  # fmt: skip
 LONG = 300_000  # ms: generous for 2 busy cores
 
 

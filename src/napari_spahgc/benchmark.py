@@ -65,40 +65,21 @@ def run_benchmark(
     if unknown:
         raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
     scheme, folds = make_folds(slides)
-    by_id = {s.slide_id: s for s in slides}
     results: dict[str, dict] = {m: {"folds": {}} for m in methods}
     per_gene_rows = []
     n_genes = {}
     for held_out in folds:
-        training = [s for s in slides if s.slide_id not in held_out]
-        genes = select_genes([s.expression for s in training], panel=panel, n_hvg=n_hvg)
-        train = [slide_data(s, embeddings[s.slide_id], genes) for s in training]
-        tests = [slide_data(by_id[i], embeddings[i], genes) for i in held_out]
-        check_no_leakage(train, tests)
+        genes, train, tests = fold_data(slides, embeddings, held_out, panel, n_hvg)
         for test in tests:
             n_genes[test.slide_id] = len(genes)
             for method in methods:
-                started = time.perf_counter()
-                prediction = _predict(method, train, test, seed, device, genes, spahgc_options)
-                seconds = time.perf_counter() - started
-                per_gene = gene_pcc(test.expression, prediction)
-                results[method]["folds"][test.slide_id] = {
-                    "pcc": float(np.nanmean(per_gene)),
-                    "rmse": rmse(test.expression, prediction),
-                    "seconds": round(seconds, 2),
-                    "n_genes_excluded": int(np.isnan(per_gene).sum()),
-                }
+                record, per_gene = _score(method, train, test, seed, device, genes, spahgc_options)
+                results[method]["folds"][test.slide_id] = record
                 per_gene_rows += [(method, test.slide_id, g, v) for g, v in zip(genes, per_gene, strict=True)]
-                log(f"{test.slide_id}  {method:<14} PCC {results[method]['folds'][test.slide_id]['pcc']:.4f}  "
-                    f"RMSE {results[method]['folds'][test.slide_id]['rmse']:.3f}  {seconds:.1f} s")  # fmt: skip
+                log(f"{test.slide_id}  {method:<14} PCC {record['pcc']:.4f}  RMSE {record['rmse']:.3f}  "
+                    f"{record['seconds']:.1f} s")  # fmt: skip
     for summary in results.values():
-        pccs = [f["pcc"] for f in summary["folds"].values()]
-        summary.update(
-            pcc_mean=float(np.mean(pccs)),
-            pcc_sd=float(np.std(pccs, ddof=1)) if len(pccs) > 1 else 0.0,
-            rmse_mean=float(np.mean([f["rmse"] for f in summary["folds"].values()])),
-            seconds_total=round(sum(f["seconds"] for f in summary["folds"].values()), 1),
-        )
+        _summarise(summary)
     report = {
         "methods": results,
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -108,9 +89,7 @@ def run_benchmark(
             "genes": "panel" if panel is not None else f"top {n_hvg} HVGs per training slide, intersected",
             "n_genes": n_genes,
             "seed": seed,
-            "pcc": "Pearson per gene across the held-out slide's spots, mean over genes; genes constant in "
-            "truth or prediction are excluded and counted (n_genes_excluded)",
-            "rmse": "over all spot × gene values, log1p(CPM) units",
+            **METRICS,
             "spahgc_options": dict(spahgc_options),
             **dict(protocol or {}),
         },
@@ -119,9 +98,56 @@ def run_benchmark(
     return report
 
 
+def fold_data(
+    slides: Sequence[Slide], embeddings: Mapping[str, np.ndarray], held_out: Sequence[str], panel, n_hvg
+) -> tuple[list[str], list[SlideData], list[SlideData]]:
+    """One fold's genes (chosen on its training slides only), training and test data, leakage-checked."""
+    training = [s for s in slides if s.slide_id not in held_out]
+    genes = select_genes([s.expression for s in training], panel=panel, n_hvg=n_hvg)
+    train = [slide_data(s, embeddings[s.slide_id], genes) for s in training]
+    by_id = {s.slide_id: s for s in slides}
+    tests = [slide_data(by_id[i], embeddings[i], genes) for i in held_out]
+    check_no_leakage(train, tests)
+    return genes, train, tests
+
+
+METRICS = {
+    "pcc": "Pearson per gene across the held-out slide's spots, mean over genes; genes constant in "
+    "truth or prediction are excluded and counted (n_genes_excluded)",
+    "rmse": "over all spot × gene values, log1p(CPM) units",
+}
+
+
+def _score(method, train, test, seed, device, genes, options) -> tuple[dict, np.ndarray]:
+    """One method on one held-out slide: its fold record (PCC, RMSE, seconds) and per-gene PCC."""
+    started = time.perf_counter()
+    prediction = _predict(method, train, test, seed, device, genes, options)
+    seconds = time.perf_counter() - started
+    per_gene = gene_pcc(test.expression, prediction)
+    record = {
+        "pcc": float(np.nanmean(per_gene)),
+        "rmse": rmse(test.expression, prediction),
+        "seconds": round(seconds, 2),
+        "n_genes_excluded": int(np.isnan(per_gene).sum()),
+    }
+    return record, per_gene
+
+
+def _summarise(summary: dict) -> None:
+    """Mean ± sd of the folds' PCC, mean RMSE and total seconds, added to a method's summary."""
+    folds = summary["folds"].values()
+    pccs = [f["pcc"] for f in folds]
+    summary.update(
+        pcc_mean=float(np.mean(pccs)),
+        pcc_sd=float(np.std(pccs, ddof=1)) if len(pccs) > 1 else 0.0,
+        rmse_mean=float(np.mean([f["rmse"] for f in folds])),
+        seconds_total=round(sum(f["seconds"] for f in folds), 1),
+    )
+
+
 def _predict(method, train, test, seed, device, genes, options) -> np.ndarray:
     if method == "spahgc":
-        from .train import fit_predict_fold
+        from .trainer import fit_predict_fold
 
         return fit_predict_fold(train, test, seed=seed, device=device, genes=genes, **options)
     return BASELINES[method](train, test)

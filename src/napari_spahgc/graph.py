@@ -20,27 +20,14 @@ import torch
 from scipy.spatial import cKDTree
 from torch_geometric.data import HeteroData
 
-from .dataset import SlideData
+from .dataset import FeatureScale, SlideData
+from .options import GraphOptions
 
 TS = ("target", "ts", "target")
 CS = ("reference", "cs", "target")
 RS = ("reference", "rs", "reference")
 
 _CHUNK = 2048  # rows (and key columns) per block of the similarity search
-
-
-@dataclass(frozen=True)
-class GraphOptions:
-    """How a graph is built. ``reference_nodes``: ``"retrieved"`` keeps only the union of the
-    references retrieved for the slide's spots (as the authors' code does; small, fast), ``"bank"``
-    keeps every reference spot. ``standardize_embeddings``: the trainer standardises every embedding
-    feature on the training slides before graphs are built (retrieval and node features)."""
-
-    q: int = 5
-    k: int = 7
-    k_rs: int = 7
-    reference_nodes: str = "retrieved"
-    standardize_embeddings: bool = True
 
 
 @dataclass
@@ -63,32 +50,6 @@ class ReferenceBank:
 
     def __len__(self) -> int:
         return len(self.embeddings)
-
-
-@dataclass
-class FeatureScale:
-    """Per-column standardisation z = (x − mean) / sd, fitted on training slides only: of the
-    expression (the network's targets and the references' expression features) and of the patch
-    embeddings (every spot's image features, before retrieval and the network)."""
-
-    mean: np.ndarray
-    sd: np.ndarray
-
-    @classmethod
-    def fit(cls, slides: Sequence[SlideData], field: str = "expression") -> FeatureScale:
-        values = np.concatenate([getattr(s, field) for s in slides])
-        sd = values.std(axis=0)
-        return cls(values.mean(axis=0).astype(np.float32), np.where(sd > 1e-6, sd, 1.0).astype(np.float32))
-
-    @classmethod
-    def identity(cls, columns: int) -> FeatureScale:
-        return cls(np.zeros(columns, dtype=np.float32), np.ones(columns, dtype=np.float32))
-
-    def transform(self, values: np.ndarray) -> np.ndarray:
-        return ((values - self.mean) / self.sd).astype(np.float32)
-
-    def inverse(self, values: np.ndarray) -> np.ndarray:
-        return (values * self.sd + self.mean).astype(np.float32)
 
 
 def spatial_neighbours(coords: np.ndarray, q: int) -> np.ndarray:

@@ -16,35 +16,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter, softmax
 
 from .graph import CS, RS, TS
-
-
-@dataclass(frozen=True)
-class ModelOptions:
-    """Architecture; ``members`` independent networks form the ensemble; ``use_*`` switches exist for
-    ablations (``use_cs=False`` drops every CS edge, so neither CNDA nor CNAP runs and the references
-    are not used)."""
-
-    hidden: int = 96
-    layers: int = 4
-    heads: int = 4
-    cnap_heads: int = 4
-    dropout: float = 0.1
-    members: int = 4
-    use_ts: bool = True
-    use_rs: bool = True
-    use_cs: bool = True
-    use_cnda: bool = True
-    use_cnap: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .options import ModelOptions
 
 
 class MemberModule(nn.Module):

@@ -18,15 +18,17 @@ from anndata import AnnData
 from ._device import resolve_device
 from .dataset import slide_data
 from .embedding import embed_cohort
-from .encoders import REGISTRY, create_encoder
+from .encoders import REGISTRY, LazyEncoder
 from .errors import InputError
 from .evaluate import gene_pcc
 from .expression import log_cpm, select_genes
 from .io.export import spot_anndata, write_h5ad
+from .options import SpaHGCConfig
 from .patches import PatchSpec
+from .predictor import ModelMetadata, SpaHGCPredictor
 from .progress import Progress
 from .slide import Slide
-from .train import ModelMetadata, SpaHGCPredictor, Trainer, split_options
+from .trainer import Trainer
 
 
 def make_trainer(
@@ -47,7 +49,7 @@ def make_trainer(
         raise InputError(f"training slides need measured counts; none for {', '.join(missing)}")
     genes = select_genes([s.expression for s in slides], panel=panel, n_hvg=n_hvg)
     data = [slide_data(s, embeddings[s.slide_id], genes) for s in slides]
-    graph_options, model_options, train_options = split_options(options, seed=seed, device=device)
+    config = SpaHGCConfig.from_options(options, seed=seed, device=device)
     metadata = ModelMetadata(
         genes=genes,
         embedding_dim=int(data[0].embeddings.shape[1]),
@@ -58,7 +60,7 @@ def make_trainer(
             "genes": "panel" if panel is not None else f"top {n_hvg} HVGs per training slide, intersected",
         },
     )
-    return Trainer(data, genes, graph_options, model_options, train_options, metadata)
+    return Trainer(data, genes, config, metadata)
 
 
 def predict_slide(model: SpaHGCPredictor, slide: Slide, embeddings: np.ndarray, device: str = "cpu"):
@@ -129,7 +131,7 @@ def embed_flow(
     total = sum(s.n_spots for s in slides)
     yield Progress(0, total, f"loading {encoder_name}")
     spec = REGISTRY.get(encoder_name)
-    encoder = create_encoder(encoder_name, weights if spec and spec.takes_weights_file else None, device)
+    encoder = LazyEncoder(encoder_name, weights if spec and spec.takes_weights_file else None, device)
     finished, paths = 0, {}
     for p in embed_cohort(slides, encoder, cache, PatchSpec(), batch_size):
         yield Progress(finished + p.done, total, f"{p.slide_id}: {p.done}/{p.total} spots ({encoder.name})")

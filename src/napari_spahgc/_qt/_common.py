@@ -239,3 +239,14 @@ class PathField(QWidget):
             chosen, _ = QFileDialog.getOpenFileName(self, self.caption, self.text, self.filter)
         if chosen:
             self.edit.setText(chosen)
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SessionWidget(QWidget):
+    """A dock widget of the viewer's session (one per viewer, shared by every widget)."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer, self.session = napari_viewer, session_for(napari_viewer)

@@ -7,7 +7,11 @@ from typing import TYPE_CHECKING
 import napari
 
 from ._common import session_for
-from .widgets import EmbedWidget, ExportWidget, GenesWidget, PredictWidget, SlideWidget
+from .embed import EmbedWidget
+from .export import ExportWidget
+from .genes import GenesWidget
+from .predict import PredictWidget
+from .slide import SlideWidget
 
 if TYPE_CHECKING:
     from ..demo import DemoResult

@@ -18,7 +18,7 @@ import pandas as pd
 from ..errors import InputError
 from ..slide import Slide, SlideImage
 from .images import open_image
-from .spots import SpotTable, read_counts, read_spots
+from .spots import SpotTable, read_count_ids, read_counts, read_spots
 
 COHORT_COLUMNS = ("slide_id", "image", "spots", "counts", "pixel_size_um", "patient")
 
@@ -34,10 +34,10 @@ class CohortEntry:
     pixel_size_um: float | None = None
     patient: str | None = None
 
-    def load(self) -> Slide:
+    def load(self, with_expression: bool = True) -> Slide:
         return build_slide(
             self.slide_id, self.spots, image=self.image, counts=self.counts,
-            pixel_size_um=self.pixel_size_um, patient=self.patient,
+            pixel_size_um=self.pixel_size_um, patient=self.patient, with_expression=with_expression,
         )  # fmt: skip
 
 
@@ -113,8 +113,12 @@ def build_slide(
     counts: str | Path | None = None,
     pixel_size_um: float | None = None,
     patient: str | None = None,
+    with_expression: bool = True,
 ) -> Slide:
     """Assemble a :class:`Slide` from a spot source, an optional image and optional separate counts.
+
+    The slide's spots are those of the spot source that the counts have (and that lie in the image);
+    ``with_expression=False`` selects them from the counts' spot ids without reading the counts.
 
     Pixel size: the value given here wins, then the image's metadata, then the spot source's
     scalefactors. Without a full-resolution image, a low-resolution image carried by the spot
@@ -122,9 +126,11 @@ def build_slide(
     """
     table = read_spots(spots)
     sources = {"spots": str(table.path)}
-    expression = table.counts
+    expression = table.counts if with_expression else None
+    counted = None if table.counts is None else table.counts.obs_names
     if counts is not None:
-        expression = read_counts(counts)
+        expression = read_counts(counts) if with_expression else None
+        counted = expression.obs_names if expression is not None else read_count_ids(counts)
         sources["counts"] = str(counts)
     slide_image = None
     if image is not None:
@@ -135,12 +141,12 @@ def build_slide(
         sources["image"] = f"{table.path} (embedded {next(iter(table.images))} image)"
 
     keep = np.ones(len(table.spot_ids), dtype=bool)
-    if expression is not None:
-        keep &= table.spot_ids.isin(expression.obs_names)
+    if counted is not None:
+        keep &= table.spot_ids.isin(counted)
         if not keep.any():
             raise InputError(
                 f"counts and spots share no spot ids (e.g. spots {list(table.spot_ids[:3])} vs counts "
-                f"{list(expression.obs_names[:3])})",
+                f"{list(counted[:3])})",
                 sources.get("counts", table.path),
             )
     if slide_image is not None:

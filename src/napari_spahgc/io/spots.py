@@ -76,8 +76,7 @@ def read_counts(path: str | Path) -> ad.AnnData:
         elif name.endswith(".h5"):
             adata = _read_10x_h5(path)
         else:
-            sep = "\t" if ".tsv" in name or ".txt" in name else ","
-            frame = pd.read_csv(path, sep=sep, index_col=0)
+            frame = pd.read_csv(path, sep=_separator(name), index_col=0)
             adata = ad.AnnData(sp.csr_matrix(frame.to_numpy(dtype=np.float32)))
             adata.obs_names = frame.index.astype(str)
             adata.var_names = frame.columns.astype(str)
@@ -88,6 +87,27 @@ def read_counts(path: str | Path) -> ad.AnnData:
     if adata is None:
         raise InputError("no counts matrix found", path)
     return validate_counts(adata, path)
+
+
+def read_count_ids(path: str | Path) -> pd.Index:
+    """The spot ids of a counts file (what selects a slide's spots), without reading a text table's
+    values: embedding needs the spots, not the counts."""
+    path = Path(path)
+    name = path.name.lower()
+    if path.is_dir() or name.endswith((".h5ad", ".h5")) or not path.is_file():
+        return read_counts(path).obs_names
+    try:
+        ids = pd.read_csv(path, sep=_separator(name), usecols=[0], index_col=0).index.astype(str)
+    except Exception as err:
+        raise InputError(f"cannot read counts ({type(err).__name__}: {err})", path) from err
+    duplicated = ids[ids.duplicated()]
+    if len(duplicated):
+        raise InputError(f"duplicate spot ids in counts: {_preview(duplicated)}", path)
+    return ids
+
+
+def _separator(name: str) -> str:
+    return "\t" if ".tsv" in name or ".txt" in name else ","
 
 
 def validate_counts(adata: ad.AnnData, path: str | Path) -> ad.AnnData:

@@ -10,19 +10,14 @@ import pytest
 import torch
 
 from napari_spahgc import InputError
-from napari_spahgc.dataset import SlideData
-from napari_spahgc.graph import FeatureScale, ReferenceBank, build_graph
+from napari_spahgc.batch import GraphBatch
+from napari_spahgc.dataset import FeatureScale, SlideData
+from napari_spahgc.graph import ReferenceBank, build_graph
+from napari_spahgc.losses import contrastive, pearson_per_gene
 from napari_spahgc.model import SpaHGC
-from napari_spahgc.train import (
-    GraphBatch,
-    SpaHGCPredictor,
-    Trainer,
-    _contrastive,
-    fit_predict_fold,
-    pearson_per_gene,
-    split_options,
-    validation_groups,
-)
+from napari_spahgc.options import SpaHGCConfig
+from napari_spahgc.predictor import SpaHGCPredictor
+from napari_spahgc.trainer import Trainer, fit_predict_fold, validation_groups
 
 GENES = [f"G{i}" for i in range(5)]
 
@@ -42,10 +37,10 @@ def _slides(n_slides: int = 4, n: int = 36, dim: int = 16, seed: int = 0) -> lis
 
 
 def _trainer(slides, **options) -> Trainer:
-    graph, model, train = split_options(
+    config = SpaHGCConfig.from_options(
         {"epochs": 6, "eval_every": 2, "hidden": 32, "q": 3, "k": 4, **options}
     )
-    return Trainer(slides, GENES, graph, model, train)
+    return Trainer(slides, GENES, config)
 
 
 def test_complementary_masks():
@@ -65,12 +60,12 @@ def test_complementary_masks():
 
 def test_loss_terms_on_known_inputs():
     a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    assert _contrastive(a, a).item() == pytest.approx(0.0)
-    assert _contrastive(a, -a).item() == pytest.approx(4.0)
-    assert _contrastive(a, a.flip(1)).item() == pytest.approx(2.0)  # orthogonal
+    assert contrastive(a, a).item() == pytest.approx(0.0)
+    assert contrastive(a, -a).item() == pytest.approx(4.0)
+    assert contrastive(a, a.flip(1)).item() == pytest.approx(2.0)  # orthogonal
     online = a.clone().requires_grad_(True)
     target = a.flip(1).clone().requires_grad_(True)
-    _contrastive(online, target).backward()
+    contrastive(online, target).backward()
     assert online.grad is not None and target.grad is None  # stop-gradient on the second view
     truth = torch.tensor([[1.0, 5.0, 2.0], [2.0, 5.0, 4.0], [3.0, 5.0, 6.0]])
     pred = torch.tensor([[3.0, 1.0, 1.0], [2.0, 2.0, 3.0], [1.0, 3.0, 2.0]])
@@ -124,7 +119,8 @@ def test_members_are_independent_and_padding_is_inert():
     slides = _slides(n_slides=4)
     small = _slides(n_slides=1, n=20, seed=4)[0]
     small.coords = small.coords[:20]
-    graph_options, model_options, _ = split_options({"hidden": 32, "q": 3, "k": 4, "members": 2})
+    config = SpaHGCConfig.from_options({"hidden": 32, "q": 3, "k": 4, "members": 2})
+    graph_options, model_options = config.graph, config.model
     torch.manual_seed(0)
     network = SpaHGC(16, len(GENES), model_options).eval()
     scale = FeatureScale.fit(slides)
@@ -251,7 +247,7 @@ def test_embeddings_are_standardised_on_the_training_slides_only():
     np.testing.assert_allclose(model.bank.embeddings, expected.transform(raw), atol=1e-6)
     # the slide to predict is standardised with the training slides' scale before its graph is built
     graph = build_graph(
-        replace(held_out, embeddings=expected.transform(held_out.embeddings)), model.bank, model.graph_options
+        replace(held_out, embeddings=expected.transform(held_out.embeddings)), model.bank, model.config.graph
     )
     batch = GraphBatch.from_graphs([graph] * model.network.options.members)
     with torch.no_grad():

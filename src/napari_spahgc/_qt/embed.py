@@ -1,0 +1,69 @@
+"""Embed widget: embed every loaded slide's spot patches with an encoder, in a worker process."""
+
+import napari
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QSpinBox,
+)
+
+from .._files import cache_dir
+from ..child import run_in_child
+from ._common import DEVICES, PathField, RunPanel, SessionWidget
+
+
+class EmbedWidget(SessionWidget):
+    """Embed every loaded slide's spot patches with an encoder (cached per slide; Cancel between batches)."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(napari_viewer)
+        from ..encoders import DEFAULT_ENCODER, list_encoders  # the registry only: no torch
+
+        self.encoder = QComboBox()
+        self.encoder.addItems(list_encoders())
+        self.encoder.setCurrentText(DEFAULT_ENCODER)
+        self.weights = PathField(
+            "file", "Encoder weights", "Weights (*.bin *.safetensors *.pth *.pt)", "UNI: pytorch_model.bin"
+        )
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+        self.batch_size = QSpinBox(minimum=1, maximum=4096, value=64)
+        self.cache = PathField("folder", "Embedding cache folder")
+        self.cache.set_text(str(cache_dir("embeddings")))
+        self.panel = RunPanel("Embed slides", self.run)
+        form = QFormLayout()
+        form.addRow("Encoder", self.encoder)
+        form.addRow("Weights", self.weights)
+        form.addRow("Device", self.device)
+        form.addRow("Batch size", self.batch_size)
+        form.addRow("Cache", self.cache)
+        form.addRow(self.panel)
+        self.setLayout(form)
+        self.encoder.currentTextChanged.connect(self._encoder_changed)
+        self._encoder_changed(self.encoder.currentText())
+
+    def _encoder_changed(self, name: str) -> None:
+        from ..encoders import REGISTRY
+
+        self.weights.setEnabled(REGISTRY[name].takes_weights_file)
+
+    def run(self):
+        """Embed all loaded slides in a worker process; the embeddings join the session when every
+        slide is done."""
+        from ..embedding import load_embeddings
+
+        slides = list(self.session.slides.values())
+        if not slides:
+            show_error("Open slides first (Slide widget).")
+            return None
+        settings = (self.encoder.currentText(), self.weights.text or None, self.device.currentText(),
+                    self.batch_size.value(), self.cache.text)  # fmt: skip
+
+        def work(cancel):
+            encoder, paths = yield from run_in_child(
+                "napari_spahgc.pipeline:embed_flow", slides, *settings, cancel=cancel
+            )
+            return encoder, {slide_id: load_embeddings(path)[0] for slide_id, path in paths.items()}
+
+        return self.panel.start(work, "Embedding", lambda result: self.session.set_embeddings(*result))

@@ -1,0 +1,60 @@
+"""Export widget: the shown slide's predictions as h5ad, and a PNG of the view."""
+
+from pathlib import Path
+
+import napari
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QFormLayout,
+    QPushButton,
+)
+
+from ..errors import InputError
+from ._common import PathField, SessionWidget
+
+
+class ExportWidget(SessionWidget):
+    """Save the shown slide's predictions as h5ad, and a PNG of the current gene view."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(napari_viewer)
+        self.h5ad = PathField("save", "Save predictions", "AnnData (*.h5ad)", "predictions .h5ad")
+        self.png = PathField("save", "Save view", "PNG (*.png)", "view .png")
+        save_h5ad, save_png = QPushButton("Save predictions"), QPushButton("Save PNG of the view")
+        save_h5ad.clicked.connect(lambda: self._guarded(self.export_h5ad, self.h5ad.text))
+        save_png.clicked.connect(lambda: self._guarded(self.export_png, self.png.text))
+        form = QFormLayout()
+        form.addRow("h5ad", self.h5ad)
+        form.addRow(save_h5ad)
+        form.addRow("PNG", self.png)
+        form.addRow(save_png)
+        self.setLayout(form)
+
+    def _guarded(self, action, path: str) -> None:
+        try:
+            if not path:
+                raise InputError("choose a file name first")
+            show_info(f"saved {action(path)}")
+        except (InputError, OSError) as err:
+            show_error(f"Export failed: {err}")
+
+    def export_h5ad(self, path: str | Path) -> Path:
+        """Write the current slide's predictions (the ``spahgc predict`` format) to ``path``."""
+        from ..io.export import write_h5ad
+
+        slide_id = self.session.current
+        if slide_id not in self.session.predictions:
+            raise InputError(f"slide {slide_id} has no predictions yet: run the Predict widget first")
+        return write_h5ad(self.session.predictions[slide_id], Path(path))
+
+    def export_png(self, path: str | Path) -> Path:
+        """A PNG of the canvas as shown (predicted | measured, colorbar)."""
+        from PIL import Image
+
+        from .._files import atomic_path
+
+        path = Path(path).with_suffix(".png")
+        pixels = self.viewer.screenshot(canvas_only=True, flash=False)
+        with atomic_path(path) as tmp:
+            Image.fromarray(pixels).save(tmp, format="PNG")
+        return path

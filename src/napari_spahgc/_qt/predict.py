@@ -1,0 +1,133 @@
+"""Predict widget: train SpaHGC on reference slides or load a model folder, and predict the shown slide."""
+
+import napari
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QFormLayout,
+    QListWidget,
+    QListWidgetItem,
+    QRadioButton,
+    QSpinBox,
+)
+
+from ..child import run_in_child
+from ..errors import InputError
+from ._common import DEVICES, PathField, RunPanel, SessionWidget
+
+
+class PredictWidget(SessionWidget):
+    """Predict the shown slide: with a trained model folder, or training one on reference slides."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(napari_viewer)
+        self.train_mode, self.load_mode = (
+            QRadioButton("Train on reference slides"),
+            QRadioButton("Model folder"),
+        )
+        self.train_mode.setChecked(True)
+        group = QButtonGroup(self)
+        group.addButton(self.train_mode)
+        group.addButton(self.load_mode)
+        self.model_dir = PathField("folder", "Trained model folder")
+        self.references = QListWidget()
+        self.references.setMaximumHeight(110)
+        self.genes = PathField(
+            "file", "Gene panel (one name per line)", placeholder="gene panel file (optional)"
+        )
+        self.n_hvg = QSpinBox(minimum=10, maximum=5000, value=300)
+        self.epochs = QSpinBox(minimum=1, maximum=2000, value=200)
+        self.seed = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+        self.save_to = PathField("folder", "Save the trained model to", placeholder="optional: save model")
+        self.panel = RunPanel("Predict", self.run)
+        form = QFormLayout()
+        form.addRow(self.train_mode)
+        form.addRow("References", self.references)
+        form.addRow("Genes", self.genes)
+        form.addRow("or top HVGs", self.n_hvg)
+        form.addRow("Epochs", self.epochs)
+        form.addRow("Seed", self.seed)
+        form.addRow("Save model", self.save_to)
+        form.addRow(self.load_mode)
+        form.addRow("Model", self.model_dir)
+        form.addRow("Device", self.device)
+        form.addRow(self.panel)
+        self.setLayout(form)
+        self.session.slides_changed.connect(self._list_references)
+        self.session.current_changed.connect(self._list_references)
+        self._list_references()
+
+    def _list_references(self, *_) -> None:
+        self.references.clear()
+        for slide_id, slide in self.session.slides.items():
+            if slide.has_expression and slide_id != self.session.current:
+                item = QListWidgetItem(slide_id)
+                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                item.setCheckState(Qt.CheckState.Checked)
+                self.references.addItem(item)
+
+    def reference_ids(self) -> list[str]:
+        items = (self.references.item(i) for i in range(self.references.count()))
+        return [item.text() for item in items if item.checkState() == Qt.CheckState.Checked]
+
+    def run(self):
+        """Predict the current slide in a worker process (training first in train mode)."""
+        try:
+            work = self._train_work() if self.train_mode.isChecked() else self._load_work()
+        except InputError as err:
+            show_error(str(err))
+            return None
+        return self.panel.start(work, "Predicting", self._done)
+
+    def _done(self, result) -> None:
+        """Show the prediction; a saved model folder becomes the one "Model folder" mode uses."""
+        folder, slide_id, prediction = result
+        if folder:
+            self.model_dir.set_text(folder)
+        self.session.set_prediction(slide_id, prediction)
+
+    def _target(self):
+        target = self.session.require_current()
+        if target.slide_id not in self.session.embeddings:
+            raise InputError(f"slide {target.slide_id} has no embeddings yet: run the Embed widget first")
+        return target
+
+    def _train_work(self):
+        from ..expression import read_gene_panel
+
+        target, references = self._target(), self.reference_ids()
+        if not references:
+            raise InputError("tick at least one reference slide with measured counts")
+        missing = self.session.missing_embeddings(references)
+        if missing:
+            raise InputError(f"reference slide(s) {', '.join(missing)} have no embeddings: run Embed first")
+        panel = read_gene_panel(self.genes.text) if self.genes.text else None
+        slides = [self.session.slides[s] for s in references]
+        embeddings = {s: self.session.embeddings[s] for s in (*references, target.slide_id)}
+        arguments = (slides, target, embeddings, panel, None if panel else self.n_hvg.value(),
+                     dict(self.session.encoder or {}), self.epochs.value(), self.seed.value(),
+                     self.device.currentText(), self.save_to.text or None)  # fmt: skip
+        return _in_child("napari_spahgc.pipeline:train_predict_flow", target.slide_id, *arguments)
+
+    def _load_work(self):
+        target = self._target()
+        if not self.model_dir.text:
+            raise InputError("choose a trained model folder (written by 'spahgc train' or this widget)")
+        arguments = (self.model_dir.text, target, self.session.embeddings[target.slide_id],
+                     dict(self.session.encoder or {}), self.device.currentText())  # fmt: skip
+        return _in_child("napari_spahgc.pipeline:load_predict_flow", target.slide_id, *arguments)
+
+
+def _in_child(flow: str, slide_id: str, *arguments):
+    """Work for :class:`RunPanel`: ``flow`` in a worker process, its (model folder, prediction) result
+    returned as (model folder, ``slide_id``, prediction)."""
+
+    def work(cancel):
+        folder, prediction = yield from run_in_child(flow, *arguments, cancel=cancel)
+        return folder, slide_id, prediction
+
+    return work

@@ -1,0 +1,107 @@
+"""Slide widget: open slides (cohort table, Space Ranger outs/, h5ad, or image + spot table) and pick the one shown."""
+
+from pathlib import Path
+
+import napari
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QPushButton,
+)
+
+from ..progress import Progress
+from ._common import PathField, RunPanel, SessionWidget
+
+
+class SlideWidget(SessionWidget):
+    """Open slides (cohort table, Space Ranger outs/, h5ad, or image + spot table) and pick the one shown."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(napari_viewer)
+        self.source = PathField(
+            "file", "Cohort table, h5ad or spot table", "Spatial data (*.csv *.h5ad *.tsv *.gz *.parquet);;All (*)",
+            "cohort .csv, .h5ad, spot table, or an outs/ folder",
+        )  # fmt: skip
+        self.image = PathField("file", "H&E image (with a spot table)", placeholder="optional: H&E image")
+        self.panel = RunPanel("Open", self._open)
+        self.slides = QComboBox()
+        self.pixel_size = QDoubleSpinBox(decimals=4, minimum=0.0, maximum=100.0, singleStep=0.01)
+        self.pixel_size.setSuffix(" µm/px")
+        self.pixel_source, self.counts = QLabel(""), QLabel("")
+        self.apply_pixel = QPushButton("Set pixel size")
+        form = QFormLayout()
+        form.addRow("Open", self.source)
+        form.addRow("Image", self.image)
+        form.addRow(self.panel)
+        form.addRow("Slide", self.slides)
+        form.addRow("Pixel size", self.pixel_size)
+        form.addRow("", self.apply_pixel)
+        form.addRow("Source", self.pixel_source)
+        form.addRow("Spots / genes", self.counts)
+        self.setLayout(form)
+        self.slides.currentTextChanged.connect(self._choose)
+        self.apply_pixel.clicked.connect(self._set_pixel_size)
+        self.session.slides_changed.connect(self._refresh)
+        self.session.current_changed.connect(self._describe)
+        self._refresh()
+
+    def open(self, path: str | Path, image: str | Path | None = None):
+        """Open ``path`` (and ``image``) in a worker; the slides join the session when read."""
+        from ..io.cohort import is_cohort_table, open_slides, read_cohort
+
+        path, image = Path(path), Path(image) if image else None
+
+        def work(_cancel):  # light reading, in the thread (between slides, Cancel stops it)
+            if path.suffix.lower() == ".csv" and image is None and is_cohort_table(path):
+                entries = read_cohort(path)
+                slides = []
+                for index, entry in enumerate(entries):
+                    yield Progress(index, len(entries), f"reading {entry.slide_id}")
+                    slides.append(entry.load())
+                yield Progress(len(entries), len(entries), "")
+                return slides
+            yield Progress(0, 1, f"reading {path.name}")
+            return open_slides(path, image)
+
+        return self.panel.start(work, "Opening slides", self.session.add_slides)
+
+    def _open(self) -> None:
+        if not self.source.text:
+            show_error("Choose a cohort table, an h5ad, a spot table or an outs/ folder to open.")
+            return
+        self.open(self.source.text, self.image.text or None)
+
+    def _refresh(self) -> None:
+        self.slides.blockSignals(True)
+        self.slides.clear()
+        self.slides.addItems(list(self.session.slides))
+        if self.session.current:
+            self.slides.setCurrentText(self.session.current)
+        self.slides.blockSignals(False)
+        self._describe(self.session.current)
+
+    def _choose(self, slide_id: str) -> None:
+        if slide_id and slide_id != self.session.current:
+            self.session.set_current(slide_id)
+
+    def _describe(self, slide_id: str | None) -> None:
+        slide = self.session.slides.get(slide_id) if slide_id else None
+        if slide_id and self.slides.currentText() != slide_id:
+            self.slides.setCurrentText(slide_id)
+        known = slide is not None and slide.pixel_size_um is not None
+        self.pixel_size.setValue(slide.pixel_size_um if known else 0.0)
+        self.pixel_size.setEnabled(slide is not None and not known)
+        self.apply_pixel.setEnabled(slide is not None and not known)
+        self.pixel_source.setText(
+            ""
+            if slide is None
+            else slide.pixel_size_source or "unknown: enter the µm per full-resolution pixel"
+        )
+        self.counts.setText("" if slide is None else f"{slide.n_spots} spots, {slide.n_genes} genes measured")
+
+    def _set_pixel_size(self) -> None:
+        if self.session.current and self.pixel_size.value() > 0:
+            self.session.set_pixel_size(self.session.current, self.pixel_size.value())

@@ -1,0 +1,75 @@
+"""The ensemble members' graphs as one padded batch for the batched network."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from .errors import InputError
+from .graph import CS, RS, TS
+
+
+@dataclass
+class GraphBatch:
+    """One graph per ensemble member, padded to common node counts: features ``(members, n, d)``,
+    edges indexing the flattened ``members × n`` rows (each member's graph a disjoint block), each
+    target's CS references as a ``(members, n_target, k)`` table, and masks of the real rows."""
+
+    target_x: Tensor
+    reference_x: Tensor
+    edges: dict
+    retrieved: Tensor
+    n_targets: list[int]
+    target_mask: Tensor
+    reference_mask: Tensor
+    truth: Tensor | None = None
+
+    @property
+    def inputs(self) -> tuple[Tensor, Tensor, dict, Tensor]:
+        return self.target_x, self.reference_x, self.edges, self.retrieved
+
+    def split(self, values: np.ndarray) -> list[np.ndarray]:
+        """Per member, its real target rows of a ``(members, n, …)`` array."""
+        return [values[m, :n] for m, n in enumerate(self.n_targets)]
+
+    @classmethod
+    def from_graphs(cls, graphs: Sequence[HeteroData], device: torch.device | str = "cpu") -> GraphBatch:
+        n_t = max(g["target"].num_nodes for g in graphs)
+        n_r = max(g["reference"].num_nodes for g in graphs)
+        ks = {g[CS].edge_index.shape[1] // max(g["target"].num_nodes, 1) for g in graphs}
+        if len(ks) > 1:
+            raise InputError("every member's bank must offer the same number K of CS references")
+        k = ks.pop()
+        edges: dict = {TS: [], CS: [], RS: []}
+        retrieved = torch.empty(len(graphs), n_t, k, dtype=torch.long)
+        for m, g in enumerate(graphs):
+            t0, r0 = m * n_t, m * n_r
+            edges[TS].append(g[TS].edge_index + t0)
+            edges[RS].append(g[RS].edge_index + r0)
+            edges[CS].append(g[CS].edge_index + torch.tensor([[r0], [t0]]))
+            retrieved[m] = r0  # padded targets point at the member's first reference; never scored
+            retrieved[m, : g["target"].num_nodes] = g[CS].edge_index[0].view(-1, k) + r0
+        has_truth = all("y" in g["target"] for g in graphs)
+        return cls(
+            target_x=_pad([g["target"].x for g in graphs], n_t).to(device),
+            reference_x=_pad([g["reference"].x for g in graphs], n_r).to(device),
+            edges={relation: torch.cat(e, dim=1).to(device) for relation, e in edges.items()},
+            retrieved=retrieved.to(device),
+            n_targets=[g["target"].num_nodes for g in graphs],
+            target_mask=_pad([torch.ones(g["target"].num_nodes, 1) for g in graphs], n_t).to(device),
+            reference_mask=_pad([torch.ones(g["reference"].num_nodes, 1) for g in graphs], n_r).to(device),
+            truth=_pad([g["target"].y for g in graphs], n_t).to(device) if has_truth else None,
+        )
+
+
+def _pad(tensors: Sequence[Tensor], rows: int) -> Tensor:
+    """Stack 2-d tensors along a new first axis, zero-padding their rows to ``rows``."""
+    out = tensors[0].new_zeros(len(tensors), rows, tensors[0].shape[1])
+    for m, t in enumerate(tensors):
+        out[m, : len(t)] = t
+    return out

@@ -1,0 +1,157 @@
+"""SpaHGC's settings in one place: how graphs are built, the architecture, training — and
+:class:`SpaHGCConfig`, the one object that holds them, which the CLI (``--set NAME=VALUE``), the
+widgets, the benchmark and saved models use."""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .errors import InputError
+
+MASKINGS = ("complementary", "random", "none")
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """How a graph is built. ``reference_nodes``: ``"retrieved"`` keeps only the union of the
+    references retrieved for the slide's spots (as the authors' code does; small, fast), ``"bank"``
+    keeps every reference spot. ``standardize_embeddings``: the trainer standardises every embedding
+    feature on the training slides before graphs are built (retrieval and node features)."""
+
+    q: int = 5
+    k: int = 7
+    k_rs: int = 7
+    reference_nodes: str = "retrieved"
+    standardize_embeddings: bool = True
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Architecture; ``members`` independent networks form the ensemble; ``use_*`` switches exist for
+    ablations (``use_cs=False`` drops every CS edge, so neither CNDA nor CNAP runs and the references
+    are not used)."""
+
+    hidden: int = 96
+    layers: int = 4
+    heads: int = 4
+    cnap_heads: int = 4
+    dropout: float = 0.1
+    members: int = 4
+    use_ts: bool = True
+    use_rs: bool = True
+    use_cs: bool = True
+    use_cnda: bool = True
+    use_cnap: bool = True
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Optimisation, masking and loss weights.
+
+    Masking: for every step a mask M is drawn per feature entry; the supervised view keeps an entry
+    with probability ``alpha`` (targets) or ``beta`` (references), the other view keeps exactly the
+    complement 1 − M; each view is rescaled by 1 / (its keep ratio). ``masking="random"`` draws the
+    second view's mask independently (ablation), ``"none"`` disables masking and the contrastive terms.
+
+    Early stopping, member by member: every ``eval_every`` epochs each member still training predicts
+    its held-out slides; a member stops once ``patience`` epochs pass without a better validation PCC
+    (``None``: never) and keeps its best epoch's weights. Training ends when every member has stopped.
+    """
+
+    epochs: int = 200
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    alpha: float = 0.8
+    beta: float = 0.9
+    masking: str = "complementary"
+    mse_weight: float = 1.0
+    pcc_weight: float = 3.0
+    con_target_weight: float = 1.0
+    con_reference_weight: float = 1.0
+    eval_every: int = 5
+    patience: int | None = 15
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.masking not in MASKINGS:
+            raise ValueError(f"masking must be one of {MASKINGS}")
+        if not (0 < self.alpha < 1 and 0 < self.beta < 1):
+            raise ValueError("alpha and beta must lie strictly between 0 and 1")
+
+
+@dataclass(frozen=True)
+class SpaHGCConfig:
+    """Every SpaHGC setting: graph, model and training options."""
+
+    graph: GraphOptions = field(default_factory=GraphOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    train: TrainOptions = field(default_factory=TrainOptions)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None = None, **overrides: Any) -> SpaHGCConfig:
+        """A config from flat ``{name: value}`` options (fields of any of the three option classes);
+        an unknown name is an error."""
+        options = {**(options or {}), **overrides}
+        unknown = sorted(set(options) - set(option_types()))
+        if unknown:
+            raise InputError(
+                f"unknown SpaHGC option(s): {', '.join(unknown)}; known: {', '.join(sorted(option_types()))}"
+            )
+        parts = {
+            name: kind(**{k: v for k, v in options.items() if k in _field_names(kind)})
+            for name, kind in _PARTS.items()
+        }
+        return cls(**parts)
+
+    def to_dict(self) -> dict[str, dict]:
+        return {name: asdict(getattr(self, name)) for name in _PARTS}
+
+
+_PARTS = {"graph": GraphOptions, "model": ModelOptions, "train": TrainOptions}
+
+
+def _field_names(kind: type) -> set[str]:
+    return {f.name for f in fields(kind)}
+
+
+def option_types() -> dict[str, Any]:
+    """Every flat option name with its declared type."""
+    return {name: hint for kind in _PARTS.values() for name, hint in typing.get_type_hints(kind).items()}
+
+
+def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` strings as typed options, each value read as its field's declared type
+    (``true``/``false`` for booleans, ``none`` where a field may be None)."""
+    types, settings = option_types(), {}
+    for pair in pairs:
+        name, _, text = pair.partition("=")
+        name, text = name.strip(), text.strip()
+        if not text:
+            raise InputError(f"expected NAME=VALUE, got {pair!r}")
+        if name not in types:
+            raise InputError(f"unknown SpaHGC option {name!r}; known: {', '.join(sorted(types))}")
+        settings[name] = _parse(name, text, types[name])
+    return settings
+
+
+def _parse(name: str, text: str, hint: Any) -> Any:
+    kinds = typing.get_args(hint) or (hint,)
+    lowered = text.lower()
+    if type(None) in kinds and lowered in ("none", "null"):
+        return None
+    for kind in kinds:
+        if kind is bool and lowered in ("true", "false"):
+            return lowered == "true"
+        if kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                continue
+        if kind is str:
+            return text
+    expected = " or ".join(getattr(k, "__name__", str(k)) for k in kinds)
+    raise InputError(f"option {name}={text!r}: expected {expected}")

@@ -1,0 +1,331 @@
+"""Training SpaHGC as a cross-validated ensemble: a generator (:meth:`Trainer.steps`) that yields one
+:class:`TrainingProgress` per epoch, so the CLI shows a progress bar and a widget can cancel between
+epochs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from ._device import resolve_device
+from .batch import GraphBatch
+from .dataset import FeatureScale, SlideData
+from .errors import InputError
+from .evaluate import gene_pcc
+from .graph import ReferenceBank, build_graph
+from .losses import bernoulli_mask, contrastive, masked, pearson_per_gene
+from .model import SpaHGC
+from .options import SpaHGCConfig
+from .predictor import ModelMetadata, SpaHGCPredictor
+
+
+@dataclass
+class TrainingProgress:
+    epoch: int
+    total: int
+    loss: float
+    validation_pcc: float | None = None  # mean over the members evaluated at this epoch
+    member_pcc: list[float | None] | None = None  # per member; None for members that have stopped
+
+
+@dataclass
+class _BestEpochs:
+    """Per ensemble member: its best validation PCC so far, that epoch, its per-gene PCC and weights,
+    the epochs it trained, and which members still train."""
+
+    active: list[int]
+    scores: np.ndarray
+    epochs: np.ndarray
+    trained: np.ndarray
+    gene_pcc: list[np.ndarray | None]
+    weights: dict[str, Tensor]
+
+    @classmethod
+    def start(cls, network: SpaHGC, members: int) -> _BestEpochs:
+        return cls(
+            active=list(range(members)),
+            scores=np.full(members, -np.inf),
+            epochs=np.zeros(members, dtype=int),
+            trained=np.zeros(members, dtype=int),
+            gene_pcc=[None] * members,
+            weights={k: v.detach().clone() for k, v in network.state_dict().items()},
+        )
+
+    def update(
+        self, epoch: int, per_gene: dict[int, np.ndarray], network: SpaHGC, patience: int | None
+    ) -> dict[int, float]:
+        """Record each validated member's score; keep its weights when it improved; stop members that
+        have not improved for ``patience`` epochs. Returns the mean PCC of each validated member."""
+        scores = {m: float(np.nanmean(values)) for m, values in per_gene.items()}
+        for m, score in scores.items():
+            if score > self.scores[m]:
+                self.scores[m], self.epochs[m], self.gene_pcc[m] = score, epoch, per_gene[m]
+                for name, value in network.state_dict().items():
+                    self.weights[name][m] = value[m]
+            if patience and epoch - self.epochs[m] >= patience:
+                self.active.remove(m)  # early stopping, member by member
+        return scores
+
+
+class Trainer:
+    """Fit SpaHGC as a cross-validated ensemble on training slides.
+
+    The slides are split (seeded) into ``members`` groups; member i holds group i out and chooses its
+    epoch on it, training on the others. All members train at once in one batched network, each on
+    its own graphs: one gradient step per training slide and epoch (in a seeded random order), the
+    slide as target against a bank of the member's *other* training slides; every ``eval_every``
+    epochs each member predicts its held-out slides against its training slides, and its best epoch's
+    weights are kept. Prediction averages the members. With two slides there is a single member
+    trained on both, with no validation (final epoch). The final bank holds every training slide.
+    """
+
+    def __init__(
+        self,
+        slides: Sequence[SlideData],
+        genes: Sequence[str],
+        config: SpaHGCConfig = SpaHGCConfig(),
+        metadata: ModelMetadata | None = None,
+    ) -> None:
+        if len(slides) < 2:
+            raise InputError("SpaHGC needs at least two training slides (each is a reference for the other)")
+        graph_options = config.graph
+        self.embedding_scale = (
+            FeatureScale.fit(slides, "embeddings")
+            if graph_options.standardize_embeddings
+            else FeatureScale.identity(slides[0].embeddings.shape[1])
+        )
+        self.slides = [s.standardised(self.embedding_scale) for s in slides]
+        self.held_out = validation_groups(len(self.slides), config.model.members, config.train.seed)
+        self.graph_options, self.options = graph_options, config.train
+        self.model_options = replace(config.model, members=len(self.held_out))
+        self.scale = FeatureScale.fit(self.slides)
+        self.bank = ReferenceBank.from_slides(self.slides, self.scale)
+        self.metadata = metadata or ModelMetadata(
+            genes=list(genes), embedding_dim=slides[0].embeddings.shape[1]
+        )
+        self.metadata.training_slides = [s.slide_id for s in self.slides]
+        self.metadata.preprocessing["embeddings"] = (
+            "standardised per feature on the training slides"
+            if graph_options.standardize_embeddings
+            else "as encoded"
+        )
+        self.metadata.validation_slides = [[self.slides[i].slide_id for i in g] for g in self.held_out]
+        self.result: SpaHGCPredictor | None = None
+
+    def steps(self) -> Iterator[TrainingProgress]:
+        """Train; yields after every epoch. Stop iterating to cancel (``result`` stays None)."""
+        o = self.options
+        torch.manual_seed(o.seed)
+        generator = torch.Generator().manual_seed(o.seed)  # slide order
+        mask_rng = np.random.default_rng(o.seed)  # feature masks
+        device = resolve_device(o.device)
+        network = SpaHGC(self.metadata.embedding_dim, len(self.metadata.genes), self.model_options).to(device)
+        optimiser = torch.optim.AdamW(  # fused: one kernel per weight on CPU and CUDA
+            network.parameters(), lr=o.lr, weight_decay=o.weight_decay, fused=True
+        )
+        member_slides = [[s for i, s in enumerate(self.slides) if i not in group] for group in self.held_out]
+        graphs = [[self._graph(s, train, with_truth=True) for s in train] for train in member_slides]
+        validation = self._validation_rounds(member_slides)
+        best = _BestEpochs.start(network, self.model_options.members)
+        for epoch in range(1, o.epochs + 1):
+            loss = self._epoch(network, optimiser, graphs, best.active, generator, mask_rng, device)
+            best.trained[best.active] = epoch
+            progress = TrainingProgress(epoch, o.epochs, loss)
+            if validation and (epoch % o.eval_every == 0 or epoch == o.epochs):
+                per_gene = self._validate(network, validation, best.active, device)
+                scores = best.update(epoch, per_gene, network, o.patience)
+                progress.validation_pcc = float(np.mean(list(scores.values())))
+                progress.member_pcc = [scores.get(m) for m in range(self.model_options.members)]
+            yield progress
+            if not best.active:
+                break
+        self.result = self._finish(network, best, epoch, bool(validation))
+
+    def fit(self) -> SpaHGCPredictor:
+        for _ in self.steps():
+            pass
+        assert self.result is not None
+        return self.result
+
+    # ----------------------------------------------------------------------------------------- internals
+
+    def _epoch(self, network, optimiser, graphs, active, generator, mask_rng, device) -> float:
+        """One epoch of the active members: as many steps as the largest member has graphs, each
+        member's graphs in a seeded random order; returns the mean loss."""
+        network.train()
+        n_steps = max(len(g) for g in graphs)
+        orders = [_order(len(g), n_steps, generator) for g in graphs]
+        losses = []
+        with network.members_only(active):
+            for step in range(n_steps):
+                batch = GraphBatch.from_graphs([graphs[m][orders[m][step]] for m in active], device)
+                losses.append(self._step(network, optimiser, batch, mask_rng))
+        return float(np.mean(losses))
+
+    def _finish(
+        self, network: SpaHGC, best: _BestEpochs, epochs_run: int, validated: bool
+    ) -> SpaHGCPredictor:
+        """The trained model: every member at its best epoch (when validated), with its metadata."""
+        self.metadata.validation = {"epochs_run": epochs_run}
+        if validated:
+            network.load_state_dict(best.weights)
+            self.metadata.validation.update(
+                pcc=float(best.scores.mean()),
+                members=[
+                    {
+                        "validation_slides": slides,
+                        "pcc": float(s),
+                        "best_epoch": int(e),
+                        "epochs_trained": int(t),
+                    }
+                    for slides, s, e, t in zip(
+                        self.metadata.validation_slides, best.scores, best.epochs, best.trained, strict=True
+                    )
+                ],
+                gene_pcc=[
+                    None if np.isnan(v) else round(float(v), 5)
+                    for v in _nanmean_columns(np.stack(best.gene_pcc))
+                ],
+            )
+        config = SpaHGCConfig(
+            self.graph_options, self.model_options, replace(self.options, epochs=epochs_run)
+        )
+        return SpaHGCPredictor(
+            network.cpu().eval(), self.bank, self.scale, self.embedding_scale, config, self.metadata
+        )
+
+    def _step(self, network: SpaHGC, optimiser, batch: GraphBatch, mask_rng: np.random.Generator) -> float:
+        """One gradient step of every member on its graph: supervised + contrastive loss on two
+        masked views. The loss is the sum of the members' losses, so each member's gradient is the
+        one it would get trained alone."""
+        o = self.options
+        views = self._views(batch.target_x, batch.reference_x, mask_rng)
+        target, reference = network.encode(views[0], views[1], batch.edges)
+        prediction = network.predict_genes(target, reference, batch.retrieved)
+        rows = batch.target_mask
+        mse = ((prediction - batch.truth) ** 2 * rows).sum((1, 2)) / (rows.sum((1, 2)) * prediction.shape[-1])
+        pcc = torch.nanmean(pearson_per_gene(prediction, batch.truth, rows), dim=-1)
+        loss = o.mse_weight * mse + o.pcc_weight * (1 - pcc)
+        if o.masking != "none":
+            with torch.no_grad():
+                target_2, reference_2 = network.encode(views[2], views[3], batch.edges)
+            loss = loss + o.con_target_weight * contrastive(target, target_2, rows.squeeze(-1))
+            loss = loss + o.con_reference_weight * contrastive(
+                reference, reference_2, batch.reference_mask.squeeze(-1)
+            )
+        loss = loss.sum()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        return float(loss.detach()) / len(prediction)
+
+    def _graph(
+        self, target: SlideData, references: Sequence[SlideData], with_truth: bool = False
+    ) -> HeteroData:
+        others = [s for s in references if s.slide_id != target.slide_id]
+        graph = build_graph(target, ReferenceBank.from_slides(others, self.scale), self.graph_options)
+        if with_truth:
+            graph["target"].y = torch.from_numpy(self.scale.transform(target.expression))
+        return graph
+
+    def _validation_rounds(self, member_slides) -> list[list[tuple[HeteroData, np.ndarray | None]]]:
+        """Validation rounds: in round r each member predicts its r-th held-out slide (graph, truth);
+        members with fewer held-out slides repeat their last one, unscored (truth None)."""
+        if not any(self.held_out):
+            return []
+        rounds = []
+        for r in range(max(len(g) for g in self.held_out)):
+            picks = [(group[min(r, len(group) - 1)], r < len(group)) for group in self.held_out]
+            rounds.append(
+                [
+                    (self._graph(self.slides[i], train), self.slides[i].expression if scored else None)
+                    for (i, scored), train in zip(picks, member_slides, strict=True)
+                ]
+            )
+        return rounds
+
+    @torch.no_grad()
+    def _validate(self, network: SpaHGC, rounds, members: list[int], device) -> dict[int, np.ndarray]:
+        """Per listed member, the per-gene PCC on its held-out slides (unmasked, eval mode; mean over
+        its slides; constant genes are NaN)."""
+        network.eval()
+        scores: dict[int, list[np.ndarray]] = {m: [] for m in members}
+        with network.members_only(members):
+            for graphs in rounds:
+                batch = GraphBatch.from_graphs([graphs[m][0] for m in members], device)
+                predictions = batch.split(network(*batch.inputs).cpu().numpy())
+                for m, prediction in zip(members, predictions, strict=True):
+                    truth = graphs[m][1]
+                    if truth is not None:
+                        scores[m].append(gene_pcc(truth, self.scale.inverse(prediction)))
+        return {m: _nanmean_columns(np.stack(values)) for m, values in scores.items()}
+
+    def _views(self, x_t: Tensor, x_r: Tensor, rng: np.random.Generator) -> tuple[Tensor, ...]:
+        """The two masked views of the target and reference features: (target 1, reference 1,
+        target 2, reference 2), each view rescaled by 1 / (its keep ratio)."""
+        o = self.options
+        if o.masking == "none":
+            return x_t, x_r, x_t, x_r
+        views = []
+        for x, keep in ((x_t, o.alpha), (x_r, o.beta)):
+            first = bernoulli_mask(x.shape, keep, rng).to(x.device)
+            second = (
+                ~first
+                if o.masking == "complementary"
+                else bernoulli_mask(x.shape, 1 - keep, rng).to(x.device)
+            )
+            views.append((masked(x, first, keep), masked(x, second, 1 - keep)))
+        (t1, t2), (r1, r2) = views
+        return t1, r1, t2, r2
+
+
+def _order(n_graphs: int, n_steps: int, generator: torch.Generator) -> list[int]:
+    """A seeded random order of a member's graphs for one epoch, extended by random draws when the
+    member has fewer graphs than the epoch has steps."""
+    order = torch.randperm(n_graphs, generator=generator).tolist()
+    extra = torch.randint(n_graphs, (n_steps - n_graphs,), generator=generator).tolist()
+    return order + extra
+
+
+def _nanmean_columns(values: np.ndarray) -> np.ndarray:
+    """Column means ignoring NaN (NaN where a column has no value), without a warning."""
+    counts = np.sum(~np.isnan(values), axis=0)
+    return np.where(counts > 0, np.nansum(values, axis=0) / np.maximum(counts, 1), np.nan)
+
+
+def validation_groups(n_slides: int, members: int, seed: int) -> list[list[int]]:
+    """The held-out slide indices of each ensemble member: the slides in a seeded order, split into
+    min(members, n_slides) groups; with ``members=1`` one slide is held out; with fewer than three
+    slides a single member holds nothing out."""
+    if n_slides < 3:
+        return [[]]
+    order = np.random.default_rng(seed).permutation(n_slides)
+    if members <= 1:
+        return [[int(order[0])]]
+    return [sorted(int(i) for i in part) for part in np.array_split(order, min(members, n_slides))]
+
+
+def fit_predict_fold(
+    train: Sequence[SlideData],
+    test: SlideData,
+    seed: int = 0,
+    device: str = "auto",
+    genes: Sequence[str] | None = None,
+    **options,
+) -> np.ndarray:
+    """One benchmark fold: train the cross-validated ensemble on ``train`` (epochs chosen on held-out
+    training slides only), predict ``test`` against a bank of every training slide.
+
+    ``options`` are flat option names of :class:`~napari_spahgc.options.SpaHGCConfig`.
+    """
+    if any(s.slide_id == test.slide_id for s in train):
+        raise ValueError(f"test slide {test.slide_id!r} is among the training slides")
+    config = SpaHGCConfig.from_options(options, seed=seed, device=device)
+    genes = list(genes) if genes is not None else [str(i) for i in range(train[0].expression.shape[1])]
+    trainer = Trainer(train, genes, config)
+    return trainer.fit().predict(test, device=device)
