@@ -83,3 +83,10 @@ def test_folds_and_leakage_guard():
     data = SlideData("A", np.array(["s1"]), np.zeros((1, 2), np.float32), np.zeros((1, 2)))
     with pytest.raises(AssertionError, match="in the training data"):
         check_no_leakage([data], [data])
+
+
+def test_the_benchmark_runs_every_registered_baseline_beside_spahgc():
+    from napari_spahgc.baselines import BASELINES
+    from napari_spahgc.benchmark import METHODS
+
+    assert list(METHODS) == ["spahgc", *BASELINES]

@@ -9,13 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from napari_spahgc import InputError
-from napari_spahgc.encoders import (
-    REGISTRY,
-    create_encoder,
-    efficientnet_lite0_key,
-    list_encoders,
-    read_state_dict,
-)
+from napari_spahgc.encoders import REGISTRY, create_encoder, list_encoders
+from napari_spahgc.weights import efficientnet_lite0_key, read_state_dict
 
 
 def test_registry():

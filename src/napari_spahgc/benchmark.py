@@ -11,19 +11,52 @@ import json
 import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ._files import atomic_path
-from .baselines import BASELINES
+from .baselines import BASELINES, Baseline
 from .dataset import SlideData, slide_data
 from .evaluate import gene_pcc, rmse
 from .expression import select_genes
 from .slide import Slide
 
-METHODS = ("spahgc", "ridge", "knn", "ridge_spatial")
+
+@dataclass(frozen=True)
+class Fold:
+    """What a method may know of a fold besides its data: the genes (chosen on the training slides),
+    the seed, the device and SpaHGC's options."""
+
+    genes: Sequence[str]
+    seed: int = 0
+    device: str = "auto"
+    spahgc_options: Mapping = field(default_factory=dict)
+
+
+def _spahgc(train: Sequence[SlideData], test: SlideData, fold: Fold) -> np.ndarray:
+    from .trainer import fit_predict_fold
+
+    return fit_predict_fold(
+        train, test, seed=fold.seed, device=fold.device, genes=fold.genes, **fold.spahgc_options
+    )
+
+
+Method = Callable[[Sequence[SlideData], SlideData, Fold], np.ndarray]
+
+
+def _baseline(run: Baseline) -> Method:
+    """A baseline as a benchmark method: it needs only the fold's data."""
+    return lambda train, test, _fold: run(train, test)
+
+
+#: Every method the benchmark runs, by name: SpaHGC and each baseline of :data:`BASELINES`.
+METHODS: dict[str, Method] = {
+    "spahgc": _spahgc,
+    **{name: _baseline(run) for name, run in BASELINES.items()},
+}
 
 
 def make_folds(slides: Sequence[Slide]) -> tuple[str, list[list[str]]]:
@@ -52,7 +85,7 @@ def run_benchmark(
     out_dir: str | Path,
     panel: Sequence[str] | None = None,
     n_hvg: int | None = None,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = tuple(METHODS),
     seed: int = 0,
     device: str = "auto",
     protocol: Mapping | None = None,
@@ -121,7 +154,7 @@ METRICS = {
 def _score(method, train, test, seed, device, genes, options) -> tuple[dict, np.ndarray]:
     """One method on one held-out slide: its fold record (PCC, RMSE, seconds) and per-gene PCC."""
     started = time.perf_counter()
-    prediction = _predict(method, train, test, seed, device, genes, options)
+    prediction = METHODS[method](train, test, Fold(genes, seed, device, options))
     seconds = time.perf_counter() - started
     per_gene = gene_pcc(test.expression, prediction)
     record = {
@@ -143,14 +176,6 @@ def _summarise(summary: dict) -> None:
         rmse_mean=float(np.mean([f["rmse"] for f in folds])),
         seconds_total=round(sum(f["seconds"] for f in folds), 1),
     )
-
-
-def _predict(method, train, test, seed, device, genes, options) -> np.ndarray:
-    if method == "spahgc":
-        from .trainer import fit_predict_fold
-
-        return fit_predict_fold(train, test, seed=seed, device=device, genes=genes, **options)
-    return BASELINES[method](train, test)
 
 
 def report_table(report: dict) -> str:

@@ -26,11 +26,6 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _commands() -> None:
-    """Predict spatial gene expression from H&E histology with SpaHGC."""
-
-
 CohortArg = Annotated[
     Path, typer.Argument(help="Cohort table (CSV: slide_id, image, spots, counts, pixel_size_um, patient).")
 ]
@@ -129,7 +124,7 @@ def train(
     slides = _load(cohort)
     model_encoder, embeddings = _embed(slides, encoder, weights, device, batch_size, cache, load=True)
     trainer = make_trainer(
-        slides, embeddings, panel=panel, n_hvg=n_hvg, encoder=model_encoder.info(),
+        slides, embeddings, panel=panel, n_hvg=n_hvg, encoder=model_encoder,
         patch=_patch().to_dict(), seed=seed, device=device, epochs=epochs,
     )  # fmt: skip
     with typer.progressbar(length=epochs, label="training", file=sys.stderr) as bar:
@@ -158,7 +153,7 @@ def predict(
     slides = _load(cohort)
     name = model.metadata.encoder.get("name", "efficientnet-lite0")
     model_encoder, embeddings = _embed(slides, name, weights, device, batch_size, cache, load=True)
-    model.check_compatible(model_encoder.name, model_encoder.weights_checksum)
+    model.check_compatible(model_encoder["name"], model_encoder["weights_checksum"])
     for path in write_predictions(model, slides, embeddings, out):
         typer.echo(str(path))
 
@@ -174,8 +169,11 @@ def benchmark(
     genes: GenesOpt = None,
     n_hvg: HvgOpt = None,
     methods: Annotated[
-        str, typer.Option("--methods", help="Comma-separated subset.")
-    ] = "spahgc,ridge,knn,ridge_spatial",
+        str,
+        typer.Option(
+            "--methods", help="Comma-separated subset (default: every method: spahgc, ridge, knn, …)."
+        ),
+    ] = "",
     epochs: EpochsOpt = 200,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -191,7 +189,7 @@ def benchmark(
     ] = None,
 ) -> None:
     """Leave-one-slide-out (or -patient-out) benchmark of SpaHGC and baselines on the same embeddings."""
-    from .benchmark import report_table, run_benchmark
+    from .benchmark import METHODS, report_table, run_benchmark
     from .options import parse_settings
 
     settings = parse_settings(ablation or [])  # before any work: a bad --set fails at once
@@ -200,9 +198,9 @@ def benchmark(
     model_encoder, embeddings = _embed(slides, encoder, weights, device, batch_size, cache, load=True)
     report = run_benchmark(
         slides, embeddings, out, panel=panel, n_hvg=n_hvg,
-        methods=[m.strip() for m in methods.split(",") if m.strip()], seed=seed, device=device,
-        protocol={"encoder": model_encoder.info(), "patch": _patch().to_dict(), "cohort": str(cohort)},
-        log=lambda line: typer.echo(line, err=True), epochs=epochs, **settings,
+        methods=[m.strip() for m in methods.split(",") if m.strip()] or tuple(METHODS), seed=seed, device=device,
+        protocol={"encoder": model_encoder, "patch": _patch().to_dict(), "cohort": str(cohort)},
+        log=_to_stderr, epochs=epochs, **settings,
     )  # fmt: skip
     typer.echo(report_table(report))
     typer.echo(f"report: {out / 'report.json'}")
@@ -229,26 +227,23 @@ def demo(
     The sections are read from SPAHGC_DATA, ../shared/data/her2st, or (online) downloaded. With a display
     (and without --no-viewer) napari then opens with everything loaded.
     """
-    import os
 
     from .demo import run_demo
 
-    result = run_demo(
-        out,
-        cohort,
-        test_slide,
-        epochs=epochs,
-        seed=seed,
-        device=device,
-        log=lambda line: typer.echo(line, err=True),
-    )
+    result = run_demo(out, cohort, test_slide, epochs=epochs, seed=seed, device=device, log=_to_stderr)
     typer.echo(f"{'method':<14} {'PCC':>6} {'RMSE':>6}   (held-out section {result.test_slide})")
     for name, metric in result.metrics.items():
         typer.echo(f"{name:<14} {metric['pcc']:6.3f} {metric['rmse']:6.3f}")
     for label, path in result.files.items():
         typer.echo(f"{label}: {path}")
-    if no_viewer:
-        return
+    if not no_viewer:
+        _open_viewer(result)
+
+
+def _open_viewer(result) -> None:
+    """napari with the demo loaded, when there is a display (never in CI)."""
+    import os
+
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or os.environ.get("CI"):
         typer.echo(
             "no display: not opening napari (open the predictions with the Slide widget later)", err=True
@@ -306,24 +301,26 @@ def _panel(genes: Path | None, n_hvg: int | None) -> list[str] | None:
 
 
 def _embed(slides, encoder_name, weights, device, batch_size, cache, load: bool = False):
-    """Embed with a progress bar; return the encoder and either the arrays or the cache paths."""
+    """Embed with a progress bar; return the encoder's info and either the arrays or the cache paths."""
     from ._files import cache_dir
-    from .embedding import embed_cohort, load_embeddings
-    from .encoders import LazyEncoder
+    from .embedding import embed_flow, load_embeddings
 
-    encoder = LazyEncoder(encoder_name, weights, device)  # built only if a slide is not cached
-    folder = cache or cache_dir("embeddings")
+    flow = embed_flow(slides, encoder_name, weights, device, batch_size, cache or cache_dir("embeddings"))
     total = sum(s.n_spots for s in slides)
-    paths, finished = {}, 0
-    with typer.progressbar(length=total, label=f"embedding ({encoder.name})", file=sys.stderr) as bar:
-        for progress in embed_cohort(slides, encoder, folder, _patch(), batch_size):
-            bar.update(finished + progress.done - bar.pos)
-            if progress.path is not None:
-                paths[progress.slide_id] = progress.path
-                finished += progress.total
+    with typer.progressbar(length=total, label=f"embedding ({encoder_name})", file=sys.stderr) as bar:
+        while True:
+            try:
+                bar.update(next(flow).done - bar.pos)
+            except StopIteration as finished:
+                encoder, paths = finished.value
+                break
     if load:
         return encoder, {slide_id: load_embeddings(path)[0] for slide_id, path in paths.items()}
     return encoder, paths
+
+
+def _to_stderr(line: str) -> None:
+    typer.echo(line, err=True)
 
 
 def _cell(value) -> str:

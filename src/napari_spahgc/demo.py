@@ -21,7 +21,7 @@ from ._files import atomic_path, cache_dir
 from .baselines import BASELINES
 from .dataset import slide_data
 from .embedding import cohort_embeddings
-from .encoders import DEFAULT_ENCODER, create_encoder
+from .encoders import DEFAULT_ENCODER, LazyEncoder
 from .errors import InputError
 from .evaluate import gene_pcc, rmse
 from .expression import read_gene_panel
@@ -64,23 +64,13 @@ def run_demo(
     """Run the demo into ``out_dir``; ``cohort`` defaults to the HER2ST sections (local or downloaded)."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    if cohort is None:
-        folder = her2st_folder()
-        cohort = her2st_cohort_table(folder)
-        panel_file = folder / PANEL_NAME
-    else:
-        panel_file = Path(cohort).parent / PANEL_NAME
-    slides = load_cohort(cohort)
-    test_slide = test_slide or slides[-1].slide_id
-    if test_slide not in {s.slide_id for s in slides}:
-        raise InputError(f"no slide {test_slide!r} in the cohort", cohort)
-    panel = read_gene_panel(panel_file) if panel_file.is_file() else None
+    slides, test_slide, panel = _inputs(cohort, test_slide)
     log(
         f"{len(slides)} sections; held out: {test_slide}; genes: "
         + (f"{PANEL_NAME}" if panel else "top 300 HVGs")
     )
 
-    encoder = create_encoder(DEFAULT_ENCODER, device=device)
+    encoder = LazyEncoder(DEFAULT_ENCODER, device=device)  # built only for slides not yet cached
     log(f"embedding {sum(s.n_spots for s in slides)} spots with {encoder.name} (cached)…")
     embeddings = cohort_embeddings(slides, encoder, cache_dir("embeddings"), PatchSpec())
     training = [s for s in slides if s.slide_id != test_slide]
@@ -90,12 +80,7 @@ def run_demo(
         patch=PatchSpec().to_dict(), seed=seed, device=device, epochs=epochs,
     )  # fmt: skip
     log(f"training on {', '.join(s.slide_id for s in training)} (≤ {epochs} epochs)…")
-    for progress in trainer.steps():
-        if progress.validation_pcc is not None and progress.epoch % 25 == 0:
-            log(
-                f"  epoch {progress.epoch}: loss {progress.loss:.3f}, validation PCC {progress.validation_pcc:.3f}"
-            )
-    model = trainer.result
+    model = _train(trainer, log)
     prediction = predict_slide(model, target, embeddings[test_slide], device="cpu")
 
     files = {"model": model.save(out_dir / "model")}
@@ -106,6 +91,32 @@ def run_demo(
         files[f"figure {gene}"] = render_gene(prediction, gene, out_dir / f"{test_slide}_{gene}.png")
     files["report"] = _write_report(out_dir, test_slide, metrics, genes, model, time.perf_counter() - started)
     return DemoResult(slides, encoder.info(), embeddings, model, test_slide, prediction, files, metrics)
+
+
+def _inputs(cohort: str | Path | None, test_slide: str | None) -> tuple[list[Slide], str, list[str] | None]:
+    """The demo's slides (the HER2ST sections when no cohort is given), the held-out slide and the
+    gene panel beside the cohort table (None: top HVGs)."""
+    if cohort is None:
+        folder = her2st_folder()
+        cohort = her2st_cohort_table(folder)
+        panel_file = folder / PANEL_NAME
+    else:
+        panel_file = Path(cohort).parent / PANEL_NAME
+    slides = load_cohort(cohort)
+    test_slide = test_slide or slides[-1].slide_id
+    if test_slide not in {s.slide_id for s in slides}:
+        raise InputError(f"no slide {test_slide!r} in the cohort", cohort)
+    return slides, test_slide, read_gene_panel(panel_file) if panel_file.is_file() else None
+
+
+def _train(trainer, log: Callable[[str], None]) -> SpaHGCPredictor:
+    """Run the trainer to the end, logging every 25th epoch's validation PCC."""
+    for progress in trainer.steps():
+        if progress.validation_pcc is not None and progress.epoch % 25 == 0:
+            log(
+                f"  epoch {progress.epoch}: loss {progress.loss:.3f}, validation PCC {progress.validation_pcc:.3f}"
+            )
+    return trainer.result
 
 
 def _metrics(model, training, target, embeddings, prediction) -> dict:

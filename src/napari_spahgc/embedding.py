@@ -13,15 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ._files import atomic_path, file_fingerprint
-from .encoders import Encoder
+from .encoders import Encoder, LazyEncoder
 from .patches import PatchSpec, patch_batches, prefetch
+from .progress import Progress
 from .slide import Slide
 
 
@@ -105,6 +106,28 @@ def embed_cohort(
                 key=json.dumps(key, sort_keys=True),
             )
         yield EmbeddingProgress(slide.slide_id, done, slide.n_spots, index, len(slides), False, path)
+
+
+def embed_flow(
+    slides: Sequence[Slide],
+    encoder_name: str,
+    weights: str | None,
+    device: str,
+    batch_size: int,
+    cache: str | Path,
+) -> Generator[Progress, None, tuple[dict, dict[str, str]]]:
+    """Embed ``slides`` through the cache, yielding the spots done of the whole cohort; return (encoder
+    info, {slide id: cache file}). The encoder is built only when a slide is not cached."""
+    total = sum(s.n_spots for s in slides)
+    yield Progress(0, total, f"loading {encoder_name}")
+    encoder = LazyEncoder(encoder_name, weights, device)
+    finished, paths = 0, {}
+    for p in embed_cohort(slides, encoder, cache, PatchSpec(), batch_size):
+        yield Progress(finished + p.done, total, f"{p.slide_id}: {p.done}/{p.total} spots ({encoder.name})")
+        if p.path is not None:
+            finished += p.total
+            paths[p.slide_id] = str(p.path)
+    return encoder.info(), paths
 
 
 def cohort_embeddings(

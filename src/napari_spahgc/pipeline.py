@@ -1,8 +1,8 @@
 """Train a SpaHGC model on a cohort and write predictions: the steps the CLI and the widgets share.
 
 Embeddings are passed in (one (n_spots, d) array per slide id), so the same functions serve cached
-embeddings from the CLI and embeddings computed in a napari worker. The ``*_flow`` generators are the
-widgets' long jobs: they yield :class:`~napari_spahgc.progress.Progress` and return plain data (arrays,
+embeddings from the CLI and embeddings computed in a napari worker. The ``*_flow`` generators (and
+:func:`~napari_spahgc.embedding.embed_flow`) are the widgets' long jobs: they yield :class:`~napari_spahgc.progress.Progress` and return plain data (arrays,
 AnnData, paths), so they run in a worker process (:mod:`napari_spahgc.child`) and torch never enters
 the viewer's process.
 """
@@ -17,8 +17,6 @@ from anndata import AnnData
 
 from ._device import resolve_device
 from .dataset import slide_data
-from .embedding import embed_cohort
-from .encoders import REGISTRY, LazyEncoder
 from .errors import InputError
 from .evaluate import gene_pcc
 from .expression import log_cpm, select_genes
@@ -116,29 +114,6 @@ def _measured(slide: Slide, genes: Sequence[str]) -> np.ndarray:
     columns = {g: i for i, g in enumerate(genes)}
     measured[:, [columns[g] for g in present]] = values
     return measured
-
-
-def embed_flow(
-    slides: Sequence[Slide],
-    encoder_name: str,
-    weights: str | None,
-    device: str,
-    batch_size: int,
-    cache: str | Path,
-) -> Generator[Progress, None, tuple[dict, dict[str, str]]]:
-    """Embed ``slides`` through the cache, yielding spots done; return (encoder info, {slide id: cache
-    file}). Weights are passed only to encoders that take a weights file."""
-    total = sum(s.n_spots for s in slides)
-    yield Progress(0, total, f"loading {encoder_name}")
-    spec = REGISTRY.get(encoder_name)
-    encoder = LazyEncoder(encoder_name, weights if spec and spec.takes_weights_file else None, device)
-    finished, paths = 0, {}
-    for p in embed_cohort(slides, encoder, cache, PatchSpec(), batch_size):
-        yield Progress(finished + p.done, total, f"{p.slide_id}: {p.done}/{p.total} spots ({encoder.name})")
-        if p.path is not None:
-            finished += p.total
-            paths[p.slide_id] = str(p.path)
-    return encoder.info(), paths
 
 
 def train_predict_flow(

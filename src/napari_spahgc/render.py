@@ -45,11 +45,7 @@ def render_gene(
     from matplotlib.collections import EllipseCollection
     from matplotlib.figure import Figure
 
-    if gene not in prediction.var_names:
-        names = {str(g).upper(): str(g) for g in prediction.var_names}
-        close = [names[g] for g in difflib.get_close_matches(gene.upper(), list(names), n=5, cutoff=0.5)]
-        hint = f"; close matches: {', '.join(close)}" if close else ""
-        raise InputError(f"gene {gene!r} is not among the {prediction.n_vars} predicted genes{hint}")
+    _require_gene(prediction, gene)
     predicted, measured = gene_values(prediction, gene)
     panels = [("predicted", predicted)]
     if measured is not None and np.isfinite(measured).any():
@@ -73,17 +69,23 @@ def render_gene(
         )
         spots.set_clim(low, high)
         ax.add_collection(spots)
-        ax.set_xlim(x0, x1)
-        ax.set_ylim(y1, y0)
-        ax.set_aspect("equal")
+        ax.set(xlim=(x0, x1), ylim=(y1, y0), aspect="equal", title=label)
         ax.set_axis_off()
-        ax.set_title(label)
     figure.colorbar(spots, ax=list(axes), shrink=0.8, label=f"{gene} {UNITS}")
     figure.suptitle(f"{slide_id} — {gene}{_scores(prediction, gene)}")
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         figure.savefig(tmp, format="png")
     return out_path
+
+
+def _require_gene(prediction: AnnData, gene: str) -> None:
+    """A clear error, with close matches, for a gene the file does not predict."""
+    if gene not in prediction.var_names:
+        names = {str(g).upper(): str(g) for g in prediction.var_names}
+        close = [names[g] for g in difflib.get_close_matches(gene.upper(), list(names), n=5, cutoff=0.5)]
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise InputError(f"gene {gene!r} is not among the {prediction.n_vars} predicted genes{hint}")
 
 
 def _background(prediction: AnnData, image: str | Path | None):

@@ -57,12 +57,13 @@ class EmbedWidget(SessionWidget):
         if not slides:
             show_error("Open slides first (Slide widget).")
             return None
-        settings = (self.encoder.currentText(), self.weights.text or None, self.device.currentText(),
-                    self.batch_size.value(), self.cache.text)  # fmt: skip
+        weights = (self.weights.text or None) if self.weights.isEnabled() else None  # packaged: ships its own
+        settings = (self.encoder.currentText(), weights, self.device.currentText(), self.batch_size.value(),
+                    self.cache.text)  # fmt: skip
 
         def work(cancel):
             encoder, paths = yield from run_in_child(
-                "napari_spahgc.pipeline:embed_flow", slides, *settings, cancel=cancel
+                "napari_spahgc.embedding:embed_flow", slides, *settings, cancel=cancel
             )
             return encoder, {slide_id: load_embeddings(path)[0] for slide_id, path in paths.items()}
 

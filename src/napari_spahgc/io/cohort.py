@@ -132,39 +132,9 @@ def build_slide(
         expression = read_counts(counts) if with_expression else None
         counted = expression.obs_names if expression is not None else read_count_ids(counts)
         sources["counts"] = str(counts)
-    slide_image = None
-    if image is not None:
-        slide_image = open_image(image)
-        sources["image"] = str(image)
-    elif table.images:
-        slide_image = _carried_image(table)
-        sources["image"] = f"{table.path} (embedded {next(iter(table.images))} image)"
+    slide_image = _slide_image(image, table, sources)
 
-    keep = np.ones(len(table.spot_ids), dtype=bool)
-    if counted is not None:
-        keep &= table.spot_ids.isin(counted)
-        if not keep.any():
-            raise InputError(
-                f"counts and spots share no spot ids (e.g. spots {list(table.spot_ids[:3])} vs counts "
-                f"{list(counted[:3])})",
-                sources.get("counts", table.path),
-            )
-    if slide_image is not None:
-        rows, cols = slide_image.shape
-        x, y = table.centers_px[:, 0], table.centers_px[:, 1]
-        inside = (x >= 0) & (x < cols) & (y >= 0) & (y < rows)
-        outside = int((keep & ~inside).sum())
-        if outside == int(keep.sum()):
-            raise InputError(
-                f"none of the {outside} spots lie inside the image ({cols} × {rows} px)", table.path
-            )
-        if outside:
-            warnings.warn(
-                f"{table.path}: dropped {outside} of {int(keep.sum())} spots outside the image ({cols} × {rows} px)",
-                stacklevel=2,
-            )
-        keep &= inside
-
+    keep = _kept_spots(table, counted, sources.get("counts", table.path), slide_image)
     spot_ids = table.spot_ids[keep]
     if expression is not None:
         expression = expression[spot_ids].copy()
@@ -184,6 +154,49 @@ def build_slide(
         spot_diameter_px=diameter,
         sources=sources,
     )
+
+
+def _kept_spots(
+    table: SpotTable, counted: pd.Index | None, counts_source: str | Path, image: SlideImage | None
+) -> np.ndarray:
+    """Which of the table's spots the slide keeps: those the counts have and that lie in the image."""
+    keep = np.ones(len(table.spot_ids), dtype=bool)
+    if counted is not None:
+        keep &= table.spot_ids.isin(counted)
+        if not keep.any():
+            raise InputError(
+                f"counts and spots share no spot ids (e.g. spots {list(table.spot_ids[:3])} vs counts "
+                f"{list(counted[:3])})",
+                counts_source,
+            )
+    if image is not None:
+        rows, cols = image.shape
+        x, y = table.centers_px[:, 0], table.centers_px[:, 1]
+        inside = (x >= 0) & (x < cols) & (y >= 0) & (y < rows)
+        outside = int((keep & ~inside).sum())
+        if outside == int(keep.sum()):
+            raise InputError(
+                f"none of the {outside} spots lie inside the image ({cols} × {rows} px)", table.path
+            )
+        if outside:
+            warnings.warn(
+                f"{table.path}: dropped {outside} of {int(keep.sum())} spots outside the image ({cols} × {rows} px)",
+                stacklevel=3,
+            )
+        keep &= inside
+    return keep
+
+
+def _slide_image(image: str | Path | None, table: SpotTable, sources: dict) -> SlideImage | None:
+    """The full-resolution image when given, else the finest one the spot source carries (recorded
+    in ``sources``)."""
+    if image is not None:
+        sources["image"] = str(image)
+        return open_image(image)
+    if table.images:
+        sources["image"] = f"{table.path} (embedded {next(iter(table.images))} image)"
+        return _carried_image(table)
+    return None
 
 
 def _choose_pixel_size(
