@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -44,8 +45,14 @@ def test_input_errors_keep_their_type_and_message_other_errors_name_their_type()
 
 
 def test_a_crash_of_the_worker_process_is_an_exception_here():
+    before = _socket_folders()
     with pytest.raises(WorkerProcessError, match="killed by SIGSEGV"):
         _drain(run_in_child("child_tasks:crash"))
+    assert _socket_folders() <= before  # the killed worker's socket folder is cleaned up too
+
+
+def _socket_folders() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("pymp-*"))
 
 
 def test_cancel_stops_between_steps_and_the_task_cleans_up(tmp_path):

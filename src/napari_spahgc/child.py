@@ -23,12 +23,14 @@ import contextlib
 import importlib
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
 import traceback
 from collections.abc import Generator
 from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
 from signal import Signals
 from typing import Any
 
@@ -64,6 +66,7 @@ def run_in_child(
         [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     connection: Connection | None = None
+    address = ""
     try:
         process.stdin.write(key.hex().encode() + b"\n")
         process.stdin.flush()
@@ -98,6 +101,15 @@ def run_in_child(
                 return None
     finally:
         _stop(process, connection)
+        _remove_socket_folder(address)  # left behind when the worker was killed
+
+
+def _remove_socket_folder(address: str) -> None:
+    """Remove the private folder of a Unix-socket address (multiprocessing's ``pymp-*``); the worker
+    removes it when it exits normally, not when it is killed."""
+    folder = Path(address).parent
+    if address and os.path.isabs(address) and folder.name.startswith("pymp-"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _stop(process: subprocess.Popen, connection: Connection | None) -> None:
@@ -128,10 +140,11 @@ def _ended(process: subprocess.Popen) -> str:
 
 
 # ------------------------------------------------------------------------------------ child side
-def _watch_parent() -> None:
+def _watch_parent(address: str) -> None:
     """Exit as soon as the parent's end of stdin closes (the parent finished, or died)."""
     while os.read(0, 4096):  # raw reads: a buffered reader's lock would trouble interpreter shutdown
         pass
+    _remove_socket_folder(address)
     os._exit(3)
 
 
@@ -165,8 +178,8 @@ def main() -> None:
             return
         line += chunk
     key = bytes.fromhex(line.decode().strip())
-    threading.Thread(target=_watch_parent, daemon=True).start()
     with Listener(authkey=key) as listener:
+        threading.Thread(target=_watch_parent, args=(str(listener.address),), daemon=True).start()
         print(listener.address, flush=True)
         os.dup2(2, 1)  # stray prints of the task go to stderr, never into the parent's pipe
         with listener.accept() as connection:
