@@ -74,7 +74,10 @@ def run_in_child(
         process.stdout.close()
         if not address:
             raise WorkerProcessError(_ended(process))
-        connection = Client(address, authkey=key)
+        try:
+            connection = Client(address, authkey=key)
+        except OSError as err:  # the worker died between printing its address and accepting
+            raise WorkerProcessError(_ended(process)) from err
         connection.send((list(sys.path), target, args, kwargs))
         last, cancel_sent = None, False
         while True:

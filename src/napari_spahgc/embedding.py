@@ -70,7 +70,7 @@ def load_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
 
 def embed_cohort(
     slides: Sequence[Slide],
-    encoder: Encoder,
+    encoder: Encoder | LazyEncoder,
     cache_dir: str | Path,
     spec: PatchSpec = PatchSpec(),
     batch_size: int = 64,

@@ -2,9 +2,9 @@
 
 Embeddings are passed in (one (n_spots, d) array per slide id), so the same functions serve cached
 embeddings from the CLI and embeddings computed in a napari worker. The ``*_flow`` generators (and
-:func:`~napari_spahgc.embedding.embed_flow`) are the widgets' long jobs: they yield :class:`~napari_spahgc.progress.Progress` and return plain data (arrays,
-AnnData, paths), so they run in a worker process (:mod:`napari_spahgc.child`) and torch never enters
-the viewer's process.
+:func:`~napari_spahgc.embedding.embed_flow`) are the widgets' long jobs: they yield
+:class:`~napari_spahgc.progress.Progress` and return plain data (arrays, AnnData, paths), so they run
+in a worker process (:mod:`napari_spahgc.child`) and torch never enters the viewer's process.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """Embed widget: embed every loaded slide's spot patches with an encoder, in a worker process."""
 
+from __future__ import annotations
+
 import napari
 from napari.utils.notifications import show_error
-from qtpy.QtWidgets import (
-    QComboBox,
-    QFormLayout,
-    QSpinBox,
-)
+from qtpy.QtWidgets import QComboBox, QFormLayout, QSpinBox
 
 from .._files import cache_dir
 from ..child import run_in_child
+from ..embedding import load_embeddings
+from ..encoders import DEFAULT_ENCODER, REGISTRY, list_encoders  # torch-free: torch loads only to build
 from ._common import DEVICES, PathField, RunPanel, SessionWidget
 
 
@@ -18,8 +18,6 @@ class EmbedWidget(SessionWidget):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer)
-        from ..encoders import DEFAULT_ENCODER, list_encoders  # the registry only: no torch
-
         self.encoder = QComboBox()
         self.encoder.addItems(list_encoders())
         self.encoder.setCurrentText(DEFAULT_ENCODER)
@@ -44,15 +42,11 @@ class EmbedWidget(SessionWidget):
         self._encoder_changed(self.encoder.currentText())
 
     def _encoder_changed(self, name: str) -> None:
-        from ..encoders import REGISTRY
-
         self.weights.setEnabled(REGISTRY[name].takes_weights_file)
 
     def run(self):
         """Embed all loaded slides in a worker process; the embeddings join the session when every
         slide is done."""
-        from ..embedding import load_embeddings
-
         slides = list(self.session.slides.values())
         if not slides:
             show_error("Open slides first (Slide widget).")

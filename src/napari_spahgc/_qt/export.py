@@ -1,13 +1,12 @@
 """Export widget: the shown slide's predictions as h5ad, and a PNG of the view."""
 
+from __future__ import annotations
+
 from pathlib import Path
 
 import napari
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import (
-    QFormLayout,
-    QPushButton,
-)
+from qtpy.QtWidgets import QFormLayout, QPushButton
 
 from ..errors import InputError
 from ._common import PathField, SessionWidget

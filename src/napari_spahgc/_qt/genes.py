@@ -1,5 +1,7 @@
 """Genes widget: the gene shown by the predicted and measured maps, their colour scale and display."""
 
+from __future__ import annotations
+
 import napari
 import numpy as np
 from napari.layers import Image

@@ -1,5 +1,7 @@
 """Predict widget: train SpaHGC on reference slides or load a model folder, and predict the shown slide."""
 
+from __future__ import annotations
+
 import napari
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt

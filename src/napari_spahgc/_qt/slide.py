@@ -1,16 +1,12 @@
 """Slide widget: open slides (cohort table, Space Ranger outs/, h5ad, or image + spot table) and pick the one shown."""
 
+from __future__ import annotations
+
 from pathlib import Path
 
 import napari
 from napari.utils.notifications import show_error
-from qtpy.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QLabel,
-    QPushButton,
-)
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QPushButton
 
 from ..progress import Progress
 from ._common import PathField, RunPanel, SessionWidget
