@@ -5,19 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import napari_spahgc.graph as graph_module
-from napari_spahgc.dataset import SlideData
-from napari_spahgc.graph import (
-    CS,
-    RS,
-    TS,
-    FeatureScale,
-    GraphOptions,
-    ReferenceBank,
-    build_graph,
-    spatial_neighbours,
-    topk_cosine,
-)
+from napari_spahgc.dataset import FeatureScale, SlideData
+from napari_spahgc.graph import GraphOptions, ReferenceBank, build_graph
+from napari_spahgc.neighbours import topk_cosine
+from napari_spahgc.relations import CS, RS, TS
 
 
 def _slide(slide_id: str, n: int, dim: int = 6, genes: int = 3, seed: int = 0) -> SlideData:
@@ -29,36 +20,6 @@ def _slide(slide_id: str, n: int, dim: int = 6, genes: int = 3, seed: int = 0) -
         rng.normal(size=(n, dim)).astype(np.float32), coords,
         rng.random((n, genes)).astype(np.float32),
     )  # fmt: skip
-
-
-def test_spatial_neighbours_on_a_grid():
-    coords = np.array([[x, y] for y in range(3) for x in range(3)], dtype=float)  # 3 × 3 grid, centre = 4
-    neighbours = spatial_neighbours(coords, 4)
-    assert sorted(neighbours[4]) == [1, 3, 5, 7]  # the four at distance 1, not the diagonals
-    assert set(neighbours[0][:2]) == {1, 3} and neighbours[0][2] == 4 and neighbours[0][3] in (2, 6)
-    distances = np.linalg.norm(coords[neighbours] - coords[:, None], axis=-1)
-    assert (np.diff(distances, axis=1) >= 0).all()  # nearest first
-    assert not (neighbours == np.arange(9)[:, None]).any()  # no self
-    duplicated = np.array([[0.0, 0.0], [0.0, 0.0], [5.0, 0.0]])
-    assert spatial_neighbours(duplicated, 1)[:, 0].tolist() == [1, 0, 1]  # a twin at distance 0 is not self
-    assert spatial_neighbours(coords[:1], 5).shape == (1, 0)
-
-
-@pytest.mark.parametrize("exclude_self", [False, True])
-def test_chunked_search_equals_brute_force(monkeypatch, exclude_self):
-    rng = np.random.default_rng(3)
-    queries = rng.normal(size=(57, 8)).astype(np.float32)
-    keys = queries if exclude_self else rng.normal(size=(71, 8)).astype(np.float32)
-    unit_q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    unit_k = keys / np.linalg.norm(keys, axis=1, keepdims=True)
-    similarity = unit_q @ unit_k.T
-    if exclude_self:
-        np.fill_diagonal(similarity, -np.inf)
-    brute = np.argsort(-similarity, axis=1, kind="stable")[:, :5]
-    monkeypatch.setattr(graph_module, "_CHUNK", 10)  # many query and key blocks
-    np.testing.assert_array_equal(topk_cosine(queries, keys, 5, exclude_self=exclude_self), brute)
-    monkeypatch.setattr(graph_module, "_CHUNK", 4096)
-    np.testing.assert_array_equal(topk_cosine(queries, keys, 5, exclude_self=exclude_self), brute)
 
 
 def test_graph_edges_and_reference_nodes():

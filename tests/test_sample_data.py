@@ -136,7 +136,7 @@ def test_the_cohort_table_loads_five_sections(at_repo_root):
         her2st_cohort_table(sections=("Z9",))
 
     layers = her2st_all_sections()
-    assert [kind for *_, kind in layers] == ["image", "points"] * 5
+    assert [layer_type for *_, layer_type in layers] == ["image", "points"] * 5
     assert [meta["visible"] for _, meta, _ in layers] == [True, True] + [False] * 8
 
 

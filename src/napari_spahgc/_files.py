@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +36,17 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def write_report(out_dir: str | os.PathLike, record: dict, markdown: str) -> Path:
+    """``report.json`` (the record) and ``report.md`` (for people) in ``out_dir``, each atomically;
+    returns the markdown file."""
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "report.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+    with atomic_path(out_dir / "report.md") as tmp:
+        tmp.write_text(markdown.rstrip("\n") + "\n")
+    return out_dir / "report.md"
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .dataset import SlideData
-from .graph import spatial_neighbours, topk_cosine
+from .neighbours import spatial_neighbours, topk_cosine
 
 Baseline = Callable[[Sequence[SlideData], SlideData], np.ndarray]
 

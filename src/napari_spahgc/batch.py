@@ -10,8 +10,9 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
+from . import relations
 from .errors import InputError
-from .graph import CS, RS, TS
+from .relations import CS
 
 
 @dataclass
@@ -45,15 +46,16 @@ class GraphBatch:
         if len(ks) > 1:
             raise InputError("every member's bank must offer the same number K of CS references")
         k = ks.pop()
-        edges: dict = {TS: [], CS: [], RS: []}
+        edges: dict = {relation.edge_type: [] for relation in relations.RELATIONS}
         retrieved = torch.empty(len(graphs), n_t, k, dtype=torch.long)
         for m, g in enumerate(graphs):
-            t0, r0 = m * n_t, m * n_r
-            edges[TS].append(g[TS].edge_index + t0)
-            edges[RS].append(g[RS].edge_index + r0)
-            edges[CS].append(g[CS].edge_index + torch.tensor([[r0], [t0]]))
-            retrieved[m] = r0  # padded targets point at the member's first reference; never scored
-            retrieved[m, : g["target"].num_nodes] = g[CS].edge_index[0].view(-1, k) + r0
+            offset = {"target": m * n_t, "reference": m * n_r}
+            for relation in relations.RELATIONS:
+                shift = torch.tensor([[offset[relation.source]], [offset[relation.destination]]])
+                edges[relation.edge_type].append(g[relation.edge_type].edge_index + shift)
+            # padded targets point at the member's first reference; never scored
+            retrieved[m] = offset["reference"]
+            retrieved[m, : g["target"].num_nodes] = g[CS].edge_index[0].view(-1, k) + offset["reference"]
         has_truth = all("y" in g["target"] for g in graphs)
         return cls(
             target_x=_pad([g["target"].x for g in graphs], n_t).to(device),

@@ -7,7 +7,6 @@ reference bank (guarded by :func:`check_no_leakage`).
 
 from __future__ import annotations
 
-import json
 import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._files import atomic_path
+from . import dataset
+from ._files import atomic_path, write_report
 from .baselines import BASELINES, Baseline
-from .dataset import SlideData, slide_data
-from .evaluate import gene_pcc, rmse
-from .expression import select_genes
+from .dataset import SlideData
+from .evaluate import score
 from .slide import Slide
 
 
@@ -136,10 +135,8 @@ def fold_data(
 ) -> tuple[list[str], list[SlideData], list[SlideData]]:
     """One fold's genes (chosen on its training slides only), training and test data, leakage-checked."""
     training = [s for s in slides if s.slide_id not in held_out]
-    genes = select_genes([s.expression for s in training], panel=panel, n_hvg=n_hvg)
-    train = [slide_data(s, embeddings[s.slide_id], genes) for s in training]
     by_id = {s.slide_id: s for s in slides}
-    tests = [slide_data(by_id[i], embeddings[i], genes) for i in held_out]
+    genes, train, tests = dataset.fold_data(training, embeddings, panel, n_hvg, [by_id[i] for i in held_out])
     check_no_leakage(train, tests)
     return genes, train, tests
 
@@ -156,14 +153,8 @@ def _score(method, train, test, seed, device, genes, options) -> tuple[dict, np.
     started = time.perf_counter()
     prediction = METHODS[method](train, test, Fold(genes, seed, device, options))
     seconds = time.perf_counter() - started
-    per_gene = gene_pcc(test.expression, prediction)
-    record = {
-        "pcc": float(np.nanmean(per_gene)),
-        "rmse": rmse(test.expression, prediction),
-        "seconds": round(seconds, 2),
-        "n_genes_excluded": int(np.isnan(per_gene).sum()),
-    }
-    return record, per_gene
+    record, per_gene = score(test.expression, prediction)
+    return {**record, "seconds": round(seconds, 2)}, per_gene
 
 
 def _summarise(summary: dict) -> None:
@@ -204,11 +195,7 @@ def report_table(report: dict) -> str:
 
 
 def _write_report(out_dir: Path, report: dict, per_gene_rows: list) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "report.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
-    with atomic_path(out_dir / "report.md") as tmp:
-        tmp.write_text(f"# Benchmark ({report['protocol']['folds']})\n\n{report_table(report)}\n")
+    write_report(out_dir, report, f"# Benchmark ({report['protocol']['folds']})\n\n{report_table(report)}")
     frame = pd.DataFrame(per_gene_rows, columns=["method", "fold", "gene", "pcc"])
     with atomic_path(out_dir / "per_gene.csv") as tmp:
         frame.to_csv(tmp, index=False)

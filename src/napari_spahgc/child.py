@@ -68,16 +68,8 @@ def run_in_child(
     connection: Connection | None = None
     address = ""
     try:
-        process.stdin.write(key.hex().encode() + b"\n")
-        process.stdin.flush()
-        address = process.stdout.readline().decode().strip()
-        process.stdout.close()
-        if not address:
-            raise WorkerProcessError(_ended(process))
-        try:
-            connection = Client(address, authkey=key)
-        except OSError as err:  # the worker died between printing its address and accepting
-            raise WorkerProcessError(_ended(process)) from err
+        address = _handshake(process, key)
+        connection = _connect(process, address, key)
         connection.send((list(sys.path), target, args, kwargs))
         last, cancel_sent = None, False
         while True:
@@ -105,6 +97,24 @@ def run_in_child(
     finally:
         _stop(process, connection)
         _remove_socket_folder(address)  # left behind when the worker was killed
+
+
+def _handshake(process: subprocess.Popen, key: bytes) -> str:
+    """Hand the worker its key on stdin; return the address it then prints and listens on."""
+    process.stdin.write(key.hex().encode() + b"\n")
+    process.stdin.flush()
+    address = process.stdout.readline().decode().strip()
+    process.stdout.close()
+    if not address:
+        raise WorkerProcessError(_ended(process))
+    return address
+
+
+def _connect(process: subprocess.Popen, address: str, key: bytes) -> Connection:
+    try:
+        return Client(address, authkey=key)
+    except OSError as err:  # the worker died between printing its address and accepting
+        raise WorkerProcessError(_ended(process)) from err
 
 
 def _remove_socket_folder(address: str) -> None:

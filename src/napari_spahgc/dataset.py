@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .expression import log_cpm
+from .expression import log_cpm, select_genes
 from .slide import Slide
 
 
@@ -76,3 +76,18 @@ def slide_data(slide: Slide, embeddings: np.ndarray, genes: Sequence[str] | None
         expression=expression,
         patient=slide.patient,
     )
+
+
+def fold_data(
+    training: Sequence[Slide],
+    embeddings: Mapping[str, np.ndarray],
+    panel: Sequence[str] | None,
+    n_hvg: int | None,
+    held_out: Sequence[Slide] = (),
+) -> tuple[list[str], list[SlideData], list[SlideData]]:
+    """The one road from slides to model data: genes chosen on the ``training`` slides only (the
+    ``panel``, or their top ``n_hvg`` HVGs intersected), then the arrays of the training and the
+    ``held_out`` slides on those genes."""
+    genes = select_genes([s.expression for s in training], panel=panel, n_hvg=n_hvg)
+    train = [slide_data(s, embeddings[s.slide_id], genes) for s in training]
+    return genes, train, [slide_data(s, embeddings[s.slide_id], genes) for s in held_out]

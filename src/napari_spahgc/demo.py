@@ -9,7 +9,6 @@ training, gene choice, epoch choice or the choice of genes to show.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import atomic_path, cache_dir
+from ._files import cache_dir, write_report
 from .baselines import BASELINES
 from .dataset import slide_data
 from .embedding import cohort_embeddings
 from .encoders import DEFAULT_ENCODER, LazyEncoder
 from .errors import InputError
-from .evaluate import gene_pcc, rmse
+from .evaluate import score
 from .expression import read_gene_panel
 from .io.cohort import load_cohort
 from .io.export import write_h5ad
@@ -128,15 +127,7 @@ def _metrics(model, training, target, embeddings, prediction) -> dict:
         "spahgc": prediction.X,
         **{name: BASELINES[name](train, test) for name in ("ridge", "ridge_spatial")},
     }
-    metrics = {}
-    for name, values in outputs.items():
-        per_gene = gene_pcc(test.expression, values)
-        metrics[name] = {
-            "pcc": float(np.nanmean(per_gene)),
-            "rmse": rmse(test.expression, values),
-            "n_genes_excluded": int(np.isnan(per_gene).sum()),
-        }
-    return metrics
+    return {name: score(test.expression, values)[0] for name, values in outputs.items()}
 
 
 def _write_report(
@@ -161,8 +152,4 @@ def _write_report(
         "figure_genes": genes,
         "seconds": round(seconds, 1),
     }
-    with atomic_path(out_dir / "report.json") as tmp:
-        tmp.write_text(json.dumps(record, indent=2))
-    with atomic_path(out_dir / "report.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    return out_dir / "report.md"
+    return write_report(out_dir, record, "\n".join(lines))

@@ -19,11 +19,13 @@ def gene_pcc(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
         return np.where(denominator > 1e-12, (t * p).sum(0) / denominator, np.nan)
 
 
-def mean_pcc(truth: np.ndarray, prediction: np.ndarray) -> tuple[float, int]:
-    """(mean PCC over the genes that have one, number of genes excluded as constant)."""
+def score(truth: np.ndarray, prediction: np.ndarray) -> tuple[dict, np.ndarray]:
+    """One slide's prediction scored: ``{"pcc": mean over the genes that have one (NaN if none),
+    "rmse", "n_genes_excluded": genes constant in truth or prediction}`` and the per-gene PCC."""
     per_gene = gene_pcc(truth, prediction)
     excluded = int(np.isnan(per_gene).sum())
-    return (float(np.nanmean(per_gene)) if excluded < len(per_gene) else float("nan")), excluded
+    pcc = float(np.nanmean(per_gene)) if excluded < len(per_gene) else float("nan")
+    return {"pcc": pcc, "rmse": rmse(truth, prediction), "n_genes_excluded": excluded}, per_gene
 
 
 def rmse(truth: np.ndarray, prediction: np.ndarray) -> float:

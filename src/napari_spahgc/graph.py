@@ -1,14 +1,5 @@
-"""The SpaHGC heterogeneous graph of one target slide and its reference bank (torch_geometric HeteroData).
-
-Node types: ``target`` (the slide's spots; features = patch embeddings) and ``reference`` (spots of
-*other* slides; features = [embedding ‖ expression]). Edge types:
-
-- ``(target, ts, target)``: each spot receives from its Q nearest spots in the same slide;
-- ``(reference, cs, target)``: each target spot receives from its top-K cosine-similar reference
-  embeddings (CNDA also runs this relation in reverse);
-- ``(reference, rs, reference)``: each reference node receives from its top-K most similar peers on the
-  joint features (no self loops).
-"""
+"""The SpaHGC heterogeneous graph of one target slide and its reference bank (torch_geometric
+HeteroData): the node features, and every relation of ``relations.RELATIONS`` as an edge type."""
 
 from __future__ import annotations
 
@@ -17,17 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 from torch_geometric.data import HeteroData
 
+from . import relations
 from .dataset import FeatureScale, SlideData
+from .neighbours import topk_cosine
 from .options import GraphOptions
-
-TS = ("target", "ts", "target")
-CS = ("reference", "cs", "target")
-RS = ("reference", "rs", "reference")
-
-_CHUNK = 2048  # rows (and key columns) per block of the similarity search
+from .relations import GraphInputs
 
 
 @dataclass
@@ -52,63 +39,13 @@ class ReferenceBank:
         return len(self.embeddings)
 
 
-def spatial_neighbours(coords: np.ndarray, q: int) -> np.ndarray:
-    """(n, q') indices of each spot's q nearest other spots (Euclidean, nearest first, no self);
-    q' = min(q, n − 1)."""
-    q = min(q, len(coords) - 1)
-    if q <= 0:
-        return np.empty((len(coords), 0), dtype=np.int64)
-    _, index = cKDTree(coords).query(coords, k=q + 1)
-    index = np.asarray(index).reshape(len(coords), q + 1)
-    own = np.arange(len(coords))[:, None]
-    # drop self (ties at distance 0 may put another spot first): keep the first q that are not self
-    order = np.argsort(index == own, axis=1, kind="stable")
-    return np.take_along_axis(index, order, axis=1)[:, :q].astype(np.int64)
-
-
-def topk_cosine(queries: np.ndarray, keys: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
-    """(n_queries, k) indices of the k keys most cosine-similar to each query, most similar first.
-
-    Searched block by block (never the full similarity matrix); ``exclude_self`` skips key i for
-    query i (queries and keys are the same set).
-    """
-    k = min(k, len(keys) - int(exclude_self))
-    q = torch.nn.functional.normalize(torch.as_tensor(queries, dtype=torch.float32), dim=1)
-    c = torch.nn.functional.normalize(torch.as_tensor(keys, dtype=torch.float32), dim=1)
-    result = np.empty((len(q), k), dtype=np.int64)
-    for start in range(0, len(q), _CHUNK):
-        block = q[start : start + _CHUNK]
-        best_scores = torch.full((len(block), 0), -np.inf)
-        best_index = torch.empty((len(block), 0), dtype=torch.long)
-        for key_start in range(0, len(c), _CHUNK):
-            scores = block @ c[key_start : key_start + _CHUNK].T
-            if exclude_self:
-                rows = torch.arange(len(block))
-                cols = rows + start - key_start
-                inside = (cols >= 0) & (cols < scores.shape[1])
-                scores[rows[inside], cols[inside]] = -np.inf
-            take = min(k, scores.shape[1])
-            top_scores, top_index = scores.topk(take, dim=1)
-            best_scores = torch.cat([best_scores, top_scores], dim=1)
-            best_index = torch.cat([best_index, top_index + key_start], dim=1)
-            best_scores, order = best_scores.topk(min(k, best_scores.shape[1]), dim=1)
-            best_index = best_index.gather(1, order)
-        result[start : start + len(block)] = best_index.numpy()
-    return result
-
-
-def joint_features(embeddings: np.ndarray, expression: np.ndarray) -> np.ndarray:
-    """[embedding ‖ expression] with each block L2-normalised, so both weigh equally in a cosine."""
-
-    def unit(block: np.ndarray) -> np.ndarray:
-        norm = np.linalg.norm(block, axis=1, keepdims=True)
-        return block / np.where(norm > 0, norm, 1.0)
-
-    return np.concatenate([unit(embeddings), unit(expression)], axis=1).astype(np.float32)
-
-
 def build_graph(target: SlideData, bank: ReferenceBank, options: GraphOptions = GraphOptions()) -> HeteroData:
-    """The SpaHGC graph of ``target`` against ``bank`` (which must not contain the target's slide)."""
+    """The SpaHGC graph of ``target`` against ``bank`` (which must not contain the target's slide).
+
+    Reference nodes are the bank spots some target retrieved (``reference_nodes="retrieved"``) or the
+    whole bank (``"bank"``); edges are ordered by destination node, each one's sources in table order
+    (so a target's CS edges are its k references, most similar first: CNAP reshapes them to (n, k)).
+    """
     if np.any(bank.slide_ids == target.slide_id):
         raise ValueError(f"the reference bank contains spots of the target slide {target.slide_id!r}")
     retrieved = topk_cosine(target.embeddings, bank.embeddings, options.k)  # (n_target, k) bank indices
@@ -120,21 +57,15 @@ def build_graph(target: SlideData, bank: ReferenceBank, options: GraphOptions = 
     else:
         raise ValueError(f"reference_nodes must be 'retrieved' or 'bank', not {options.reference_nodes!r}")
 
+    inputs = GraphInputs(target.coords, bank.embeddings[nodes], bank.expression[nodes], local, options)
     data = HeteroData()
     data["target"].x = torch.from_numpy(target.embeddings.astype(np.float32))
-    ref_embeddings, ref_expression = bank.embeddings[nodes], bank.expression[nodes]
-    data["reference"].x = torch.from_numpy(np.concatenate([ref_embeddings, ref_expression], axis=1))
-    data["reference"].bank_index = torch.from_numpy(nodes.astype(np.int64))
-
-    n_target, k = local.shape
-    neighbours = spatial_neighbours(target.coords, options.q)
-    data[TS].edge_index = _edges(neighbours)
-    # CS edges are ordered by target, k per target: CNAP reshapes them to (n_target, k)
-    data[CS].edge_index = torch.from_numpy(np.stack([local.ravel(), np.repeat(np.arange(n_target), k)]))
-    peers = topk_cosine(
-        *(2 * [joint_features(ref_embeddings, ref_expression)]), options.k_rs, exclude_self=True
+    data["reference"].x = torch.from_numpy(
+        np.concatenate([inputs.reference_embeddings, inputs.reference_expression], axis=1)
     )
-    data[RS].edge_index = _edges(peers)
+    data["reference"].bank_index = torch.from_numpy(nodes.astype(np.int64))
+    for relation in relations.RELATIONS:
+        data[relation.edge_type].edge_index = _edges(relation.neighbours(inputs))
     return data
 
 

@@ -6,13 +6,14 @@ scale bar reads true; point and image data stay in full-resolution pixels.
 
 from __future__ import annotations
 
+from enum import Enum
 from functools import partial
 
 import numpy as np
 import pandas as pd
 
 from .expression import log_cpm
-from .slide import Slide
+from .slide import Slide, spot_pitch
 
 #: Gene columns put into a Points layer's ``features`` at most (napari copies features; 15k columns
 #: take seconds to build). The most expressed genes — those with the best-measured maps — are kept;
@@ -21,6 +22,25 @@ MAX_FEATURE_GENES = 2000
 #: From this many spots on a square grid, gene maps are raster images (Points redraw too slowly).
 RASTER_MIN_SPOTS = 50_000
 METADATA_KEY = "napari_spahgc"
+
+
+class LayerKind(str, Enum):
+    """What a layer shows, kept in ``metadata[METADATA_KEY]["kind"]`` (equal to its plain-string value).
+
+    Not napari's layer type (``"image"``, ``"points"``): the third element of a layer data tuple.
+    """
+
+    IMAGE = "image"  #: a slide's H&E
+    SPOTS = "spots"  #: a slide's spots, nothing measured
+    MEASURED = "measured"  #: a slide's spots coloured by their measured counts
+    PREDICTED = "predicted"  #: predicted spots of one gene over the H&E
+    MEASURED_BESIDE_PREDICTION = "measured beside prediction"  #: measured spots of that gene, beside
+    IMAGE_BESIDE_PREDICTION = "image beside prediction"  #: the H&E under them
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
 
 
 def slide_layers(slide: Slide, visible: bool = True) -> list[tuple]:
@@ -45,7 +65,7 @@ def image_layer(slide: Slide, visible: bool = True) -> tuple:
         "scale": (step, step),
         "units": _units(slide),
         "visible": visible,
-        "metadata": {METADATA_KEY: _slide_metadata(slide, "image")},
+        "metadata": {METADATA_KEY: _slide_metadata(slide, LayerKind.IMAGE)},
     }
     return data, meta, "image"
 
@@ -64,7 +84,8 @@ def spots_layer(slide: Slide, visible: bool = True) -> tuple:
         "opacity": 0.8,
         "visible": visible,
     }
-    metadata = _slide_metadata(slide, "measured" if slide.has_expression else "spots")
+    kind = LayerKind.MEASURED if slide.has_expression else LayerKind.SPOTS
+    metadata = _slide_metadata(slide, kind)
     if slide.has_expression:
         genes = measured_features(slide)
         metadata["feature_genes"] = f"{genes.shape[1]} of {slide.n_genes} measured genes (log1p CPM)"
@@ -87,7 +108,7 @@ def measured_features(slide: Slide, max_genes: int = MAX_FEATURE_GENES) -> pd.Da
     return pd.DataFrame(values, columns=list(names))
 
 
-def _slide_metadata(slide: Slide, kind: str) -> dict:
+def _slide_metadata(slide: Slide, kind: LayerKind) -> dict:
     """What a layer knows of its slide; ``slide`` lets the widgets adopt slides opened by the reader."""
     return {
         "slide": slide,
@@ -108,17 +129,10 @@ def _default_spot_size(centers: np.ndarray) -> float:
     """Without a known diameter, draw spots at half the median nearest-neighbour distance."""
     if len(centers) < 2:
         return 10.0
-    from scipy.spatial import cKDTree
-
-    distances, _ = cKDTree(centers).query(centers, k=2)
-    return float(np.median(distances[:, 1]) / 2)
+    return spot_pitch(centers) / 2
 
 
 # ------------------------------------------------------------------------------------- predictions
-#: Kinds in a layer's metadata that the gene view recolours.
-PREDICTED, MEASURED = "predicted", "measured beside prediction"
-
-
 def prediction_layers(slide: Slide, prediction, gene: str, colormap: str = "viridis") -> list[tuple]:
     """Layers that show one gene: predicted spots over the H&E and, when the slide has counts, to its
     right (shifted by 1.05 image widths, cameras shared) the H&E again under the measured spots.
@@ -130,19 +144,20 @@ def prediction_layers(slide: Slide, prediction, gene: str, colormap: str = "viri
     limits = shared_limits(*gene_values(prediction, gene))
     grid = spot_grid(slide.centers_px) if slide.n_spots >= RASTER_MIN_SPOTS else None
     gene_layer = _gene_points if grid is None else partial(_gene_raster, grid=grid)
-    layers = [gene_layer(slide, prediction.X, prediction, gene, PREDICTED, limits, colormap)]
+    layers = [gene_layer(slide, prediction.X, prediction, gene, LayerKind.PREDICTED, limits, colormap)]
     if has_measured:
         shift = (0.0, _side_by_side_offset(slide))
         if slide.image is not None:
-            data, meta, kind = image_layer(slide)
+            data, meta, layer_type = image_layer(slide)
             meta.update(name=f"{slide.slide_id} H&E (measured side)", translate=shift)
-            meta["metadata"][METADATA_KEY]["kind"] = "image beside prediction"
-            layers.append((data, meta, kind))
-        data, meta, kind = gene_layer(
-            slide, prediction.layers["measured"], prediction, gene, MEASURED, limits, colormap
+            meta["metadata"][METADATA_KEY]["kind"] = LayerKind.IMAGE_BESIDE_PREDICTION
+            layers.append((data, meta, layer_type))
+        measured = prediction.layers["measured"]
+        data, meta, layer_type = gene_layer(
+            slide, measured, prediction, gene, LayerKind.MEASURED_BESIDE_PREDICTION, limits, colormap
         )
         meta["translate"] = shift
-        layers.append((data, meta, kind))
+        layers.append((data, meta, layer_type))
     return layers
 
 
@@ -164,8 +179,8 @@ def shared_limits(
     return (float(low), float(high)) if high > low else (float(low), float(low) + 1.0)
 
 
-def layer_name(slide_id: str, gene: str, kind: str) -> str:
-    return f"{slide_id} {gene} {'predicted' if kind == PREDICTED else 'measured'}"
+def layer_name(slide_id: str, gene: str, kind: LayerKind) -> str:
+    return f"{slide_id} {gene} {'predicted' if kind == LayerKind.PREDICTED else 'measured'}"
 
 
 def _gene_points(slide, values, prediction, gene, kind, limits, colormap) -> tuple:
@@ -211,13 +226,9 @@ def _gene_raster(slide, values, prediction, gene, kind, limits, colormap, grid) 
 def spot_grid(centers: np.ndarray, tolerance: float = 0.1) -> tuple[np.ndarray, float, np.ndarray] | None:
     """``(index, pitch, origin)`` when every spot sits alone on one square grid (binned data):
     ``index`` (n, 2) int32 row/column, ``pitch`` in px, ``origin`` (x, y) px; else None."""
-    from scipy.spatial import cKDTree
-
     if len(centers) < 4:
         return None
-    sample = centers[np.linspace(0, len(centers) - 1, min(len(centers), 5000)).astype(int)]
-    distances, _ = cKDTree(centers).query(sample, k=2)
-    pitch = float(np.median(distances[:, 1]))
+    pitch = spot_pitch(centers, max_queries=5000)
     origin = centers.min(axis=0)
     steps = (centers - origin) / pitch
     cells = np.rint(steps)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter, softmax
 
-from .graph import CS, RS, TS
+from . import relations
 from .options import ModelOptions
 
 
@@ -80,12 +80,12 @@ class GraphSAGE(nn.Module):
         self.neighbours = MemberLinear(members, hidden, hidden)
         self.root = MemberLinear(members, hidden, hidden, bias=False)
 
-    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+    def forward(self, source: Tensor, destination: Tensor, edge_index: Tensor) -> Tensor:
         src, dst = edge_index
-        flat = _flat(x)
-        mean = scatter(flat.index_select(0, src), dst, dim=0, dim_size=len(flat), reduce="mean")
+        n_destination = destination.shape[0] * destination.shape[1]
+        mean = scatter(_flat(source).index_select(0, src), dst, dim=0, dim_size=n_destination, reduce="mean")
         root = self.root.member_weights(self.root.weight)
-        return torch.baddbmm(self.neighbours(mean.view_as(x)), x, root)  # + W₂·x, fused
+        return torch.baddbmm(self.neighbours(mean.view_as(destination)), destination, root)  # + W₂·x, fused
 
 
 class CrossNodeAttention(nn.Module):
@@ -119,42 +119,48 @@ class CrossNodeAttention(nn.Module):
         return self.out(pooled.view_as(destination))
 
 
+OPERATORS = {
+    "sage": lambda options: GraphSAGE(options.members, options.hidden),
+    "attention": lambda options: CrossNodeAttention(options.members, options.hidden, options.heads),
+}  # a relation's ``operator`` → its module, built from ``ModelOptions``
+
+
 class HeteroLayer(nn.Module):
-    """One encoder layer: SAGE(TS) and CNDA(reference→target) for targets, SAGE(RS) and
-    CNDA(target→reference) for references; each type's relation outputs are averaged, then
-    residual + LayerNorm + ELU + dropout."""
+    """One encoder layer: every relation of ``RELATIONS`` that the options use passes messages with its
+    operator (and, ``both_ways``, a second one on the reversed edges: CNDA); each node type's incoming
+    relation outputs are averaged, then residual + LayerNorm + ELU + dropout."""
 
     def __init__(self, options: ModelOptions) -> None:
         super().__init__()
-        m, h = options.members, options.hidden
-        self.options = options
-        self.ts = GraphSAGE(m, h)
-        self.rs = GraphSAGE(m, h)
-        self.cnda_to_target = CrossNodeAttention(m, h, options.heads)
-        self.cnda_to_reference = CrossNodeAttention(m, h, options.heads)
-        self.norm_target = MemberLayerNorm(m, h)
-        self.norm_reference = MemberLayerNorm(m, h)
+        self.used_relations = [r for r in relations.RELATIONS if r.used_by(options)]
+        self.operators = nn.ModuleDict()
+        for relation in relations.RELATIONS:  # all of them: the weights' layout does not depend on switches
+            self.operators[relation.name] = OPERATORS[relation.operator](options)
+            if relation.both_ways:
+                self.operators[f"{relation.name}_reverse"] = OPERATORS[relation.operator](options)
+        self.norms = nn.ModuleDict(
+            {node: MemberLayerNorm(options.members, options.hidden) for node in ("target", "reference")}
+        )
         self.dropout = nn.Dropout(options.dropout)
 
     def forward(self, target: Tensor, reference: Tensor, edges: dict) -> tuple[Tensor, Tensor]:
-        o = self.options
-        to_target, to_reference = [], []
-        if o.use_ts:
-            to_target.append(self.ts(target, edges[TS]))
-        if o.use_rs:
-            to_reference.append(self.rs(reference, edges[RS]))
-        if o.use_cs and o.use_cnda:
-            to_target.append(self.cnda_to_target(reference, target, edges[CS]))
-            to_reference.append(self.cnda_to_reference(target, reference, edges[CS].flip(0)))
-        return self._update(target, to_target, self.norm_target), self._update(
-            reference, to_reference, self.norm_reference
+        h = {"target": target, "reference": reference}
+        incoming: dict[str, list[Tensor]] = {"target": [], "reference": []}
+        for relation in self.used_relations:
+            source, destination, edge_index = relation.source, relation.destination, edges[relation.edge_type]
+            incoming[destination].append(self.operators[relation.name](h[source], h[destination], edge_index))
+            if relation.both_ways:
+                reverse = self.operators[f"{relation.name}_reverse"]
+                incoming[source].append(reverse(h[destination], h[source], edge_index.flip(0)))
+        return self._update(target, incoming["target"], "target"), self._update(
+            reference, incoming["reference"], "reference"
         )
 
-    def _update(self, h: Tensor, relations: list[Tensor], norm: MemberLayerNorm) -> Tensor:
-        if not relations:
+    def _update(self, h: Tensor, messages: list[Tensor], node: str) -> Tensor:
+        if not messages:
             return h
-        mixed = torch.stack(relations).mean(0)
-        return self.dropout(nn.functional.elu(norm(h + mixed)))
+        mixed = torch.stack(messages).mean(0)
+        return self.dropout(nn.functional.elu(self.norms[node](h + mixed)))
 
 
 class AttentionPooling(CrossNodeAttention):

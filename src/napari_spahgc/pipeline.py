@@ -16,10 +16,10 @@ import numpy as np
 from anndata import AnnData
 
 from ._device import resolve_device
-from .dataset import slide_data
+from .dataset import fold_data, slide_data
 from .errors import InputError
 from .evaluate import gene_pcc
-from .expression import log_cpm, select_genes
+from .expression import log_cpm
 from .io.export import spot_anndata, write_h5ad
 from .options import SpaHGCConfig
 from .patches import PatchSpec
@@ -45,8 +45,7 @@ def make_trainer(
     missing = [s.slide_id for s in slides if s.expression is None]
     if missing:
         raise InputError(f"training slides need measured counts; none for {', '.join(missing)}")
-    genes = select_genes([s.expression for s in slides], panel=panel, n_hvg=n_hvg)
-    data = [slide_data(s, embeddings[s.slide_id], genes) for s in slides]
+    genes, data, _ = fold_data(slides, embeddings, panel, n_hvg)
     config = SpaHGCConfig.from_options(options, seed=seed, device=device)
     metadata = ModelMetadata(
         genes=genes,

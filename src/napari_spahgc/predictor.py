@@ -145,10 +145,7 @@ class SpaHGCPredictor:
                 folder,
             )
         metadata = ModelMetadata(**{k: config[k] for k in ModelMetadata.__dataclass_fields__ if k in config})
-        network = SpaHGC(metadata.embedding_dim, len(metadata.genes), ModelOptions(**config["model_options"]))
-        network.load_state_dict(
-            {k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")}
-        )
+        network = _network(metadata, ModelOptions(**config["model_options"]), tensors, weights_path)
         bank = ReferenceBank(
             tensors["bank.embeddings"].numpy(),
             tensors["bank.expression"].numpy(),
@@ -181,3 +178,19 @@ class SpaHGCPredictor:
                 f"the model was trained with other {encoder_name!r} weights "
                 f"(checksum {trained['weights_checksum'][:12]}…, given {weights_checksum[:12]}…)"
             )
+
+
+def _network(metadata: ModelMetadata, options: ModelOptions, tensors: dict, weights_path: Path) -> SpaHGC:
+    """The network the config describes, with the folder's weights (an error if they do not fit)."""
+    network = SpaHGC(metadata.embedding_dim, len(metadata.genes), options)
+    try:
+        network.load_state_dict(
+            {k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")}
+        )
+    except RuntimeError as error:  # missing, unexpected or mis-shaped tensors
+        raise InputError(
+            f"the weights do not fit the network its config.json describes (an earlier model format?): "
+            f"{str(error).splitlines()[0]} — train it again",
+            weights_path,
+        ) from None
+    return network

@@ -14,6 +14,7 @@ from anndata import AnnData
 from ._files import atomic_path
 from .errors import InputError
 from .layers import gene_values, shared_limits
+from .slide import spot_pitch
 
 UNITS = "log1p CPM"
 
@@ -53,7 +54,7 @@ def render_gene(
     low, high = shared_limits(*(values for _, values in panels), percentiles=percentiles)
     slide_id, thumbnail, scale, diameter = _background(prediction, image)
     xy = np.asarray(prediction.obsm["spatial"], dtype=float) * scale
-    size = diameter * scale if diameter else _spacing(xy) * 0.8
+    size = diameter * scale if diameter else spot_pitch(xy) * 0.8
     margin = size * 1.5
     (x0, y0), (x1, y1) = xy.min(axis=0) - margin, xy.max(axis=0) + margin
 
@@ -103,15 +104,6 @@ def _background(prediction: AnnData, image: str | Path | None):
     if "hires" in entry.get("images", {}):
         return slide_id, np.asarray(entry["images"]["hires"]), float(factors["tissue_hires_scalef"]), diameter
     return slide_id, None, 1.0, diameter
-
-
-def _spacing(xy: np.ndarray) -> float:
-    from scipy.spatial import cKDTree
-
-    if len(xy) < 2:
-        return 10.0
-    distances, _ = cKDTree(xy).query(xy, k=2)
-    return float(np.median(distances[:, 1]))
 
 
 def _scores(prediction: AnnData, gene: str) -> str:

@@ -15,6 +15,23 @@ from .errors import InputError
 #: Spot diameters of the platforms we read, in µm (used to derive a pixel size from scalefactors).
 VISIUM_SPOT_DIAMETER_UM = 55.0
 LEGACY_ST_SPOT_DIAMETER_UM = 100.0
+#: What :func:`spot_pitch` gives for fewer than two spots, in the units of the coordinates.
+DEFAULT_SPOT_PITCH = 10.0
+
+
+def spot_pitch(xy: np.ndarray, max_queries: int | None = None) -> float:
+    """The median distance from a spot to its nearest other spot, in the units of ``xy`` (n, 2);
+    :data:`DEFAULT_SPOT_PITCH` for fewer than two spots. With ``max_queries``, that many evenly
+    spaced spots (still measured against all) stand for the rest of a larger slide."""
+    if len(xy) < 2:
+        return DEFAULT_SPOT_PITCH
+    from scipy.spatial import cKDTree
+
+    queries = xy
+    if max_queries is not None and len(xy) > max_queries:
+        queries = xy[np.linspace(0, len(xy) - 1, max_queries).astype(int)]
+    distances, _ = cKDTree(xy).query(queries, k=2)
+    return float(np.median(distances[:, 1]))
 
 
 @dataclass

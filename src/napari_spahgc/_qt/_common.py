@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..layers import MEASURED, METADATA_KEY, PREDICTED, prediction_layers, slide_layers
+from ..layers import METADATA_KEY, LayerKind, prediction_layers, slide_layers
 from ..progress import Progress
 from ..session import Session
 
@@ -69,7 +69,7 @@ class LayerSync:
         if new:
             self.session.add_slides(new.values())
 
-    def layers_of(self, slide_id: str, *kinds: str) -> list[Layer]:
+    def layers_of(self, slide_id: str, *kinds: LayerKind) -> list[Layer]:
         return [
             layer
             for layer in self.viewer.layers
@@ -81,8 +81,8 @@ class LayerSync:
         shown = {layer_info(layer).get("slide_id") for layer in self.viewer.layers}
         for slide_id, slide in self.session.slides.items():
             if slide_id not in shown:
-                for data, meta, kind in slide_layers(slide, visible=slide_id == self.session.current):
-                    self.viewer.add_layer(Layer.create(data, meta, kind))
+                for data, meta, layer_type in slide_layers(slide, visible=slide_id == self.session.current):
+                    self.viewer.add_layer(Layer.create(data, meta, layer_type))
 
     def _show_current(self, slide_id: str | None) -> None:
         for layer in self.viewer.layers:
@@ -96,20 +96,21 @@ class LayerSync:
 
     def _show_prediction(self, slide_id: str) -> None:
         slide, prediction = self.session.slides[slide_id], self.session.predictions[slide_id]
-        for layer in self.layers_of(slide_id, PREDICTED, MEASURED, "image beside prediction"):
+        made = (LayerKind.PREDICTED, LayerKind.MEASURED_BESIDE_PREDICTION, LayerKind.IMAGE_BESIDE_PREDICTION)
+        for layer in self.layers_of(slide_id, *made):
             self.viewer.layers.remove(layer)
         gene = (
             self.session.gene if self.session.gene in prediction.var_names else str(prediction.var_names[0])
         )
-        for data, meta, kind in prediction_layers(slide, prediction, gene):
+        for data, meta, layer_type in prediction_layers(slide, prediction, gene):
             meta["visible"] = slide_id == self.session.current
-            self.viewer.add_layer(Layer.create(data, meta, kind))
+            self.viewer.add_layer(Layer.create(data, meta, layer_type))
         self._hide_plain_spots(slide_id)
         if slide_id == self.session.current:
             self.viewer.reset_view()
 
     def _hide_plain_spots(self, slide_id: str) -> None:
-        for layer in self.layers_of(slide_id, "measured", "spots"):
+        for layer in self.layers_of(slide_id, LayerKind.MEASURED, LayerKind.SPOTS):
             layer.visible = False
 
 

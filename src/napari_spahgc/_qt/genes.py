@@ -23,11 +23,13 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..layers import MEASURED, PREDICTED, gene_raster, gene_values, layer_name, shared_limits
+from ..layers import LayerKind, gene_raster, gene_values, layer_name, shared_limits
 from ..session import gene_scores
 from ._common import SessionWidget, layer_info
 
 COLORMAPS = ("viridis", "magma", "inferno", "plasma", "turbo", "gray")
+#: The spot layers that show the gene, in the order of :func:`~napari_spahgc.layers.gene_values`.
+_GENE_KINDS = (LayerKind.PREDICTED, LayerKind.MEASURED_BESIDE_PREDICTION)
 
 
 class GenesWidget(SessionWidget):
@@ -91,8 +93,7 @@ class GenesWidget(SessionWidget):
         return [
             layer
             for layer in self.viewer.layers
-            if layer_info(layer).get("slide_id") == slide_id
-            and layer_info(layer).get("kind") in (PREDICTED, MEASURED)
+            if layer_info(layer).get("slide_id") == slide_id and layer_info(layer).get("kind") in _GENE_KINDS
         ]
 
     def _prediction_changed(self, *_) -> None:
@@ -165,7 +166,7 @@ class GenesWidget(SessionWidget):
         if gene is None or slide is None or self.prediction is None:
             return
         limits = (self.low.value(), max(self.high.value(), self.low.value() + 1e-6))
-        values = dict(zip((PREDICTED, MEASURED), gene_values(self.prediction, gene), strict=True))
+        values = dict(zip(_GENE_KINDS, gene_values(self.prediction, gene), strict=True))
         for layer in self.gene_layers():
             kind = layer_info(layer)["kind"]
             raster = isinstance(layer, Image)  # binned spots drawn as one pixel per bin
@@ -178,7 +179,7 @@ class GenesWidget(SessionWidget):
             layer.name = layer_name(slide.slide_id, gene, kind)
             if display:
                 colorbar = layer.colorbar if raster else layer.face_colorbar
-                colorbar.visible = kind == PREDICTED
+                colorbar.visible = kind == LayerKind.PREDICTED
                 layer.opacity = self.opacity.value() / 100
                 if raster:
                     layer.colormap = self.colormap.currentText()

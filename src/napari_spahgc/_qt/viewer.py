@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import napari
+from npe2 import PluginManifest
+from npe2.manifest.utils import import_python_name
 
-from ._common import session_for
-from .embed import EmbedWidget
-from .export import ExportWidget
-from .genes import GenesWidget
-from .predict import PredictWidget
-from .slide import SlideWidget
+from ._common import SessionWidget, session_for
 
 if TYPE_CHECKING:
     from ..demo import DemoResult
 
-WIDGETS = {"Slide": SlideWidget, "Embed": EmbedWidget, "Predict": PredictWidget, "Genes": GenesWidget,
-           "Export": ExportWidget}  # fmt: skip
+#: The plugin manifest (``pyproject.toml``'s ``napari.manifest`` entry point names this file).
+MANIFEST = Path(__file__).resolve().parent.parent / "napari.yaml"
+
+
+def manifest_widgets(manifest: Path = MANIFEST) -> dict[str, type[SessionWidget]]:
+    """Display name → widget class of the manifest's widget contributions, in manifest order."""
+    contributions = PluginManifest.from_file(manifest).contributions
+    python_names = {command.id: command.python_name for command in contributions.commands or ()}
+    return {
+        widget.display_name: import_python_name(python_names[widget.command])
+        for widget in contributions.widgets or ()
+    }
+
+
+#: Every widget of the plugin, as napari's Plugins menu lists them: display name → class.
+WIDGETS = manifest_widgets()
 
 
 def open_in_viewer(result: DemoResult, viewer: napari.Viewer | None = None) -> napari.Viewer:
-    """``viewer`` (a new one by default) with the five widgets docked and the demo's slides,
+    """``viewer`` (a new one by default) with every widget docked and the demo's slides,
     embeddings and held-out prediction loaded, the best-validated gene on show; the Predict widget's
     model folder is the demo's model."""
     viewer = viewer if viewer is not None else napari.Viewer()

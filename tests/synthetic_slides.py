@@ -1,0 +1,33 @@
+"""Synthetic training slides and a small trainer, shared by the trainer, predictor, model and batch
+tests: expression is a smooth function of the embeddings, so there is something to learn."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_spahgc.dataset import SlideData
+from napari_spahgc.options import SpaHGCConfig
+from napari_spahgc.trainer import Trainer
+
+GENES = [f"G{i}" for i in range(5)]
+
+
+def make_slides(n_slides: int = 4, n: int = 36, dim: int = 16, seed: int = 0) -> list[SlideData]:
+    """Slides whose expression is a smooth function of the embeddings (learnable, honestly generated)."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(dim, len(GENES)))
+    slides = []
+    for s in range(n_slides):
+        embeddings = rng.normal(size=(n, dim)).astype(np.float32)
+        expression = np.log1p(np.exp(embeddings @ mixing / 2)).astype(np.float32)
+        coords = np.stack(np.meshgrid(np.arange(6), np.arange(6)), -1).reshape(-1, 2) * 272.0
+        ids = np.array([f"{s}x{i}" for i in range(n)])
+        slides.append(SlideData(f"S{s}", ids, embeddings, coords.astype(float), expression))
+    return slides
+
+
+def make_trainer(slides, **options) -> Trainer:
+    config = SpaHGCConfig.from_options(
+        {"epochs": 6, "eval_every": 2, "hidden": 32, "q": 3, "k": 4, **options}
+    )
+    return Trainer(slides, GENES, config)
