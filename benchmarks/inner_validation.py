@@ -21,10 +21,10 @@ import numpy as np
 from napari_spahgc import load_cohort
 from napari_spahgc._files import cache_dir
 from napari_spahgc.benchmark import make_folds
-from napari_spahgc.dataset import slide_data
+from napari_spahgc.dataset import fold_data
 from napari_spahgc.embedding import cohort_embeddings
-from napari_spahgc.encoders import create_encoder
-from napari_spahgc.expression import read_gene_panel, select_genes
+from napari_spahgc.encoders import LazyEncoder
+from napari_spahgc.expression import read_gene_panel
 from napari_spahgc.options import SpaHGCConfig, parse_settings
 from napari_spahgc.trainer import Trainer
 
@@ -45,7 +45,7 @@ def main() -> None:
 
     slides = load_cohort(args.cohort)
     embeddings = cohort_embeddings(
-        slides, create_encoder("efficientnet-lite0", device="cpu"), cache_dir("embeddings")
+        slides, LazyEncoder("efficientnet-lite0", device="cpu"), cache_dir("embeddings")
     )
     panel = read_gene_panel(args.genes)
     config = SpaHGCConfig.from_options(parse_settings(args.settings), seed=args.seed, device="cpu")
@@ -55,8 +55,7 @@ def main() -> None:
         if wanted and not wanted & set(held_out):
             continue
         training = [s for s in slides if s.slide_id not in held_out]  # the test section is not used
-        genes = select_genes([s.expression for s in training], panel=panel)
-        train = [slide_data(s, embeddings[s.slide_id], genes) for s in training]
+        genes, train, _ = fold_data(training, embeddings, panel, None)
         started = time.perf_counter()
         trainer = Trainer(train, genes, config)
         history = [(p.epoch, p.member_pcc) for p in trainer.steps() if p.member_pcc is not None]

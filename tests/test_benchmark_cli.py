@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import HER2ST
-from napari_spahgc.benchmark import check_no_leakage, make_folds
+from napari_spahgc.benchmark import METHODS, LeakageError, check_no_leakage, make_folds
 from napari_spahgc.dataset import SlideData
 
 PANEL = HER2ST / "her2st_785_genes.txt"
@@ -34,21 +34,65 @@ def _spahgc(*args: str) -> subprocess.CompletedProcess:
 
 def test_benchmark_writes_its_report(three_sections, tmp_path):
     out = tmp_path / "bench"
+    methods = [m for m in METHODS if m != "spahgc_paper"]  # the paper's 200 epochs: in-process below
     result = _spahgc("benchmark", str(three_sections), "--genes", str(PANEL), "--out", str(out),
-                     "--epochs", "3", "--device", "cpu")  # fmt: skip
+                     "--epochs", "3", "--device", "cpu", "--methods", ",".join(methods))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert list(report["methods"]) == ["spahgc", "ridge", "knn", "ridge_spatial"]
+    assert list(report["methods"]) == methods
     for method in report["methods"].values():
-        assert set(method) >= {"folds", "pcc_mean", "pcc_sd", "rmse_mean"}
+        assert set(method) >= {"folds", "pcc_mean", "pcc_sd", "pcc_top_mean", "rmse_mean"}
         assert list(method["folds"]) == ["C2", "C3", "C4"]
-        assert all(set(f) >= {"pcc", "rmse", "seconds"} for f in method["folds"].values())
+        assert all(set(f) >= {"pcc", "pcc_top50", "rmse", "seconds"} for f in method["folds"].values())
     assert report["protocol"]["folds"] == "leave-one-slide-out" and report["peak_memory_mb"] > 0
     assert report["methods"]["ridge"]["pcc_mean"] > 0.05  # real signal on real data
     per_gene = pd.read_csv(out / "per_gene.csv")
-    assert set(per_gene.columns) == {"method", "fold", "gene", "pcc"} and len(per_gene) == 4 * 3 * 785
-    assert "| spahgc |" in (out / "report.md").read_text()
+    assert (
+        set(per_gene.columns) == {"method", "fold", "gene", "pcc"} and len(per_gene) == len(methods) * 3 * 785
+    )
+    markdown = (out / "report.md").read_text()
+    assert "| spahgc |" in markdown and "- Tuning, ridge alpha: 10, 31.6228" in markdown
+    assert "spahgc / best tuned baseline" in markdown and "## What each fold chose" in markdown
     assert (out / "pcc_per_fold.png").stat().st_size > 5000
+
+
+def test_every_method_records_what_each_fold_chose(three_sections, tmp_path, monkeypatch):
+    from napari_spahgc.benchmark import run_benchmark
+    from napari_spahgc.embedding import cohort_embeddings
+    from napari_spahgc.encoders import LazyEncoder
+    from napari_spahgc.expression import read_gene_panel
+    from napari_spahgc.io.cohort import load_cohort
+    from napari_spahgc.options import PRESETS
+    from napari_spahgc.patches import PatchSpec
+
+    monkeypatch.setitem(PRESETS["paper"], "epochs", 2)  # the paper's configuration, shortened
+    slides = load_cohort(three_sections)
+    embeddings = cohort_embeddings(slides, LazyEncoder("efficientnet-lite0"), tmp_path / "cache", PatchSpec())
+    report = run_benchmark(slides, embeddings, tmp_path / "out", panel=read_gene_panel(PANEL), device="cpu",
+                           log=lambda _: None, epochs=2)  # fmt: skip
+    assert list(report["methods"]) == list(METHODS)
+    for name, method in report["methods"].items():
+        for fold in method["folds"].values():
+            if name.startswith("spahgc"):
+                assert fold["preset"] == ("paper" if name == "spahgc_paper" else "default")
+                assert fold["epochs_run"] == 2
+            else:
+                assert fold["chosen"] and len(fold["inner_pcc"]) > 1  # chose among candidates
+    # two training slides per fold: a single member trained on both, for both presets (no validation)
+    assert all(
+        f["members"] == [] and f["validation_pcc"] is None
+        for f in report["methods"]["spahgc"]["folds"].values()
+    )
+    assert report["protocol"]["tuning"]["knn k"][:2] == [5, 10]
+
+
+def test_spahgc_options_need_the_spahgc_method_and_methods_must_exist(three_sections, tmp_path):
+    result = _spahgc(
+        "benchmark", str(three_sections), "--out", str(tmp_path), "--methods", "ridge", "--set", "q=3"
+    )
+    assert result.returncode == 2 and "apply to the 'spahgc' method" in result.stderr
+    result = _spahgc("benchmark", str(three_sections), "--out", str(tmp_path), "--methods", "nonsense")
+    assert result.returncode == 2 and "unknown method(s) nonsense; choose from spahgc" in result.stderr
 
 
 def test_train_then_predict_from_the_command_line(three_sections, tmp_path):
@@ -80,13 +124,21 @@ def test_folds_and_leakage_guard():
     assert make_folds([slide("A", "p1"), slide("B", "p1")]) == ("leave-one-slide-out", [["A"], ["B"]])
     scheme, folds = make_folds([slide("A", "p1"), slide("B", "p2"), slide("C", "p1")])
     assert scheme == "leave-one-patient-out" and folds == [["A", "C"], ["B"]]
-    data = SlideData("A", np.array(["s1"]), np.zeros((1, 2), np.float32), np.zeros((1, 2)))
-    with pytest.raises(AssertionError, match="in the training data"):
-        check_no_leakage([data], [data])
+    test = SlideData("A", np.array(["s1"]), np.zeros((1, 2), np.float32), np.zeros((1, 2)))
+    train = SlideData("B", np.array(["s1"]), np.zeros((1, 2), np.float32), np.zeros((1, 2)))
+    check_no_leakage([train], [test], gene_slides=["B"])  # a clean fold passes
+    with pytest.raises(LeakageError, match="in the training data"):
+        check_no_leakage([train, test], [test], gene_slides=["B"])
+    with pytest.raises(LeakageError, match=r"genes were chosen on held-out slides \['A'\]"):
+        check_no_leakage([train], [test], gene_slides=["A", "B"])
+    renamed = SlideData("A", np.array(["s1"]), np.zeros((1, 2), np.float32), np.zeros((1, 2)))
+    renamed.slide_id = "B"  # the same spots under the training slide's name
+    with pytest.raises(LeakageError):
+        check_no_leakage([renamed], [train], gene_slides=[])
 
 
 def test_the_benchmark_runs_every_registered_baseline_beside_spahgc():
     from napari_spahgc.baselines import BASELINES
-    from napari_spahgc.benchmark import METHODS
 
-    assert list(METHODS) == ["spahgc", *BASELINES]
+    assert list(METHODS) == ["spahgc", "spahgc_paper", *BASELINES]
+    assert list(BASELINES) == ["ridge", "knn", "ridge_spatial", "knn_spatial", "blend_spatial", "mlp"]

@@ -63,3 +63,13 @@ def test_expression_scale_round_trip():
     np.testing.assert_allclose(z.mean(0), 0, atol=1e-5)
     np.testing.assert_allclose(z.std(0), 1, atol=1e-4)
     np.testing.assert_allclose(scale.inverse(z), values, atol=1e-5)
+
+
+def test_the_retrieval_prior_is_the_mean_expression_of_the_nearest_bank_spots():
+    target = _slide("T", 10, seed=1)
+    references = [_slide("A", 8, seed=2), _slide("B", 9, seed=3)]
+    bank = ReferenceBank.from_slides(references, FeatureScale.fit(references))
+    assert "prior" not in build_graph(target, bank, GraphOptions(q=3, k=4))["target"]
+    graph = build_graph(target, bank, GraphOptions(q=3, k=4, prior_k=5))
+    nearest = topk_cosine(target.embeddings, bank.embeddings, 5)
+    np.testing.assert_allclose(graph["target"].prior.numpy(), bank.expression[nearest].mean(1), rtol=1e-6)

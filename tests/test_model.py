@@ -46,3 +46,16 @@ def test_members_are_independent_and_padding_is_inert():
     assert not torch.allclose(only, alone)  # member 0's weights give another output
     gradients = [p.grad for p in network.parameters() if p.grad is not None]
     assert all(g[0].abs().max() == 0 for g in gradients) and any(g[1].abs().max() > 0 for g in gradients)
+
+
+def test_with_a_retrieval_prior_the_network_predicts_the_residual():
+    slides = make_slides(n_slides=4)
+    options = SpaHGCConfig.from_options({"hidden": 32, "q": 3, "k": 4, "members": 2, "prior_k": 6})
+    torch.manual_seed(0)
+    network = SpaHGC(16, len(GENES), options.model).eval()
+    bank = ReferenceBank.from_slides(slides[1:], FeatureScale.fit(slides))
+    batch = GraphBatch.from_graphs([build_graph(slides[0], bank, options.graph)] * 2)
+    assert batch.prior.shape == (2, 36, len(GENES))
+    with_prior = network(*batch.inputs)
+    without = network(batch.target_x, batch.reference_x, batch.edges, batch.retrieved)
+    torch.testing.assert_close(with_prior, without + batch.prior)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import napari_spahgc.neighbours as neighbours_module
-from napari_spahgc.neighbours import spatial_neighbours, topk_cosine
+from napari_spahgc.neighbours import spatial_mix, spatial_neighbours, topk_cosine
 
 
 def test_spatial_neighbours_on_a_grid():
@@ -37,3 +37,13 @@ def test_chunked_search_equals_brute_force(monkeypatch, exclude_self):
     np.testing.assert_array_equal(topk_cosine(queries, keys, 5, exclude_self=exclude_self), brute)
     monkeypatch.setattr(neighbours_module, "_CHUNK", 4096)
     np.testing.assert_array_equal(topk_cosine(queries, keys, 5, exclude_self=exclude_self), brute)
+
+
+def test_spatial_mix_on_a_line():
+    values = np.array([[0.0], [10.0], [20.0], [30.0]])
+    neighbours = spatial_neighbours(np.array([[0, 0], [1, 0], [2, 0], [3, 0]], dtype=float), 2)
+    # spot 1's two nearest are spots 0 and 2: 0.5·10 + 0.5·(0 + 20)/2 = 10
+    mixed = spatial_mix(values, neighbours, 0.5)
+    assert mixed[1, 0] == pytest.approx(10.0) and mixed[0, 0] == pytest.approx(0.5 * 0 + 0.5 * 15)
+    assert spatial_mix(values, neighbours, 0.0)[0, 0] == pytest.approx(15.0)  # neighbours only
+    np.testing.assert_array_equal(spatial_mix(values, neighbours, 1.0), values)

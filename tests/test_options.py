@@ -41,3 +41,28 @@ def test_settings_are_typed_by_the_field_types():
 def test_bad_settings_say_what_is_wrong(pair, message):
     with pytest.raises(InputError, match=message):
         parse_settings([pair])
+
+
+def test_the_paper_preset_is_exactly_the_papers_configuration():
+    config = SpaHGCConfig.from_options(preset="paper")
+    assert (config.graph.q, config.graph.k) == (5, 7)
+    assert config.model.members == 1
+    train = config.train
+    assert (train.epochs, train.lr, train.weight_decay, train.alpha, train.beta) == (
+        200,
+        1e-4,
+        1e-4,
+        0.8,
+        0.9,
+    )
+    assert (train.mse_weight, train.pcc_weight, train.con_target_weight, train.con_reference_weight) == (
+        1,
+        1,
+        1,
+        1,
+    )
+    assert train.hold_out is False and train.patience is None and train.masking == "complementary"
+    assert SpaHGCConfig.from_options({"epochs": 3}, preset="paper").train.epochs == 3  # options on top
+    assert SpaHGCConfig.from_options(preset="default") == SpaHGCConfig()
+    with pytest.raises(InputError, match="unknown preset 'papr'; known: default, paper"):
+        SpaHGCConfig.from_options(preset="papr")

@@ -71,6 +71,6 @@ def test_weights_of_an_earlier_layout_are_refused_by_name(tmp_path):
     tensors = load_file(str(folder / "model.safetensors"))
     old = {k.replace("operators.cs_reverse", "cnda_to_reference"): v for k, v in tensors.items()}
     save_file(old, str(folder / "model.safetensors"))  # the names before the relations table
-    with pytest.raises(InputError, match="do not fit the network.*train it again") as error:
+    with pytest.raises(InputError, match=r"do not fit the network.*train it again") as error:
         SpaHGCPredictor.load(folder)
     assert "model.safetensors" in str(error.value)

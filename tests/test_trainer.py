@@ -12,7 +12,7 @@ import torch
 from napari_spahgc.batch import GraphBatch
 from napari_spahgc.dataset import FeatureScale
 from napari_spahgc.graph import build_graph
-from napari_spahgc.trainer import fit_predict_fold, validation_groups
+from napari_spahgc.trainer import fit_predict_fold
 from synthetic_slides import GENES, make_slides, make_trainer
 
 
@@ -44,15 +44,6 @@ def test_training_learns_and_selects_on_validation():
     test.slide_id = "held-out"
     prediction = trainer.result.predict(test)
     assert prediction.shape == (36, len(GENES)) and np.isfinite(prediction).all()
-
-
-def test_validation_groups_cover_the_slides_once():
-    groups = validation_groups(5, members=4, seed=3)
-    assert len(groups) == 4 and sorted(i for g in groups for i in g) == [0, 1, 2, 3, 4]
-    assert sorted(validation_groups(3, members=4, seed=0)) == [[0], [1], [2]]  # one member per slide
-    assert validation_groups(2, members=4, seed=0) == [[]]  # two slides: one member, no validation
-    single = validation_groups(4, members=1, seed=5)
-    assert len(single) == 1 and len(single[0]) == 1
 
 
 def test_uneven_groups_and_two_slides():
@@ -118,8 +109,18 @@ def test_leakage_guards():
     assert "S0" in bank_spots
     prediction = model.predict(slides[0])
     assert np.isfinite(prediction).all()
-    prediction = fit_predict_fold(slides[1:], slides[0], seed=0, device="cpu", epochs=2, hidden=32)
-    assert prediction.shape == slides[0].expression.shape
+    prediction, model = fit_predict_fold(slides[1:], slides[0], seed=0, device="cpu", epochs=2, hidden=32)
+    assert prediction.shape == slides[0].expression.shape and "S0" not in set(model.bank.slide_ids)
+
+
+def test_the_paper_preset_trains_one_model_on_every_slide_to_its_final_epoch():
+    slides = make_slides(n_slides=4)
+    prediction, model = fit_predict_fold(
+        slides[1:], slides[0], device="cpu", preset="paper", epochs=3, hidden=32, q=3, k=4
+    )
+    assert model.config.model.members == 1 and model.metadata.validation == {"epochs_run": 3}
+    assert model.metadata.validation_slides == [[]] and model.metadata.training_slides == ["S1", "S2", "S3"]
+    assert np.isfinite(prediction).all()
 
 
 def test_embeddings_are_standardised_on_the_training_slides_only():
@@ -128,7 +129,7 @@ def test_embeddings_are_standardised_on_the_training_slides_only():
         slide.embeddings = slide.embeddings * np.linspace(0.1, 3, 16, dtype=np.float32) + 2
     *slides, held_out = slides
     held_out.slide_id = "new"
-    model = make_trainer(slides, epochs=1).fit()
+    model = make_trainer(slides, epochs=1, tune_smoothing=False).fit()  # the network's output alone
     expected = FeatureScale.fit(slides, "embeddings")
     np.testing.assert_allclose(model.embedding_scale.mean, expected.mean)
     np.testing.assert_allclose(model.embedding_scale.sd, expected.sd)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -115,6 +117,21 @@ def test_full_flow_load_embed_train_predict_pick_gene_export(
         session.gene == "KRT8"
         and [lay.name for lay in viewer.layers if lay.visible][-1] == "C4 KRT8 measured"
     )
+
+    w["Predict"].train_mode.setChecked(True)  # the paper's configuration, from the widget
+    w["Predict"].preset.setCurrentText("paper")
+    w["Predict"].epochs.setValue(2)
+    w["Predict"].save_to.set_text(str(tmp_path / "paper"))
+    w["Predict"].run()
+    _finish(qtbot, w["Predict"].panel)
+    paper = json.loads((tmp_path / "paper" / "config.json").read_text())
+    assert paper["model_options"]["members"] == 1 and paper["train_options"]["hold_out"] is False
+    assert paper["train_options"]["lr"] == 1e-4 and paper["validation"] == {"epochs_run": 2}
+    w["Predict"].load_mode.setChecked(True)
+    w["Predict"].model_dir.set_text(str(tmp_path / "model"))
+    w["Predict"].run()
+    _finish(qtbot, w["Predict"].panel)
+    prediction = session.predictions["C4"]
 
     h5ad = w["Export"].export_h5ad(tmp_path / "out" / "C4.h5ad")
     back = ad.read_h5ad(h5ad)

@@ -29,10 +29,11 @@ class GraphBatch:
     target_mask: Tensor
     reference_mask: Tensor
     truth: Tensor | None = None
+    prior: Tensor | None = None
 
     @property
-    def inputs(self) -> tuple[Tensor, Tensor, dict, Tensor]:
-        return self.target_x, self.reference_x, self.edges, self.retrieved
+    def inputs(self) -> tuple[Tensor, Tensor, dict, Tensor, Tensor | None]:
+        return self.target_x, self.reference_x, self.edges, self.retrieved, self.prior
 
     def split(self, values: np.ndarray) -> list[np.ndarray]:
         """Per member, its real target rows of a ``(members, n, …)`` array."""
@@ -57,6 +58,7 @@ class GraphBatch:
             retrieved[m] = offset["reference"]
             retrieved[m, : g["target"].num_nodes] = g[CS].edge_index[0].view(-1, k) + offset["reference"]
         has_truth = all("y" in g["target"] for g in graphs)
+        has_prior = all("prior" in g["target"] for g in graphs)
         return cls(
             target_x=_pad([g["target"].x for g in graphs], n_t).to(device),
             reference_x=_pad([g["reference"].x for g in graphs], n_r).to(device),
@@ -66,6 +68,7 @@ class GraphBatch:
             target_mask=_pad([torch.ones(g["target"].num_nodes, 1) for g in graphs], n_t).to(device),
             reference_mask=_pad([torch.ones(g["reference"].num_nodes, 1) for g in graphs], n_r).to(device),
             truth=_pad([g["target"].y for g in graphs], n_t).to(device) if has_truth else None,
+            prior=_pad([g["target"].prior for g in graphs], n_t).to(device) if has_prior else None,
         )
 
 

@@ -10,6 +10,22 @@ from typing import Annotated
 
 import typer
 
+from .cli_options import (
+    BatchOpt,
+    CacheOpt,
+    CohortArg,
+    DeviceOpt,
+    EncoderOpt,
+    EpochsOpt,
+    GenesOpt,
+    HvgOpt,
+    PresetOpt,
+    SeedOpt,
+    SetOpt,
+    TrainEpochsOpt,
+    WeightsOpt,
+    spahgc_settings,
+)
 from .errors import InputError
 
 app = typer.Typer(
@@ -24,11 +40,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-CohortArg = Annotated[
-    Path, typer.Argument(help="Cohort table (CSV: slide_id, image, spots, counts, pixel_size_um, patient).")
-]
 
 
 @app.command()
@@ -63,26 +74,6 @@ def info(
             )
 
 
-EncoderOpt = Annotated[
-    str, typer.Option("--encoder", help="Patch encoder: efficientnet-lite0 (offline default), uni, uni2-h.")
-]
-WeightsOpt = Annotated[
-    Path | None,
-    typer.Option("--weights", help="Encoder weights file (UNI: pytorch_model.bin or .safetensors)."),
-]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Patches per encoder batch.")]
-CacheOpt = Annotated[
-    Path | None, typer.Option("--cache", help="Embedding cache folder (default: the user cache folder).")
-]
-GenesOpt = Annotated[Path | None, typer.Option("--genes", help="Gene panel file: one gene name per line.")]
-HvgOpt = Annotated[
-    int | None, typer.Option("--n-hvg", min=1, help="Use the top-N HVGs of each training slide, intersected.")
-]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (training is reproducible on CPU).")]
-EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Maximum training epochs.")]
-
-
 @app.command()
 def embed(
     cohort: CohortArg,
@@ -110,24 +101,29 @@ def train(
     weights: WeightsOpt = None,
     genes: GenesOpt = None,
     n_hvg: HvgOpt = None,
-    epochs: EpochsOpt = 200,
+    epochs: TrainEpochsOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 64,
     cache: CacheOpt = None,
+    preset: PresetOpt = "default",
+    settings: SetOpt = None,
 ) -> None:
-    """Train SpaHGC on every slide of the cohort (a cross-validated ensemble: each member holds slides out
-    to choose its epoch) and save it."""
+    """Train SpaHGC on every slide of the cohort (by default a cross-validated ensemble: each member holds
+    slides out to choose its epoch; --preset paper: one model, final epoch) and save it."""
+    from .options import SpaHGCConfig
     from .pipeline import make_trainer
 
+    options = spahgc_settings(settings, epochs)
+    total = SpaHGCConfig.from_options(options, preset=preset).train.epochs  # a bad preset fails here
     panel = _panel(genes, n_hvg)
     slides = _load(cohort)
     model_encoder, embeddings = _embed(slides, encoder, weights, device, batch_size, cache, load=True)
     trainer = make_trainer(
         slides, embeddings, panel=panel, n_hvg=n_hvg, encoder=model_encoder,
-        patch=_patch().to_dict(), seed=seed, device=device, epochs=epochs,
+        patch=_patch().to_dict(), seed=seed, device=device, preset=preset, **options,
     )  # fmt: skip
-    with typer.progressbar(length=epochs, label="training", file=sys.stderr) as bar:
+    with typer.progressbar(length=total, label="training", file=sys.stderr) as bar:
         for _ in trainer.steps():
             bar.update(1)
     model = trainer.result
@@ -174,33 +170,28 @@ def benchmark(
             "--methods", help="Comma-separated subset (default: every method: spahgc, ridge, knn, …)."
         ),
     ] = "",
-    epochs: EpochsOpt = 200,
+    epochs: TrainEpochsOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 64,
     cache: CacheOpt = None,
-    ablation: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="SpaHGC option NAME=VALUE (ablations: use_ts, use_rs, use_cnda, use_cnap, "
-            "masking=complementary|random|none, q, k, alpha, beta, reference_nodes, …); repeatable.",
-        ),
-    ] = None,
+    settings: SetOpt = None,
 ) -> None:
-    """Leave-one-slide-out (or -patient-out) benchmark of SpaHGC and baselines on the same embeddings."""
-    from .benchmark import METHODS, report_table, run_benchmark
-    from .options import parse_settings
+    """Leave-one-slide-out (or -patient-out) benchmark of SpaHGC (ours and the paper's configuration)
+    and tuned baselines on the same embeddings; --set and --epochs apply to the 'spahgc' method."""
+    from .benchmark import METHODS, check_methods, run_benchmark
+    from .report import report_table
 
-    settings = parse_settings(ablation or [])  # before any work: a bad --set fails at once
+    options = spahgc_settings(settings, epochs)
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] or list(METHODS)
+    check_methods(chosen, options)  # before any work
     panel = _panel(genes, n_hvg)
     slides = _load(cohort)
     model_encoder, embeddings = _embed(slides, encoder, weights, device, batch_size, cache, load=True)
     report = run_benchmark(
-        slides, embeddings, out, panel=panel, n_hvg=n_hvg,
-        methods=[m.strip() for m in methods.split(",") if m.strip()] or tuple(METHODS), seed=seed, device=device,
+        slides, embeddings, out, panel=panel, n_hvg=n_hvg, methods=chosen, seed=seed, device=device,
         protocol={"encoder": model_encoder, "patch": _patch().to_dict(), "cohort": str(cohort)},
-        log=_to_stderr, epochs=epochs, **settings,
+        log=_to_stderr, **options,
     )  # fmt: skip
     typer.echo(report_table(report))
     typer.echo(f"report: {out / 'report.json'}")

@@ -1,10 +1,11 @@
 """The demo: the whole pipeline on the HER2ST sections, offline, with defaults (``spahgc demo``).
 
 Embed every section (offline encoder, cached) → train SpaHGC on all sections but one (a
-cross-validated ensemble: each member picks its epoch on a training section it does not train on) → predict the held-out section → write its predictions
-h5ad, a report (SpaHGC and the ridge baselines on the same embeddings and genes) and figures of
+cross-validated ensemble: each member picks its epoch on a training section it does not train on)
+→ predict the held-out section → write its predictions h5ad, a report (SpaHGC and the ridge
+baselines, tuned on the training sections, on the same embeddings and genes) and figures of
 predicted vs measured for the genes that validated best. The held-out section plays no part in
-training, gene choice, epoch choice or the choice of genes to show.
+training, gene choice, epoch choice, tuning or the choice of genes to show.
 """
 
 from __future__ import annotations
@@ -119,13 +120,13 @@ def _train(trainer, log: Callable[[str], None]) -> SpaHGCPredictor:
 
 
 def _metrics(model, training, target, embeddings, prediction) -> dict:
-    """Held-out PCC (mean over genes, constant genes excluded) and RMSE of SpaHGC and the ridge baselines."""
+    """Held-out PCC and RMSE (``evaluate.score``) of SpaHGC and the tuned ridge baselines."""
     genes = model.genes
     train = [slide_data(s, embeddings[s.slide_id], genes) for s in training]
     test = slide_data(target, embeddings[target.slide_id], genes)
     outputs = {
         "spahgc": prediction.X,
-        **{name: BASELINES[name](train, test) for name in ("ridge", "ridge_spatial")},
+        **{name: BASELINES[name](train, test).prediction for name in ("ridge", "ridge_spatial")},
     }
     return {name: score(test.expression, values)[0] for name, values in outputs.items()}
 

@@ -66,6 +66,9 @@ def build_graph(target: SlideData, bank: ReferenceBank, options: GraphOptions = 
     data["reference"].bank_index = torch.from_numpy(nodes.astype(np.int64))
     for relation in relations.RELATIONS:
         data[relation.edge_type].edge_index = _edges(relation.neighbours(inputs))
+    if options.prior_k:  # the retrieval prior: mean expression of the prior_k most similar bank spots
+        nearest = topk_cosine(target.embeddings, bank.embeddings, options.prior_k)
+        data["target"].prior = torch.from_numpy(bank.expression[nearest].mean(axis=1).astype(np.float32))
     return data
 
 

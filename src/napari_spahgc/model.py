@@ -213,13 +213,24 @@ class SpaHGC(nn.Module):
             target, reference = layer(target, reference, edges)
         return target, reference
 
-    def predict_genes(self, target: Tensor, reference: Tensor, retrieved: Tensor) -> Tensor:
+    def predict_genes(
+        self, target: Tensor, reference: Tensor, retrieved: Tensor, prior: Tensor | None = None
+    ) -> Tensor:
+        """The genes of every target; with a retrieval ``prior``, the head predicts the residual over it."""
         if self.pooling is not None:
             target = self.pooling(target, reference, retrieved)
-        return self.head(target)
+        genes = self.head(target)
+        return genes if prior is None else genes + prior
 
-    def forward(self, target_x: Tensor, reference_x: Tensor, edges: dict, retrieved: Tensor) -> Tensor:
-        return self.predict_genes(*self.encode(target_x, reference_x, edges), retrieved)
+    def forward(
+        self,
+        target_x: Tensor,
+        reference_x: Tensor,
+        edges: dict,
+        retrieved: Tensor,
+        prior: Tensor | None = None,
+    ) -> Tensor:
+        return self.predict_genes(*self.encode(target_x, reference_x, edges), retrieved, prior)
 
     @contextmanager
     def members_only(self, members: Sequence[int]) -> Iterator[None]:

@@ -1,5 +1,5 @@
-"""Neighbour searches that graphs and baselines share: nearest spots in a slide (k-d tree) and
-top-k cosine similarity searched block by block."""
+"""Neighbour searches that graphs and baselines share: nearest spots in a slide (k-d tree), top-k
+cosine similarity searched block by block, and mixing a spot's values with its neighbours'."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import torch
 from scipy.spatial import cKDTree
 
 _CHUNK = 2048  # rows (and key columns) per block of the similarity search
+#: Weights of a spot's own value against its neighbours' mean that tuning chooses from (1: no mixing).
+SELF_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def spatial_neighbours(coords: np.ndarray, q: int) -> np.ndarray:
@@ -53,3 +55,11 @@ def topk_cosine(queries: np.ndarray, keys: np.ndarray, k: int, exclude_self: boo
             best_index = best_index.gather(1, order)
         result[start : start + len(block)] = best_index.numpy()
     return result
+
+
+def spatial_mix(values: np.ndarray, neighbours: np.ndarray, self_weight: float) -> np.ndarray:
+    """w · each spot's values + (1 − w) · the mean of its neighbours' (an ``(n, q)`` index table)."""
+    if neighbours.shape[1] == 0 or self_weight == 1.0:
+        return values
+    mean = values[neighbours].mean(axis=1)
+    return (self_weight * values + (1 - self_weight) * mean).astype(np.float32)

@@ -38,6 +38,7 @@ def make_trainer(
     patch: Mapping | None = None,
     seed: int = 0,
     device: str = "auto",
+    preset: str = "default",
     **options,
 ) -> Trainer:
     """A :class:`Trainer` on ``slides`` (all need counts); genes from ``panel`` or ``n_hvg`` chosen on
@@ -46,7 +47,7 @@ def make_trainer(
     if missing:
         raise InputError(f"training slides need measured counts; none for {', '.join(missing)}")
     genes, data, _ = fold_data(slides, embeddings, panel, n_hvg)
-    config = SpaHGCConfig.from_options(options, seed=seed, device=device)
+    config = SpaHGCConfig.from_options(options, preset=preset, seed=seed, device=device)
     metadata = ModelMetadata(
         genes=genes,
         embedding_dim=int(data[0].embeddings.shape[1]),
@@ -126,13 +127,14 @@ def train_predict_flow(
     seed: int,
     device: str,
     save_to: str | Path | None,
+    preset: str = "default",
 ) -> Generator[Progress, None, tuple[str | None, AnnData]]:
-    """Train on ``slides`` (yielding epochs), save the model to ``save_to`` when given, predict
-    ``target``; return (the model folder or None, the prediction)."""
+    """Train on ``slides`` (``preset``, at most ``epochs``; yielding epochs), save the model to
+    ``save_to`` when given, predict ``target``; return (the model folder or None, the prediction)."""
     yield Progress(0, epochs, "building graphs")
     trainer = make_trainer(
         slides, embeddings, panel=panel, n_hvg=n_hvg, encoder=encoder, patch=PatchSpec().to_dict(),
-        seed=seed, device=device, epochs=epochs,
+        seed=seed, device=device, preset=preset, epochs=epochs,
     )  # fmt: skip
     for p in trainer.steps():
         score = "" if p.validation_pcc is None else f", validation PCC {p.validation_pcc:.3f}"

@@ -18,6 +18,7 @@ from .dataset import FeatureScale, SlideData
 from .errors import InputError
 from .graph import ReferenceBank, build_graph
 from .model import SpaHGC
+from .neighbours import spatial_mix, spatial_neighbours
 from .options import GraphOptions, ModelOptions, SpaHGCConfig, TrainOptions
 
 WEIGHTS_FILE = "model.safetensors"
@@ -76,8 +77,8 @@ class SpaHGCPredictor:
 
     @torch.inference_mode()
     def predict(self, slide: SlideData, device: str = "cpu") -> np.ndarray:
-        """Predicted log1p-CPM (n_spots, n_genes), the mean of the ensemble members; deterministic:
-        no masking, no dropout."""
+        """Predicted log1p-CPM (n_spots, n_genes): the mean of the ensemble members, mixed with the
+        spots' Q nearest neighbours by the chosen smoothing; deterministic: no masking, no dropout."""
         if slide.embeddings.shape[1] != self.metadata.embedding_dim:
             raise InputError(
                 f"slide {slide.slide_id!r} has {slide.embeddings.shape[1]}-d embeddings but the model was "
@@ -91,7 +92,13 @@ class SpaHGCPredictor:
         target = resolve_device(device)
         network = self.network.to(target).eval()
         batch = GraphBatch.from_graphs([graph] * network.options.members, target)
-        return self.scale.inverse(network(*batch.inputs).mean(0).float().cpu().numpy())
+        prediction = self.scale.inverse(network(*batch.inputs).mean(0).float().cpu().numpy())
+        smoothing = self.config.graph.smoothing
+        if smoothing:
+            prediction = spatial_mix(
+                prediction, spatial_neighbours(slide.coords, self.config.graph.q), 1 - smoothing
+            )
+        return prediction
 
     def save(self, folder: str | Path) -> Path:
         """Write ``model.safetensors`` (weights, bank, scale) and ``config.json`` atomically."""

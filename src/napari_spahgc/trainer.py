@@ -16,12 +16,12 @@ from ._device import resolve_device
 from .batch import GraphBatch
 from .dataset import FeatureScale, SlideData
 from .errors import InputError
-from .evaluate import gene_pcc
 from .graph import ReferenceBank, build_graph
 from .losses import bernoulli_mask, contrastive, masked, pearson_per_gene
 from .model import SpaHGC
 from .options import SpaHGCConfig
 from .predictor import ModelMetadata, SpaHGCPredictor
+from .selection import BestEpochs, choose_smoothing, nanmean_columns, validate, validation_groups
 
 
 @dataclass
@@ -31,45 +31,6 @@ class TrainingProgress:
     loss: float
     validation_pcc: float | None = None  # mean over the members evaluated at this epoch
     member_pcc: list[float | None] | None = None  # per member; None for members that have stopped
-
-
-@dataclass
-class _BestEpochs:
-    """Per ensemble member: its best validation PCC so far, that epoch, its per-gene PCC and weights,
-    the epochs it trained, and which members still train."""
-
-    active: list[int]
-    scores: np.ndarray
-    epochs: np.ndarray
-    trained: np.ndarray
-    gene_pcc: list[np.ndarray | None]
-    weights: dict[str, Tensor]
-
-    @classmethod
-    def start(cls, network: SpaHGC, members: int) -> _BestEpochs:
-        return cls(
-            active=list(range(members)),
-            scores=np.full(members, -np.inf),
-            epochs=np.zeros(members, dtype=int),
-            trained=np.zeros(members, dtype=int),
-            gene_pcc=[None] * members,
-            weights={k: v.detach().clone() for k, v in network.state_dict().items()},
-        )
-
-    def update(
-        self, epoch: int, per_gene: dict[int, np.ndarray], network: SpaHGC, patience: int | None
-    ) -> dict[int, float]:
-        """Record each validated member's score; keep its weights when it improved; stop members that
-        have not improved for ``patience`` epochs. Returns the mean PCC of each validated member."""
-        scores = {m: float(np.nanmean(values)) for m, values in per_gene.items()}
-        for m, score in scores.items():
-            if score > self.scores[m]:
-                self.scores[m], self.epochs[m], self.gene_pcc[m] = score, epoch, per_gene[m]
-                for name, value in network.state_dict().items():
-                    self.weights[name][m] = value[m]
-            if patience and epoch - self.epochs[m] >= patience:
-                self.active.remove(m)  # early stopping, member by member
-        return scores
 
 
 class Trainer:
@@ -100,7 +61,9 @@ class Trainer:
             else FeatureScale.identity(slides[0].embeddings.shape[1])
         )
         self.slides = [s.standardised(self.embedding_scale) for s in slides]
-        self.held_out = validation_groups(len(self.slides), config.model.members, config.train.seed)
+        self.held_out = validation_groups(
+            len(self.slides), config.model.members, config.train.seed, config.train.hold_out
+        )
         self.graph_options, self.options = graph_options, config.train
         self.model_options = replace(config.model, members=len(self.held_out))
         self.scale = FeatureScale.fit(self.slides)
@@ -131,20 +94,20 @@ class Trainer:
         member_slides = [[s for i, s in enumerate(self.slides) if i not in group] for group in self.held_out]
         graphs = [[self._graph(s, train, with_truth=True) for s in train] for train in member_slides]
         validation = self._validation_rounds(member_slides)
-        best = _BestEpochs.start(network, self.model_options.members)
+        best = BestEpochs.start(network, self.model_options.members)
         for epoch in range(1, o.epochs + 1):
             loss = self._epoch(network, optimiser, graphs, best.active, generator, mask_rng, device)
             best.trained[best.active] = epoch
             progress = TrainingProgress(epoch, o.epochs, loss)
             if validation and (epoch % o.eval_every == 0 or epoch == o.epochs):
-                per_gene = self._validate(network, validation, best.active, device)
+                per_gene = validate(network, validation, best.active, self.scale, device)
                 scores = best.update(epoch, per_gene, network, o.patience)
                 progress.validation_pcc = float(np.mean(list(scores.values())))
                 progress.member_pcc = [scores.get(m) for m in range(self.model_options.members)]
             yield progress
             if not best.active:
                 break
-        self.result = self._finish(network, best, epoch, bool(validation))
+        self.result = self._finish(network, best, epoch, validation, device)
 
     def fit(self) -> SpaHGCPredictor:
         for _ in self.steps():
@@ -168,11 +131,13 @@ class Trainer:
         return float(np.mean(losses))
 
     def _finish(
-        self, network: SpaHGC, best: _BestEpochs, epochs_run: int, validated: bool
+        self, network: SpaHGC, best: BestEpochs, epochs_run: int, validation, device
     ) -> SpaHGCPredictor:
-        """The trained model: every member at its best epoch (when validated), with its metadata."""
+        """The trained model: every member at its best epoch and the smoothing its held-out slides
+        chose (when validated), with its metadata."""
         self.metadata.validation = {"epochs_run": epochs_run}
-        if validated:
+        graph_options = self.graph_options
+        if validation:
             network.load_state_dict(best.weights)
             self.metadata.validation.update(
                 pcc=float(best.scores.mean()),
@@ -189,12 +154,16 @@ class Trainer:
                 ],
                 gene_pcc=[
                     None if np.isnan(v) else round(float(v), 5)
-                    for v in _nanmean_columns(np.stack(best.gene_pcc))
+                    for v in nanmean_columns(np.stack(best.gene_pcc))
                 ],
             )
-        config = SpaHGCConfig(
-            self.graph_options, self.model_options, replace(self.options, epochs=epochs_run)
-        )
+            if self.options.tune_smoothing:
+                smoothing, means = choose_smoothing(
+                    network, validation, self.scale, self.graph_options.q, device
+                )
+                graph_options = replace(graph_options, smoothing=smoothing)
+                self.metadata.validation["smoothing_pcc"] = means
+        config = SpaHGCConfig(graph_options, self.model_options, replace(self.options, epochs=epochs_run))
         return SpaHGCPredictor(
             network.cpu().eval(), self.bank, self.scale, self.embedding_scale, config, self.metadata
         )
@@ -206,7 +175,7 @@ class Trainer:
         o = self.options
         views = self._views(batch.target_x, batch.reference_x, mask_rng)
         target, reference = network.encode(views[0], views[1], batch.edges)
-        prediction = network.predict_genes(target, reference, batch.retrieved)
+        prediction = network.predict_genes(target, reference, batch.retrieved, batch.prior)
         rows = batch.target_mask
         mse = ((prediction - batch.truth) ** 2 * rows).sum((1, 2)) / (rows.sum((1, 2)) * prediction.shape[-1])
         pcc = torch.nanmean(pearson_per_gene(prediction, batch.truth, rows), dim=-1)
@@ -234,7 +203,8 @@ class Trainer:
         return graph
 
     def _validation_rounds(self, member_slides) -> list[list[tuple[HeteroData, np.ndarray | None]]]:
-        """Validation rounds: in round r each member predicts its r-th held-out slide (graph, truth);
+        """Validation rounds: in round r each member predicts its r-th held-out slide (graph, truth, spot
+        coordinates);
         members with fewer held-out slides repeat their last one, unscored (truth None)."""
         if not any(self.held_out):
             return []
@@ -243,27 +213,15 @@ class Trainer:
             picks = [(group[min(r, len(group) - 1)], r < len(group)) for group in self.held_out]
             rounds.append(
                 [
-                    (self._graph(self.slides[i], train), self.slides[i].expression if scored else None)
+                    (
+                        self._graph(self.slides[i], train),
+                        self.slides[i].expression if scored else None,
+                        self.slides[i].coords,
+                    )
                     for (i, scored), train in zip(picks, member_slides, strict=True)
                 ]
             )
         return rounds
-
-    @torch.no_grad()
-    def _validate(self, network: SpaHGC, rounds, members: list[int], device) -> dict[int, np.ndarray]:
-        """Per listed member, the per-gene PCC on its held-out slides (unmasked, eval mode; mean over
-        its slides; constant genes are NaN)."""
-        network.eval()
-        scores: dict[int, list[np.ndarray]] = {m: [] for m in members}
-        with network.members_only(members):
-            for graphs in rounds:
-                batch = GraphBatch.from_graphs([graphs[m][0] for m in members], device)
-                predictions = batch.split(network(*batch.inputs).cpu().numpy())
-                for m, prediction in zip(members, predictions, strict=True):
-                    truth = graphs[m][1]
-                    if truth is not None:
-                        scores[m].append(gene_pcc(truth, self.scale.inverse(prediction)))
-        return {m: _nanmean_columns(np.stack(values)) for m, values in scores.items()}
 
     def _views(self, x_t: Tensor, x_r: Tensor, rng: np.random.Generator) -> tuple[Tensor, ...]:
         """The two masked views of the target and reference features: (target 1, reference 1,
@@ -292,40 +250,25 @@ def _order(n_graphs: int, n_steps: int, generator: torch.Generator) -> list[int]
     return order + extra
 
 
-def _nanmean_columns(values: np.ndarray) -> np.ndarray:
-    """Column means ignoring NaN (NaN where a column has no value), without a warning."""
-    counts = np.sum(~np.isnan(values), axis=0)
-    return np.where(counts > 0, np.nansum(values, axis=0) / np.maximum(counts, 1), np.nan)
-
-
-def validation_groups(n_slides: int, members: int, seed: int) -> list[list[int]]:
-    """The held-out slide indices of each ensemble member: the slides in a seeded order, split into
-    min(members, n_slides) groups; with ``members=1`` one slide is held out; with fewer than three
-    slides a single member holds nothing out."""
-    if n_slides < 3:
-        return [[]]
-    order = np.random.default_rng(seed).permutation(n_slides)
-    if members <= 1:
-        return [[int(order[0])]]
-    return [sorted(int(i) for i in part) for part in np.array_split(order, min(members, n_slides))]
-
-
 def fit_predict_fold(
     train: Sequence[SlideData],
     test: SlideData,
     seed: int = 0,
     device: str = "auto",
     genes: Sequence[str] | None = None,
+    preset: str = "default",
     **options,
-) -> np.ndarray:
-    """One benchmark fold: train the cross-validated ensemble on ``train`` (epochs chosen on held-out
-    training slides only), predict ``test`` against a bank of every training slide.
+) -> tuple[np.ndarray, SpaHGCPredictor]:
+    """One benchmark fold: train on ``train`` (with the default preset, a cross-validated ensemble
+    whose epochs are chosen on held-out training slides only), predict ``test`` against a bank of
+    every training slide; returns the prediction and the model.
 
-    ``options`` are flat option names of :class:`~napari_spahgc.options.SpaHGCConfig`.
+    ``options`` are flat option names of :class:`~napari_spahgc.options.SpaHGCConfig`, applied on top
+    of ``preset``.
     """
     if any(s.slide_id == test.slide_id for s in train):
         raise ValueError(f"test slide {test.slide_id!r} is among the training slides")
-    config = SpaHGCConfig.from_options(options, seed=seed, device=device)
+    config = SpaHGCConfig.from_options(options, preset=preset, seed=seed, device=device)
     genes = list(genes) if genes is not None else [str(i) for i in range(train[0].expression.shape[1])]
-    trainer = Trainer(train, genes, config)
-    return trainer.fit().predict(test, device=device)
+    model = Trainer(train, genes, config).fit()
+    return model.predict(test, device=device), model

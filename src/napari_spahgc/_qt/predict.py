@@ -17,6 +17,7 @@ from qtpy.QtWidgets import (
 
 from ..child import run_in_child
 from ..errors import InputError
+from ..options import PRESETS
 from ._common import DEVICES, PathField, RunPanel, SessionWidget
 
 
@@ -40,6 +41,9 @@ class PredictWidget(SessionWidget):
             "file", "Gene panel (one name per line)", placeholder="gene panel file (optional)"
         )
         self.n_hvg = QSpinBox(minimum=10, maximum=5000, value=300)
+        self.preset = QComboBox()
+        self.preset.addItems(list(PRESETS))
+        self.preset.setToolTip("default: our cross-validated ensemble; paper: the published configuration")
         self.epochs = QSpinBox(minimum=1, maximum=2000, value=200)
         self.seed = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
         self.device = QComboBox()
@@ -51,6 +55,7 @@ class PredictWidget(SessionWidget):
         form.addRow("References", self.references)
         form.addRow("Genes", self.genes)
         form.addRow("or top HVGs", self.n_hvg)
+        form.addRow("Preset", self.preset)
         form.addRow("Epochs", self.epochs)
         form.addRow("Seed", self.seed)
         form.addRow("Save model", self.save_to)
@@ -112,7 +117,7 @@ class PredictWidget(SessionWidget):
         embeddings = {s: self.session.embeddings[s] for s in (*references, target.slide_id)}
         arguments = (slides, target, embeddings, panel, None if panel else self.n_hvg.value(),
                      dict(self.session.encoder or {}), self.epochs.value(), self.seed.value(),
-                     self.device.currentText(), self.save_to.text or None)  # fmt: skip
+                     self.device.currentText(), self.save_to.text or None, self.preset.currentText())  # fmt: skip
         return _in_child("napari_spahgc.pipeline:train_predict_flow", target.slide_id, *arguments)
 
     def _load_work(self):

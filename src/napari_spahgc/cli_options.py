@@ -1,0 +1,56 @@
+"""The command line's shared arguments and options (typer ``Annotated`` types), and the parsing of
+SpaHGC's ``--set`` / ``--epochs`` before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+CohortArg = Annotated[
+    Path, typer.Argument(help="Cohort table (CSV: slide_id, image, spots, counts, pixel_size_um, patient).")
+]
+
+EncoderOpt = Annotated[
+    str, typer.Option("--encoder", help="Patch encoder: efficientnet-lite0 (offline default), uni, uni2-h.")
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option("--weights", help="Encoder weights file (UNI: pytorch_model.bin or .safetensors)."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Patches per encoder batch.")]
+CacheOpt = Annotated[
+    Path | None, typer.Option("--cache", help="Embedding cache folder (default: the user cache folder).")
+]
+GenesOpt = Annotated[Path | None, typer.Option("--genes", help="Gene panel file: one gene name per line.")]
+HvgOpt = Annotated[
+    int | None, typer.Option("--n-hvg", min=1, help="Use the top-N HVGs of each training slide, intersected.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (training is reproducible on CPU).")]
+EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Maximum training epochs.")]
+TrainEpochsOpt = Annotated[
+    int | None, typer.Option("--epochs", min=1, help="Maximum training epochs (default: the preset's, 200).")
+]
+PresetOpt = Annotated[
+    str,
+    typer.Option(
+        "--preset", help="SpaHGC configuration to start from: default, or paper (the published one)."
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="SpaHGC option NAME=VALUE on top of the preset (ablations: use_ts, use_rs, use_cnda, use_cnap, "
+        "masking=complementary|random|none, q, k, alpha, beta, reference_nodes, …); repeatable.",
+    ),
+]
+
+
+def spahgc_settings(pairs: list[str] | None, epochs: int | None) -> dict:
+    """``--set`` values typed by their fields, plus ``--epochs`` when given — parsed before any work."""
+    from .options import parse_settings
+
+    return {**parse_settings(pairs or []), **({"epochs": epochs} if epochs is not None else {})}
