@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dataset import SlideData
+from .dataset import SlideData, make_folds
 from .evaluate import score
 from .neighbours import SELF_WEIGHTS, spatial_mix, spatial_neighbours, topk_cosine
 
@@ -55,15 +55,13 @@ Baseline = Callable[[Sequence[SlideData], SlideData], Tuned]
 
 
 def inner_folds(train: Sequence[SlideData]) -> list[tuple[list[SlideData], list[SlideData]]]:
-    """(inner training, inner validation) splits of the training slides: leave one patient out when
-    they name at least two patients, else leave one slide out."""
-    patients = [s.patient for s in train]
-    keys = patients if all(patients) and len(set(patients)) >= 2 else [s.slide_id for s in train]
+    """(inner training, inner validation) splits of the training slides, by the benchmark's own rule
+    (:func:`~napari_spahgc.dataset.make_folds`): one patient out when they name at least two, else
+    one slide out."""
     return [
-        ([s for s, k in zip(train, keys, strict=True) if k != held],
-         [s for s, k in zip(train, keys, strict=True) if k == held])
-        for held in dict.fromkeys(keys)
-    ]  # fmt: skip
+        ([s for s in train if s.slide_id not in held], [s for s in train if s.slide_id in held])
+        for held in make_folds(train)[1]
+    ]
 
 
 def choose(grid: Grid, train: Sequence[SlideData]) -> tuple[Setting, dict[Setting, float]]:

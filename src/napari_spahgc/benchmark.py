@@ -19,7 +19,7 @@ import numpy as np
 
 from . import dataset
 from .baselines import BASELINES, Baseline
-from .dataset import SlideData
+from .dataset import SlideData, make_folds
 from .errors import InputError
 from .evaluate import TOP_GENES, most_variable, score
 from .report import write_benchmark_report
@@ -84,16 +84,6 @@ METHODS: dict[str, Method] = {
     "spahgc_paper": _spahgc("paper", takes_options=False),
     **{name: _baseline(run) for name, run in BASELINES.items()},
 }
-SPAHGC_METHODS = ("spahgc", "spahgc_paper")
-
-
-def make_folds(slides: Sequence[Slide]) -> tuple[str, list[list[str]]]:
-    """(``"leave-one-patient-out"`` | ``"leave-one-slide-out"``, the held-out slide ids of each fold)."""
-    patients = [s.patient for s in slides]
-    if all(patients) and len(set(patients)) >= 2:
-        groups = {p: [s.slide_id for s in slides if s.patient == p] for p in dict.fromkeys(patients)}
-        return "leave-one-patient-out", list(groups.values())
-    return "leave-one-slide-out", [[s.slide_id] for s in slides]
 
 
 def check_no_leakage(

@@ -91,3 +91,13 @@ def fold_data(
     genes = select_genes([s.expression for s in training], panel=panel, n_hvg=n_hvg)
     train = [slide_data(s, embeddings[s.slide_id], genes) for s in training]
     return genes, train, [slide_data(s, embeddings[s.slide_id], genes) for s in held_out]
+
+
+def make_folds(slides: Sequence[Slide] | Sequence[SlideData]) -> tuple[str, list[list[str]]]:
+    """(``"leave-one-patient-out"`` | ``"leave-one-slide-out"``, the held-out slide ids of each fold):
+    one patient per fold when the slides name at least two patients, else one slide."""
+    patients = [s.patient for s in slides]
+    if all(patients) and len(set(patients)) >= 2:
+        groups = {p: [s.slide_id for s in slides if s.patient == p] for p in dict.fromkeys(patients)}
+        return "leave-one-patient-out", list(groups.values())
+    return "leave-one-slide-out", [[s.slide_id] for s in slides]

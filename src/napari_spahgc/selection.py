@@ -70,42 +70,43 @@ class BestEpochs:
         return scores
 
 
-@torch.no_grad()
-def validate(
-    network: SpaHGC, rounds, members: list[int], scale: FeatureScale, device
-) -> dict[int, np.ndarray]:
-    """Per listed member, the per-gene PCC on its held-out slides (unmasked, eval mode; mean over
-    its slides; constant genes are NaN)."""
+def _round_predictions(network: SpaHGC, rounds, members: list[int], scale: FeatureScale, device):
+    """Per validation round and listed member: (its round entry (graph, truth, coords), its
+    prediction in expression units), unmasked, in eval mode, with only those members' weights."""
     network.eval()
-    scores: dict[int, list[np.ndarray]] = {m: [] for m in members}
-    with network.members_only(members):
+    with torch.no_grad(), network.members_only(members):
         for graphs in rounds:
             batch = GraphBatch.from_graphs([graphs[m][0] for m in members], device)
             predictions = batch.split(network(*batch.inputs).cpu().numpy())
             for m, prediction in zip(members, predictions, strict=True):
-                truth = graphs[m][1]
-                if truth is not None:
-                    scores[m].append(gene_pcc(truth, scale.inverse(prediction)))
+                yield m, graphs[m], scale.inverse(prediction)
+
+
+def validate(
+    network: SpaHGC, rounds, members: list[int], scale: FeatureScale, device
+) -> dict[int, np.ndarray]:
+    """Per listed member, the per-gene PCC on its held-out slides (mean over its slides; constant
+    genes are NaN)."""
+    scores: dict[int, list[np.ndarray]] = {m: [] for m in members}
+    for m, (_, truth, _), prediction in _round_predictions(network, rounds, members, scale, device):
+        if truth is not None:
+            scores[m].append(gene_pcc(truth, prediction))
     return {m: nanmean_columns(np.stack(values)) for m, values in scores.items()}
 
 
-@torch.no_grad()
 def choose_smoothing(
     network: SpaHGC, rounds, scale: FeatureScale, q: int, device
 ) -> tuple[float, dict[str, float]]:
     """The prediction smoothing whose mixed predictions of the members' held-out slides score the
     best mean PCC (each member predicting its own held-out slides), and every candidate's mean."""
-    network.eval()
     scores: dict[float, list[float]] = {1 - w: [] for w in reversed(SELF_WEIGHTS)}  # ties: least smoothing
-    for graphs in rounds:
-        batch = GraphBatch.from_graphs([graph for graph, _, _ in graphs], device)
-        predictions = batch.split(network(*batch.inputs).cpu().numpy())
-        for (_, truth, coords), prediction in zip(graphs, predictions, strict=True):
-            if truth is None:
-                continue
-            neighbours, values = spatial_neighbours(coords, q), scale.inverse(prediction)
-            for smoothing, values_scored in scores.items():
-                values_scored.append(score(truth, spatial_mix(values, neighbours, 1 - smoothing))[0]["pcc"])
+    members = list(range(len(rounds[0])))
+    for _, (_, truth, coords), prediction in _round_predictions(network, rounds, members, scale, device):
+        if truth is None:
+            continue
+        neighbours = spatial_neighbours(coords, q)
+        for smoothing, values_scored in scores.items():
+            values_scored.append(score(truth, spatial_mix(prediction, neighbours, 1 - smoothing))[0]["pcc"])
     means = {smoothing: float(np.mean(v)) for smoothing, v in scores.items()}
     return max(means, key=means.get), {f"{k:g}": round(v, 5) for k, v in means.items()}
 
