@@ -91,3 +91,17 @@ def test_unsupported_suffix(tmp_path):
     path.write_bytes(b"not an image")
     with pytest.raises(InputError, match="unsupported image type"):
         open_image(path)
+
+
+def test_tiffs_with_gigantic_tiles_are_refused(tmp_path):
+    """One strip of 20000 × 20000 px would make every patch read decode 1.2 GB: refused up front."""
+    import zarr
+
+    from napari_spahgc.io.images import _check_chunks
+
+    lazy = zarr.create_array(store={}, shape=(20000, 20000, 3), chunks=(20000, 20000, 3), dtype="uint8")
+    with pytest.raises(InputError, match=r"strip.*tiles/strips are 20000 × 20000 × 3 \(1\.2 GB"):
+        _check_chunks(lazy, tmp_path / "strip.tif")
+    _check_chunks(
+        zarr.create_array(store={}, shape=(20000, 20000, 3), chunks=(512, 512, 3), dtype="uint8"), tmp_path
+    )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pytest
 from napari.layers import Image, Points
+from napari.utils.notifications import NotificationSeverity
 
 PLUGIN = "napari-spahgc"
 
@@ -86,3 +88,102 @@ def test_bad_file_gives_a_notification_and_the_viewer_survives(make_napari_viewe
     assert any("no_xy.h5ad" in str(n.message) and "obsm['spatial']" in str(n.message) for n in notifications)
     viewer.add_points(np.array([[1.0, 2.0]]))  # still alive and usable
     assert len(viewer.layers) == 1
+
+
+def _h5ad(path: Path, x: np.ndarray, spatial: np.ndarray | None) -> Path:
+    adata = ad.AnnData(x)
+    if spatial is not None:
+        adata.obsm["spatial"] = spatial
+    adata.write_h5ad(path)
+    return path
+
+
+def _garbage_outs(folder: Path) -> Path:
+    (folder / "outs" / "spatial").mkdir(parents=True)
+    (folder / "outs" / "spatial" / "tissue_positions.csv").write_text("~~ not a table ~~\n\x00\x01;;\n,,,\n")
+    return folder / "outs"
+
+
+def _cohort_missing_spots(folder: Path) -> Path:
+    path = folder / "missing_spots_cohort.csv"
+    path.write_text("slide_id,image,spots,counts,pixel_size_um,patient\nA,missing.jpg,missing.tsv,,0.5,P1\n")
+    return path
+
+
+def _random_bytes(folder: Path) -> Path:
+    path = folder / "random_bytes.h5ad"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    return path
+
+
+BAD_FILES = {  # fault → writes a file the reader claims but cannot open, returns its path
+    "coordinates of shape (n, 1)": lambda d: _h5ad(d / "one_column.h5ad", np.ones((4, 2)), np.ones((4, 1))),
+    "random bytes": _random_bytes,
+    "no obsm['spatial']": lambda d: _h5ad(d / "no_spatial.h5ad", np.ones((3, 2), np.float32), None),
+    "garbage tissue_positions.csv": _garbage_outs,
+    "cohort naming a missing spots file": _cohort_missing_spots,
+    "X of strings": lambda d: _h5ad(
+        d / "strings.h5ad", np.array([["a", "b"]] * 3, dtype=object), np.ones((3, 2))
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", list(BAD_FILES))
+def test_each_bad_file_is_an_error_notification_naming_it_and_adds_no_layer(
+    make_napari_viewer, tmp_path, notifications, fault
+):
+    path = BAD_FILES[fault](tmp_path)
+    viewer = make_napari_viewer(show=True)
+    assert viewer.open(str(path), plugin=PLUGIN) == []  # nothing escaped
+    assert len(viewer.layers) == 0
+    errors = [str(n.message) for n in notifications if n.severity == NotificationSeverity.ERROR]
+    assert len(errors) == 1 and errors[0].startswith(f"napari-spahgc could not open {path}"), errors
+    assert "Traceback" not in errors[0]
+
+
+def test_reading_warnings_are_warning_notifications(make_napari_viewer, tmp_path, notifications):
+    from PIL import Image as PILImage
+
+    PILImage.fromarray(np.zeros((400, 400, 3), np.uint8)).save(tmp_path / "he.png")
+    (tmp_path / "spots.csv").write_text("spot_id,x,y\nA,100,100\nB,5000,100\nC,300,300\n")
+    cohort = tmp_path / "cohort.csv"
+    cohort.write_text("slide_id,image,spots,counts,pixel_size_um,patient\nA,he.png,spots.csv,,0.5,P1\n")
+    viewer = make_napari_viewer(show=True)
+    assert len(viewer.open(str(cohort), plugin=PLUGIN)) == 2  # H&E and spots
+    warned = [str(n.message) for n in notifications if n.severity == NotificationSeverity.WARNING]
+    assert any("spots.csv: dropped 1 of 3 spots outside the image" in message for message in warned), warned
+
+
+def test_get_reader_does_not_raise_on_odd_paths(tmp_path, monkeypatch, notifications):
+    from napari_spahgc._reader import NULL_LAYER, napari_get_reader
+
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert napari_get_reader(str(tmp_path / "dangling")) is None
+    link = tmp_path / "broken_link.h5ad"  # claimed by its name; reading it is a notification
+    link.symlink_to(tmp_path / "gone.h5ad")
+    assert napari_get_reader(str(link))(str(link)) == NULL_LAYER
+    assert any(str(n.message).startswith(f"napari-spahgc could not open {link}") for n in notifications)
+    assert napari_get_reader(str(tmp_path / "a\0b.csv")) is None
+    assert napari_get_reader([str(tmp_path), str(tmp_path)]) is None
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_dir", denied)  # root ignores file modes, so deny like the OS would
+    assert napari_get_reader(str(tmp_path / "outs")) is None
+
+
+def test_an_unexpected_error_is_named_by_its_type_and_first_line(
+    make_napari_viewer, tmp_path, notifications, monkeypatch
+):
+    import napari_spahgc._reader as reader
+
+    def fails(path):
+        raise ValueError("a reader bug\n  second line")
+
+    monkeypatch.setattr(reader, "open_slides", fails)  # whatever a reader may still raise
+    path = _h5ad(tmp_path / "fine.h5ad", np.ones((3, 2), np.float32), np.ones((3, 2)))
+    viewer = make_napari_viewer(show=True)
+    assert viewer.open(str(path), plugin=PLUGIN) == [] and len(viewer.layers) == 0
+    errors = [str(n.message) for n in notifications if n.severity == NotificationSeverity.ERROR]
+    assert errors == [f"napari-spahgc could not open {path}: ValueError: a reader bug"]

@@ -78,10 +78,32 @@ def test_read_state_dict_reads_tensors_only(tmp_path):
         read_state_dict(not_tensors)
     pickled = tmp_path / "pickled.bin"
     torch.save({"layer.weight": torch.zeros(1), "extra": np.random.default_rng(0)}, pickled)
-    with pytest.raises(InputError, match=r"pickled\.bin: cannot read weights \(UnpicklingError"):
+    with pytest.raises(InputError, match=r"pickled\.bin: cannot read weights: not a safetensors") as error:
         read_state_dict(pickled)  # an arbitrary object is never unpickled
+    assert "weights_only" not in str(error.value) and "objects other than tensors are refused" in str(
+        error.value
+    )
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 64)
     with pytest.raises(InputError, match=r"garbage\.safetensors: cannot read weights"):
         read_state_dict(garbage)
     assert sha256(wrapped) == hashlib.sha256(wrapped.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["random.bin", "random.pt", "random.safetensors"])
+def test_unreadable_weights_get_our_message_not_torchs_advice(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(InputError) as error:
+        read_state_dict(path)
+    message = str(error.value)
+    assert message.startswith(str(path)) and "cannot read weights: not a safetensors or PyTorch" in message
+    assert "weights_only" not in message and error.value.__cause__ is None
+    assert error.value.__suppress_context__
+
+
+def test_a_weights_directory_is_not_a_missing_file(tmp_path):
+    with pytest.raises(InputError, match="is a directory, not a weights file"):
+        read_state_dict(tmp_path)
+    with pytest.raises(InputError, match="weights file not found"):
+        read_state_dict(tmp_path / "absent.safetensors")

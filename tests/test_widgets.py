@@ -9,11 +9,14 @@ import numpy as np
 import pandas as pd
 from napari.layers import Points
 from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QPushButton
 
 from conftest import HER2ST
 from napari_spahgc._qt._common import session_for
 from napari_spahgc._qt.viewer import WIDGETS
 from napari_spahgc.io.cohort import read_cohort
+from napari_spahgc.progress import Progress
+from napari_spahgc.slide import Slide
 
 PLUGIN = "napari-spahgc"
 LONG = 300_000  # ms: generous for 2 busy cores
@@ -189,8 +192,11 @@ def test_bad_file_and_bad_weights_give_notifications_and_the_viewer_survives(
         "pytorch_model.bin" in str(n.message) and "cannot read weights" in str(n.message)
         for n in notifications
     )
-    w["Predict"].run()  # nothing embedded: a message, no worker
-    assert any("no embeddings" in str(n.message) for n in notifications)
+    w["Predict"].panel.run_button.click()  # nothing embedded: a message, no worker
+    assert not w["Predict"].panel.running
+    assert any(
+        "Predict failed" in str(n.message) and "no embeddings" in str(n.message) for n in notifications
+    )
     viewer.add_points(np.array([[1.0, 2.0]]))  # still alive
     assert len(viewer.layers) == 3
 
@@ -233,3 +239,67 @@ def test_a_crashed_worker_process_is_a_notification_and_the_viewer_lives_on(
     assert any("Crash test failed" in str(n.message) and "SIGSEGV" in str(n.message) for n in notifications)
     viewer.add_points(np.array([[1.0, 2.0]]))
     assert viewer.screenshot(canvas_only=True, flash=False)[..., :3].std() > 0
+
+
+def _two_slides_embedded(session) -> None:
+    """A reference slide with counts and a slide to predict, both embedded (no files behind them)."""
+    slides = []
+    for slide_id, counted in (("ref", True), ("target", False)):
+        ids = pd.Index([f"{slide_id}{i}" for i in range(4)])
+        counts = ad.AnnData(np.ones((4, 2), np.float32), obs=pd.DataFrame(index=ids)) if counted else None
+        slides.append(Slide(slide_id, ids, np.arange(8.0).reshape(4, 2) * 100, expression=counts))
+    session.add_slides(slides)
+    session.set_current("target")
+    session.set_embeddings({"name": "test"}, {s.slide_id: np.zeros((4, 8), np.float32) for s in slides})
+
+
+def test_bad_fields_give_notifications_not_exceptions(make_napari_viewer, qtbot, tmp_path, notifications):
+    viewer = make_napari_viewer(show=True)
+    w = _widgets(viewer)
+    _two_slides_embedded(session_for(viewer))
+    panel_file = tmp_path / "genes.txt"
+    panel_file.write_bytes(b"\xff\xfe\x00garbage")  # not text: read in the Predict button's handler
+    w["Predict"].genes.set_text(str(panel_file))
+    w["Predict"].panel.run_button.click()
+    assert not w["Predict"].panel.running
+    assert any(str(n.message).startswith("Predict failed: ") for n in notifications)
+    w["Predict"].genes.set_text("")
+    (tmp_path / "taken").write_text("a file")  # outputs are checked before any work starts
+    w["Predict"].save_to.set_text(str(tmp_path / "taken"))
+    w["Predict"].panel.run_button.click()
+    assert not w["Predict"].panel.running
+    assert any(f"{tmp_path / 'taken'}: is a file, not a folder" in str(n.message) for n in notifications)
+    w["Embed"].cache.set_text(str(tmp_path / "taken"))
+    w["Embed"].panel.run_button.click()
+    assert not w["Embed"].panel.running
+    assert any(str(n.message).startswith(f"Embed slides failed: {tmp_path / 'taken'}") for n in notifications)
+    w["Export"].png.set_text(".")  # no file name
+    buttons = {b.text(): b for b in w["Export"].findChildren(QPushButton)}
+    buttons["Save PNG of the view"].click()
+    assert any(str(n.message).startswith("Export failed: ValueError: ") for n in notifications)
+    viewer.add_points(np.array([[1.0, 2.0]]))  # still alive
+    assert viewer.layers[-1].name == "Points"
+
+
+def test_failing_work_results_and_handlers_of_a_run_panel_are_notifications(
+    make_napari_viewer, qtbot, notifications
+):
+    panel = _widgets(make_napari_viewer(show=True))["Embed"].panel
+
+    def work(cancel):  # napari's workers would turn a RuntimeError into a mere warning
+        yield Progress(0, 1, "")
+        raise RuntimeError("the work broke\nsecond line")
+
+    panel.start(work, "Broken work", print)
+    _finish(qtbot, panel)
+    assert panel.status.text() == "Broken work failed: RuntimeError: the work broke"
+
+    def no_work(cancel):
+        return (yield from ())
+
+    panel.start(no_work, "Broken result", lambda result: result.missing)
+    _finish(qtbot, panel)
+    assert panel.status.text().startswith("Broken result failed: AttributeError: ")
+    messages = [str(n.message) for n in notifications]
+    assert "Broken work failed: RuntimeError: the work broke" in messages
+    assert any(m.startswith("Broken result failed: AttributeError: ") for m in messages)

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from ._files import prepare_output_file, prepare_output_folder, require_file
 from .cli_options import (
     BatchOpt,
     CacheOpt,
@@ -24,9 +25,11 @@ from .cli_options import (
     SetOpt,
     TrainEpochsOpt,
     WeightsOpt,
+    gene_panel,
     spahgc_settings,
 )
 from .errors import InputError
+from .interrupts import StopSignals
 
 app = typer.Typer(
     name="spahgc",
@@ -112,16 +115,18 @@ def train(
     """Train SpaHGC on every slide of the cohort (by default a cross-validated ensemble: each member holds
     slides out to choose its epoch; --preset paper: one model, final epoch) and save it."""
     from .options import SpaHGCConfig
+    from .patches import PatchSpec
     from .pipeline import make_trainer
 
     options = spahgc_settings(settings, epochs)
     total = SpaHGCConfig.from_options(options, preset=preset).train.epochs  # a bad preset fails here
-    panel = _panel(genes, n_hvg)
+    panel = gene_panel(genes, n_hvg)
+    prepare_output_folder(out, "model folder")  # before training, so no run is lost at its end
     slides = _load(cohort)
     model_encoder, embeddings = _embed(slides, encoder, weights, device, batch_size, cache, load=True)
     trainer = make_trainer(
         slides, embeddings, panel=panel, n_hvg=n_hvg, encoder=model_encoder,
-        patch=_patch().to_dict(), seed=seed, device=device, preset=preset, **options,
+        patch=PatchSpec().to_dict(), seed=seed, device=device, preset=preset, **options,
     )  # fmt: skip
     with typer.progressbar(length=total, label="training", file=sys.stderr) as bar:
         for _ in trainer.steps():
@@ -146,6 +151,7 @@ def predict(
     from .predictor import SpaHGCPredictor
 
     model = SpaHGCPredictor.load(model_dir)
+    prepare_output_folder(out)
     slides = _load(cohort)
     name = model.metadata.encoder.get("name", "efficientnet-lite0")
     model_encoder, embeddings = _embed(slides, name, weights, device, batch_size, cache, load=True)
@@ -180,17 +186,19 @@ def benchmark(
     """Leave-one-slide-out (or -patient-out) benchmark of SpaHGC (ours and the paper's configuration)
     and tuned baselines on the same embeddings; --set and --epochs apply to the 'spahgc' method."""
     from .benchmark import METHODS, check_methods, run_benchmark
+    from .patches import PatchSpec
     from .report import report_table
 
     options = spahgc_settings(settings, epochs)
     chosen = [m.strip() for m in methods.split(",") if m.strip()] or list(METHODS)
     check_methods(chosen, options)  # before any work
-    panel = _panel(genes, n_hvg)
+    panel = gene_panel(genes, n_hvg)
+    prepare_output_folder(out)
     slides = _load(cohort)
     model_encoder, embeddings = _embed(slides, encoder, weights, device, batch_size, cache, load=True)
     report = run_benchmark(
         slides, embeddings, out, panel=panel, n_hvg=n_hvg, methods=chosen, seed=seed, device=device,
-        protocol={"encoder": model_encoder, "patch": _patch().to_dict(), "cohort": str(cohort)},
+        protocol={"encoder": model_encoder, "patch": PatchSpec().to_dict(), "cohort": str(cohort)},
         log=_to_stderr, **options,
     )  # fmt: skip
     typer.echo(report_table(report))
@@ -266,8 +274,8 @@ def render(
 
     from .render import render_gene
 
-    if not predictions.is_file():
-        raise InputError("predictions file not found", predictions)
+    require_file(predictions, "predictions file")
+    prepare_output_file(out, "PNG")
     typer.echo(str(render_gene(ad.read_h5ad(predictions), gene, out, image=image, colormap=colormap)))
 
 
@@ -277,26 +285,13 @@ def _load(cohort: Path, with_expression: bool = True) -> list:
     return [entry.load(with_expression) for entry in read_cohort(cohort)]
 
 
-def _patch():
-    from .patches import PatchSpec
-
-    return PatchSpec()
-
-
-def _panel(genes: Path | None, n_hvg: int | None) -> list[str] | None:
-    if (genes is None) == (n_hvg is None):
-        raise typer.BadParameter("give exactly one of --genes FILE or --n-hvg N")
-    from .expression import read_gene_panel
-
-    return read_gene_panel(genes) if genes is not None else None
-
-
 def _embed(slides, encoder_name, weights, device, batch_size, cache, load: bool = False):
     """Embed with a progress bar; return the encoder's info and either the arrays or the cache paths."""
     from ._files import cache_dir
     from .embedding import embed_flow, load_embeddings
 
-    flow = embed_flow(slides, encoder_name, weights, device, batch_size, cache or cache_dir("embeddings"))
+    folder = prepare_output_folder(cache, "cache folder") if cache else cache_dir("embeddings")
+    flow = embed_flow(slides, encoder_name, weights, device, batch_size, folder)
     total = sum(s.n_spots for s in slides)
     with typer.progressbar(length=total, label=f"embedding ({encoder_name})", file=sys.stderr) as bar:
         while True:
@@ -325,12 +320,25 @@ def _cell(value) -> str:
 
 
 def main() -> None:
-    """Console entry point: bad input ends with its message and exit code 2, not a traceback."""
-    try:
-        app()
-    except InputError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
+    """Console entry point: bad input ends with its message and exit code 2, not a traceback; SIGINT
+    and SIGTERM stop cleanly with 130 and 143 (nothing half-written; finished slides stay cached)."""
+    with StopSignals() as stop:
+        code: int | str | None = 0
+        try:
+            app()  # typer exits itself: usage errors 2, an interrupt 130
+        except SystemExit as exited:
+            code = exited.code
+        except InputError as err:
+            typer.echo(f"error: {err}", err=True)
+            code = 2
+        except KeyboardInterrupt:
+            code = 130
+    if stop.received is not None:  # even if a library swallowed the interrupt, the run did not finish
+        typer.echo(
+            f"interrupted ({stop.received.name}): nothing half-written was left; rerun to resume", err=True
+        )
+        code = 128 + stop.received
+    sys.exit(code)
 
 
 if __name__ == "__main__":

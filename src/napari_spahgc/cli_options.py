@@ -54,3 +54,12 @@ def spahgc_settings(pairs: list[str] | None, epochs: int | None) -> dict:
     from .options import parse_settings
 
     return {**parse_settings(pairs or []), **({"epochs": epochs} if epochs is not None else {})}
+
+
+def gene_panel(genes: Path | None, n_hvg: int | None) -> list[str] | None:
+    """The genes of ``--genes FILE`` (None with ``--n-hvg N``); exactly one of them must be given."""
+    if (genes is None) == (n_hvg is None):
+        raise typer.BadParameter("give exactly one of --genes FILE or --n-hvg N")
+    from .expression import read_gene_panel
+
+    return read_gene_panel(genes) if genes is not None else None

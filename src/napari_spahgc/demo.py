@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import cache_dir, write_report
+from ._files import cache_dir, prepare_output_folder, slide_file, write_report
 from .baselines import BASELINES
 from .dataset import slide_data
 from .embedding import cohort_embeddings
@@ -63,7 +63,7 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo into ``out_dir``; ``cohort`` defaults to the HER2ST sections (local or downloaded)."""
     started = time.perf_counter()
-    out_dir = Path(out_dir)
+    out_dir = prepare_output_folder(out_dir)
     slides, test_slide, panel = _inputs(cohort, test_slide)
     log(
         f"{len(slides)} sections; held out: {test_slide}; genes: "
@@ -84,11 +84,13 @@ def run_demo(
     prediction = predict_slide(model, target, embeddings[test_slide], device="cpu")
 
     files = {"model": model.save(out_dir / "model")}
-    files["predictions"] = write_h5ad(prediction, out_dir / f"{test_slide}.h5ad")
+    files["predictions"] = write_h5ad(prediction, slide_file(out_dir, test_slide, ".h5ad"))
     metrics = _metrics(model, training, target, embeddings, prediction)
     genes = best_genes(prediction, n_figures, by="validation_pcc")
     for gene in genes:
-        files[f"figure {gene}"] = render_gene(prediction, gene, out_dir / f"{test_slide}_{gene}.png")
+        files[f"figure {gene}"] = render_gene(
+            prediction, gene, slide_file(out_dir, f"{test_slide}_{gene}", ".png")
+        )
     files["report"] = _write_report(out_dir, test_slide, metrics, genes, model, time.perf_counter() - started)
     return DemoResult(slides, encoder.info(), embeddings, model, test_slide, prediction, files, metrics)
 

@@ -1,6 +1,6 @@
 """Spot embeddings with an on-disk cache, as a generator that yields progress and can be cancelled.
 
-Cache format: one ``<slide_id>-<key>.npz`` per slide and setting in the cache folder, holding
+Cache format: one ``<slide_id>-<key>.npz`` (the id's safe file-name form, :func:`~napari_spahgc._files.safe_name`) per slide and setting in the cache folder, holding
 ``embeddings`` (n_spots, dim) float32, ``spot_ids`` (str), ``centers_px`` (n, 2) and ``key`` (the JSON of
 what the embeddings depend on: image content fingerprint, spot ids and centres, encoder name and
 weights checksum, patch size and scale). A file is written once, atomically, after its slide is
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import atomic_path, file_fingerprint
+from ._files import atomic_path, file_fingerprint, slide_file
 from .encoders import Encoder, LazyEncoder
 from .patches import PatchSpec, patch_batches, prefetch
 from .progress import Progress
@@ -59,7 +59,7 @@ def cache_key(slide: Slide, encoder: Encoder, spec: PatchSpec) -> dict:
 
 def cache_path(cache_dir: str | Path, slide: Slide, key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cache_dir) / f"{slide.slide_id}-{digest}.npz"
+    return slide_file(cache_dir, slide.slide_id, f"-{digest}.npz")
 
 
 def load_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:

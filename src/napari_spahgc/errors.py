@@ -16,3 +16,12 @@ class InputError(ValueError):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(problem if path is None else f"{path}: {problem}")
+
+
+def describe(error: BaseException) -> str:
+    """``error`` for a message or notification: an :class:`InputError` as it is, anything else as its
+    type and the first line of its text (never a traceback)."""
+    if isinstance(error, InputError):
+        return str(error)
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

@@ -8,6 +8,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 
+from ._files import read_text
 from .errors import InputError
 
 COUNTS_PER_SPOT = 1e6
@@ -29,10 +30,7 @@ def log_cpm(counts: ad.AnnData, genes: list[str] | None = None) -> ad.AnnData:
 
 def read_gene_panel(path: str | Path) -> list[str]:
     """Gene names, one per line (blank lines and ``#`` comments ignored), order kept, duplicates dropped."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("gene panel file not found", path)
-    names = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    names = [line.split("#", 1)[0].strip() for line in read_text(path, "gene panel file").splitlines()]
     genes = list(dict.fromkeys(name for name in names if name))
     if not genes:
         raise InputError("gene panel file lists no genes", path)

@@ -16,6 +16,7 @@ import numpy as np
 from anndata import AnnData
 
 from ._device import resolve_device
+from ._files import slide_file
 from .dataset import fold_data, slide_data
 from .errors import InputError
 from .evaluate import gene_pcc
@@ -102,7 +103,9 @@ def write_predictions(
     """One ``SLIDE_ID.h5ad`` per slide in ``out_dir``."""
     out_dir = Path(out_dir)
     return [
-        write_h5ad(predict_slide(model, s, embeddings[s.slide_id], device), out_dir / f"{s.slide_id}.h5ad")
+        write_h5ad(
+            predict_slide(model, s, embeddings[s.slide_id], device), slide_file(out_dir, s.slide_id, ".h5ad")
+        )
         for s in slides
     ]
 

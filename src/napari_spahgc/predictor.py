@@ -1,5 +1,6 @@
-"""A trained SpaHGC and its folder format: ``model.safetensors`` (weights, reference bank, scales) and
-``config.json`` (genes, options, provenance); no pickle anywhere."""
+"""A trained SpaHGC and its folder: ``model.safetensors`` (weights, reference bank, scales) and
+``config.json`` (genes, options, provenance); the folder is signed on save and verified as a whole on
+load (:mod:`napari_spahgc.model_folder`); no pickle anywhere."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ._device import resolve_device
 from ._files import atomic_path
@@ -18,11 +19,25 @@ from .dataset import FeatureScale, SlideData
 from .errors import InputError
 from .graph import ReferenceBank, build_graph
 from .model import SpaHGC
+from .model_folder import (
+    CONFIG_DIGEST_KEY,
+    CONFIG_FILE,
+    FORMAT,
+    WEIGHTS_FILE,
+    config_digest,
+    config_path,
+    field_names,
+    matches,
+    read_config,
+    typed,
+    verified_tensors,
+)
 from .neighbours import spatial_mix, spatial_neighbours
 from .options import GraphOptions, ModelOptions, SpaHGCConfig, TrainOptions
+from .weights import sha256
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
+_OUTPUT_WEIGHT = "network.head.3.weight"  # SpaHGC's last layer: (members, hidden, genes)
+_OPTION_PARTS = {"graph": GraphOptions, "model": ModelOptions, "train": TrainOptions}
 
 
 @dataclass
@@ -66,10 +81,12 @@ class SpaHGCPredictor:
         embedding_scale: FeatureScale,
         config: SpaHGCConfig,
         metadata: ModelMetadata,
+        folder: Path | None = None,
     ) -> None:
         self.network = network.eval()
         self.bank, self.scale, self.embedding_scale = bank, scale, embedding_scale
         self.config, self.metadata = config, metadata
+        self.folder = folder  # the model folder it was loaded from; None when built in memory
 
     @property
     def genes(self) -> list[str]:
@@ -101,95 +118,91 @@ class SpaHGCPredictor:
         return prediction
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``model.safetensors`` (weights, bank, scale) and ``config.json`` atomically."""
-        from . import __version__
-
+        """Write ``model.safetensors`` (weights, bank, scales; the header records config.json's digest),
+        then ``config.json`` (with the weights' SHA-256 as its manifest), each atomically."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        config = json.loads(json.dumps(self._config()))  # exactly what a reader parses back
+        with atomic_path(folder / WEIGHTS_FILE) as tmp:
+            save_file(
+                self._tensors(), str(tmp), metadata={"format": "pt", CONFIG_DIGEST_KEY: config_digest(config)}
+            )
+            config["manifest"] = {WEIGHTS_FILE: {"sha256": sha256(tmp)}}
+        with atomic_path(folder / CONFIG_FILE) as tmp:
+            tmp.write_text(json.dumps(config, indent=2))
+        return folder
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        """Everything model.safetensors holds: the network's weights, the bank and both scales."""
         tensors = {
             f"network.{k}": v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()
         }
-        tensors.update(
-            {
-                "bank.embeddings": torch.from_numpy(self.bank.embeddings),
-                "bank.expression": torch.from_numpy(self.bank.expression),
-                "scale.mean": torch.from_numpy(self.scale.mean),
-                "scale.sd": torch.from_numpy(self.scale.sd),
-                "embedding_scale.mean": torch.from_numpy(self.embedding_scale.mean),
-                "embedding_scale.sd": torch.from_numpy(self.embedding_scale.sd),
-            }
-        )
-        config = {
-            "format": "napari-spahgc model",
+        arrays = {
+            "bank.embeddings": self.bank.embeddings,
+            "bank.expression": self.bank.expression,
+            "scale.mean": self.scale.mean,
+            "scale.sd": self.scale.sd,
+            "embedding_scale.mean": self.embedding_scale.mean,
+            "embedding_scale.sd": self.embedding_scale.sd,
+        }
+        return tensors | {name: torch.from_numpy(array) for name, array in arrays.items()}
+
+    def _config(self) -> dict:
+        """config.json's content without its manifest."""
+        from . import __version__
+
+        return {
+            "format": FORMAT,
             "package_version": __version__,
             **asdict(self.metadata),
             "bank_slide_ids": self.bank.slide_ids.tolist(),
             **{f"{part}_options": options for part, options in self.config.to_dict().items()},
         }
-        with atomic_path(folder / WEIGHTS_FILE) as tmp:
-            save_file(tensors, str(tmp))
-        with atomic_path(folder / CONFIG_FILE) as tmp:
-            tmp.write_text(json.dumps(config, indent=2))
-        return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> SpaHGCPredictor:
+        """A model folder, verified as a whole first: manifest, config digest, options, shapes."""
         folder = Path(folder)
-        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-        if not config_path.is_file() or not weights_path.is_file():
-            raise InputError(
-                f"not a napari-spahgc model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})", folder
-            )
-        config = json.loads(config_path.read_text())
-        if config.get("format") != "napari-spahgc model":
-            raise InputError("config.json is not a napari-spahgc model description", config_path)
-        tensors = load_file(str(weights_path))
-        if "members" not in config.get("model_options", {}) or "embedding_scale.mean" not in tensors:
-            raise InputError(
-                f"this model folder was written by napari-spahgc {config.get('package_version', '?')}, "
-                "in an earlier model format (before ensembles and standardised embeddings); train it "
-                "again with this version",
-                folder,
-            )
-        metadata = ModelMetadata(**{k: config[k] for k in ModelMetadata.__dataclass_fields__ if k in config})
-        network = _network(metadata, ModelOptions(**config["model_options"]), tensors, weights_path)
+        config = read_config(config_path(folder))
+        tensors = verified_tensors(folder, config)
+        _refuse_earlier_format(config, tensors, folder)
+        metadata, options, slide_ids = _settings(config, folder)
+        _check_shapes(metadata, options.model, len(slide_ids), tensors, folder)
+        network = _network(metadata, options.model, tensors, folder / WEIGHTS_FILE)
         bank = ReferenceBank(
             tensors["bank.embeddings"].numpy(),
             tensors["bank.expression"].numpy(),
-            np.asarray(config["bank_slide_ids"], dtype=object),
+            np.asarray(slide_ids, dtype=object),
         )
         scale = FeatureScale(tensors["scale.mean"].numpy(), tensors["scale.sd"].numpy())
         embedding_scale = FeatureScale(
             tensors["embedding_scale.mean"].numpy(), tensors["embedding_scale.sd"].numpy()
         )
-        return cls(
-            network,
-            bank,
-            scale,
-            embedding_scale,
-            SpaHGCConfig(
-                GraphOptions(**config["graph_options"]),
-                network.options,
-                TrainOptions(**config["train_options"]),
-            ),
-            metadata,
-        )
+        return cls(network, bank, scale, embedding_scale, options, metadata, folder)
 
     def check_compatible(self, encoder_name: str, weights_checksum: str | None = None) -> None:
         """Refuse embeddings from another encoder (or other weights) than the model was trained on."""
         trained = self.metadata.encoder
         if trained.get("name") and trained["name"] != encoder_name:
-            raise InputError(f"the model was trained on {trained['name']!r} embeddings, not {encoder_name!r}")
+            raise InputError(
+                f"the model was trained on {trained['name']!r} embeddings, not {encoder_name!r}", self.folder
+            )
         if weights_checksum and trained.get("weights_checksum") not in (None, weights_checksum):
             raise InputError(
                 f"the model was trained with other {encoder_name!r} weights "
-                f"(checksum {trained['weights_checksum'][:12]}…, given {weights_checksum[:12]}…)"
+                f"(checksum {trained['weights_checksum'][:12]}…, given {weights_checksum[:12]}…)",
+                self.folder,
             )
 
 
 def _network(metadata: ModelMetadata, options: ModelOptions, tensors: dict, weights_path: Path) -> SpaHGC:
     """The network the config describes, with the folder's weights (an error if they do not fit)."""
-    network = SpaHGC(metadata.embedding_dim, len(metadata.genes), options)
+    try:
+        network = SpaHGC(metadata.embedding_dim, len(metadata.genes), options)
+    except (ValueError, RuntimeError) as error:  # e.g. hidden not divisible by heads
+        raise InputError(
+            f"config.json: model_options describe no network ({error})", weights_path.parent
+        ) from None
     try:
         network.load_state_dict(
             {k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")}
@@ -201,3 +214,57 @@ def _network(metadata: ModelMetadata, options: ModelOptions, tensors: dict, weig
             weights_path,
         ) from None
     return network
+
+
+def _refuse_earlier_format(config: dict, tensors: dict, folder: Path) -> None:
+    """Refuse a folder of the format before ensembles and standardised embeddings."""
+    model_options = config.get("model_options")
+    if isinstance(model_options, dict) and "members" in model_options and "embedding_scale.mean" in tensors:
+        return
+    raise InputError(
+        f"this model folder was written by napari-spahgc {config.get('package_version', '?')}, "
+        "in an earlier model format (before ensembles and standardised embeddings); train it "
+        "again with this version",
+        folder,
+    )
+
+
+def _settings(config: dict, folder: Path) -> tuple[ModelMetadata, SpaHGCConfig, list[str]]:
+    """The metadata, options and bank slide ids config.json records, each checked for its type."""
+    metadata_fields = {k: v for k, v in config.items() if k in field_names(ModelMetadata)}
+    metadata = typed(ModelMetadata, metadata_fields, "config.json", folder)
+    options = {
+        part: typed(kind, config.get(f"{part}_options"), f"config.json {part}_options", folder)
+        for part, kind in _OPTION_PARTS.items()
+    }
+    slide_ids = config.get("bank_slide_ids")
+    if not matches(slide_ids, list[str]):
+        raise InputError("config.json: bank_slide_ids is not a list of slide names", folder)
+    return metadata, SpaHGCConfig(**options), slide_ids
+
+
+def _check_shapes(
+    metadata: ModelMetadata, options: ModelOptions, bank_rows: int, tensors: dict, folder: Path
+) -> None:
+    """Refuse tensors whose shapes disagree with config.json's genes, embedding size and bank slides."""
+    genes, dim = len(metadata.genes), metadata.embedding_dim
+    expected = {
+        _OUTPUT_WEIGHT: (options.members, options.hidden, genes),
+        "bank.embeddings": (bank_rows, dim),
+        "bank.expression": (bank_rows, genes),
+        "scale.mean": (genes,),
+        "scale.sd": (genes,),
+        "embedding_scale.mean": (dim,),
+        "embedding_scale.sd": (dim,),
+    }
+    wrong = [
+        f"{name} is {tuple(tensors[name].shape) if name in tensors else 'missing'}, not {shape}"
+        for name, shape in expected.items()
+        if name not in tensors or tuple(tensors[name].shape) != shape
+    ]
+    if wrong:
+        raise InputError(
+            f"{WEIGHTS_FILE} does not fit config.json ({genes} genes, {dim}-d embeddings, {bank_rows} "
+            f"reference spots): {'; '.join(wrong)}",
+            folder,
+        )

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ._files import atomic_path, cache_dir
-from .errors import InputError
+from .errors import InputError, describe
 from .slide import Slide
 
 SECTIONS = ("C2", "C3", "C4", "C5", "C6")
@@ -94,7 +94,7 @@ def _download(folder: Path) -> Path:
         try:
             pooch.retrieve(url, known_hash, fname=target.name, path=target.parent, progressbar=False)
         except Exception as err:  # offline, moved upstream, or a checksum mismatch
-            raise InputError(_not_found(f"downloading {url} failed ({type(err).__name__}: {err})")) from err
+            raise InputError(_not_found(f"downloading {url} failed ({describe(err)})")) from err
     return folder
 
 

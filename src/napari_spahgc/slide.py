@@ -10,13 +10,26 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from .errors import InputError, describe
 
 #: Spot diameters of the platforms we read, in µm (used to derive a pixel size from scalefactors).
 VISIUM_SPOT_DIAMETER_UM = 55.0
 LEGACY_ST_SPOT_DIAMETER_UM = 100.0
 #: What :func:`spot_pitch` gives for fewer than two spots, in the units of the coordinates.
 DEFAULT_SPOT_PITCH = 10.0
+#: Pixel sizes (µm per full-resolution pixel) a slide may have: from 200× scanners to thumbnails.
+PLAUSIBLE_UM_PER_PX = (0.05, 50.0)
+
+
+def check_pixel_size(um_per_px: float, source: str, path: str | Path | None = None) -> float:
+    """``um_per_px`` if it is a plausible pixel size, else an error naming where it came from."""
+    low, high = PLAUSIBLE_UM_PER_PX
+    if not (np.isfinite(um_per_px) and low <= um_per_px <= high):
+        raise InputError(
+            f"pixel size {um_per_px:g} µm/px ({source}) is outside the plausible range {low:g}–{high:g} µm/px",
+            path,
+        )
+    return float(um_per_px)
 
 
 def spot_pitch(xy: np.ndarray, max_queries: int | None = None) -> float:
@@ -82,7 +95,16 @@ class SlideImage:
         r0, c0 = max(row0, 0), max(col0, 0)
         r1, c1 = min(row0 + rows, array.shape[0]), min(col0 + cols, array.shape[1])
         if r1 > r0 and c1 > c0:
-            out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = np.asarray(array[r0:r1, c0:c1, :3])
+            try:
+                out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = np.asarray(array[r0:r1, c0:c1, :3])
+            except (MemoryError, InputError):
+                raise
+            except Exception as err:  # codec errors of damaged tiles come in many types
+                raise InputError(
+                    f"cannot decode the image data of level {level}, rows {r0}–{r1}, columns {c0}–{c1} "
+                    f"({describe(err)})",
+                    self.path,
+                ) from None
         return out
 
     def thumbnail(self, max_side: int = 2000) -> tuple[np.ndarray, float]:

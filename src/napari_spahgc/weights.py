@@ -14,10 +14,21 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+_UNREADABLE = (
+    "cannot read weights: not a safetensors or PyTorch tensor checkpoint, or damaged "
+    "(files are never unpickled; objects other than tensors are refused)"
+)
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file without unpickling arbitrary objects."""
+    """Tensors of a checkpoint file without unpickling arbitrary objects.
+
+    A file that cannot be read gets our own message: torch's would advise ``weights_only=False``.
+    """
     import torch
 
+    if path.is_dir():
+        raise InputError("is a directory, not a weights file", path)
     if not path.is_file():
         raise InputError("weights file not found", path)
     try:
@@ -27,9 +38,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise InputError(f"cannot read weights ({type(err).__name__}: {first_line})", path) from err
+    except PermissionError:
+        raise InputError("cannot read weights: permission denied", path) from None
+    except Exception:
+        raise InputError(_UNREADABLE, path) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..errors import describe
 from ..layers import METADATA_KEY, LayerKind, prediction_layers, slide_layers
 from ..progress import Progress
 from ..session import Session
@@ -46,6 +47,39 @@ def session_for(viewer: napari.Viewer) -> Session:
 
 def layer_info(layer: Layer) -> dict:
     return layer.metadata.get(METADATA_KEY, {}) if isinstance(layer.metadata, dict) else {}
+
+
+def notify_failure(action: str, error: Exception) -> str:
+    """Show "``action`` failed: reason" as an error notification; return that message."""
+    message = f"{action} failed: {describe(error)}"
+    show_error(message)
+    return message
+
+
+def guarded(action: str, handler: Callable[[], object]) -> Callable[[], None]:
+    """``handler`` for a button: an exception becomes a notification instead of reaching Qt's event loop."""
+
+    def call() -> None:
+        try:
+            handler()
+        except Exception as err:
+            notify_failure(action, err)
+
+    return call
+
+
+class _CarriedRuntimeError(Exception):
+    """A RuntimeError of a worker's work, as ``__cause__``: napari's workers would only warn about it."""
+
+
+def _carrying_runtime_errors(work: Callable[[threading.Event], Generator]) -> Callable:
+    def carried(cancel: threading.Event) -> Generator:
+        try:
+            return (yield from work(cancel))
+        except RuntimeError as err:
+            raise _CarriedRuntimeError(describe(err)) from err
+
+    return carried
 
 
 class LayerSync:
@@ -119,9 +153,9 @@ class RunPanel(QWidget):
 
     The work runs in a :func:`napari.qt.threading.create_worker` thread (heavy work there drives a
     worker process, :func:`napari_spahgc.child.run_in_child`); Cancel sets the event handed to the work
-    and stops the thread between two yields; errors, a crashed worker process included, become napari
-    notifications (the viewer never sees the exception); a napari progress bar in the activity dock
-    mirrors the counts.
+    and stops the thread between two yields; errors of the Run handler, of the work (a crashed worker
+    process included) and of ``on_done`` become napari notifications (the viewer never sees the
+    exception); a napari progress bar in the activity dock mirrors the counts.
     """
 
     def __init__(self, run_text: str, on_run: Callable[[], None], parent: QWidget | None = None) -> None:
@@ -134,7 +168,7 @@ class RunPanel(QWidget):
         self.worker: GeneratorWorker | None = None
         self._cancel = threading.Event()
         self._napari_bar: progress | None = None
-        self.run_button.clicked.connect(on_run)
+        self.run_button.clicked.connect(guarded(run_text, on_run))
         self.cancel_button.clicked.connect(self.cancel)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -164,10 +198,11 @@ class RunPanel(QWidget):
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         # errors are not raised in the GUI thread: _on_error turns them into notifications
-        worker = create_worker(work, self._cancel, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(
+            _carrying_runtime_errors(work), self._cancel, _start_thread=False, _ignore_errors=True
+        )
         worker.yielded.connect(self._on_step)
-        worker.returned.connect(on_done)
-        worker.returned.connect(lambda _: self.status.setText(f"{label}: done"))
+        worker.returned.connect(lambda result: self._on_returned(result, on_done))
         worker.errored.connect(self._on_error)
         worker.aborted.connect(lambda: self.status.setText(f"{label}: cancelled"))
         worker.finished.connect(self._on_finished)
@@ -191,9 +226,18 @@ class RunPanel(QWidget):
             self._napari_bar = progress(total=step.total, desc=self.label)
         self._napari_bar.update(step.done - self._napari_bar.n)
 
+    def _on_returned(self, result: Any, on_done: Callable[[Any], None]) -> None:
+        try:
+            on_done(result)
+        except Exception as err:  # the result cannot be shown: a failure like any other
+            self._on_error(err)
+            return
+        self.status.setText(f"{self.label}: done")
+
     def _on_error(self, error: Exception) -> None:
-        self.status.setText(f"{self.label} failed: {error}")
-        show_error(f"{self.label} failed: {error}")
+        if isinstance(error, _CarriedRuntimeError):
+            error = error.__cause__
+        self.status.setText(notify_failure(self.label, error))
 
     def _on_finished(self) -> None:
         self.worker = None

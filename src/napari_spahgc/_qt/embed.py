@@ -6,7 +6,7 @@ import napari
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QComboBox, QFormLayout, QSpinBox
 
-from .._files import cache_dir
+from .._files import cache_dir, prepare_output_folder
 from ..child import run_in_child
 from ..embedding import load_embeddings
 from ..encoders import DEFAULT_ENCODER, REGISTRY, list_encoders  # torch-free: torch loads only to build
@@ -52,6 +52,7 @@ class EmbedWidget(SessionWidget):
             show_error("Open slides first (Slide widget).")
             return None
         weights = (self.weights.text or None) if self.weights.isEnabled() else None  # packaged: ships its own
+        prepare_output_folder(self.cache.text, "cache folder")
         settings = (self.encoder.currentText(), weights, self.device.currentText(), self.batch_size.value(),
                     self.cache.text)  # fmt: skip
 

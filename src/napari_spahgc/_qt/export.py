@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import napari
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QFormLayout, QPushButton
 
 from ..errors import InputError
-from ._common import PathField, SessionWidget
+from ._common import PathField, SessionWidget, notify_failure
 
 
 class ExportWidget(SessionWidget):
@@ -34,8 +34,8 @@ class ExportWidget(SessionWidget):
             if not path:
                 raise InputError("choose a file name first")
             show_info(f"saved {action(path)}")
-        except (InputError, OSError) as err:
-            show_error(f"Export failed: {err}")
+        except Exception as err:  # bad file names and failed writes alike
+            notify_failure("Export", err)
 
     def export_h5ad(self, path: str | Path) -> Path:
         """Write the current slide's predictions (the ``spahgc predict`` format) to ``path``."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import napari
-from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QButtonGroup,
@@ -82,12 +81,9 @@ class PredictWidget(SessionWidget):
         return [item.text() for item in items if item.checkState() == Qt.CheckState.Checked]
 
     def run(self):
-        """Predict the current slide in a worker process (training first in train mode)."""
-        try:
-            work = self._train_work() if self.train_mode.isChecked() else self._load_work()
-        except InputError as err:
-            show_error(str(err))
-            return None
+        """Predict the current slide in a worker process (training first in train mode); bad input raises
+        (the Predict button makes that a notification)."""
+        work = self._train_work() if self.train_mode.isChecked() else self._load_work()
         return self.panel.start(work, "Predicting", self._done)
 
     def _done(self, result) -> None:
@@ -104,6 +100,7 @@ class PredictWidget(SessionWidget):
         return target
 
     def _train_work(self):
+        from .._files import prepare_output_folder
         from ..expression import read_gene_panel
 
         target, references = self._target(), self.reference_ids()
@@ -113,6 +110,8 @@ class PredictWidget(SessionWidget):
         if missing:
             raise InputError(f"reference slide(s) {', '.join(missing)} have no embeddings: run Embed first")
         panel = read_gene_panel(self.genes.text) if self.genes.text else None
+        if self.save_to.text:  # before training, so a run is not lost at its end
+            prepare_output_folder(self.save_to.text, "model folder")
         slides = [self.session.slides[s] for s in references]
         embeddings = {s: self.session.embeddings[s] for s in (*references, target.slide_id)}
         arguments = (slides, target, embeddings, panel, None if panel else self.n_hvg.value(),

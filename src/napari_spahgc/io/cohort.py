@@ -15,8 +15,9 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
-from ..slide import Slide, SlideImage
+from .._files import require_file
+from ..errors import InputError, describe
+from ..slide import Slide, SlideImage, check_pixel_size
 from .images import open_image
 from .spots import SpotTable, read_count_ids, read_counts, read_spots
 
@@ -43,13 +44,13 @@ class CohortEntry:
 
 def read_cohort(path: str | Path) -> list[CohortEntry]:
     """Parse and check a cohort table (columns, duplicate ids, pixel sizes); no file is opened yet."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("cohort table not found", path)
+    path = require_file(path, "cohort table")
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        table = pd.read_csv(
+            path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig"
+        )
     except Exception as err:
-        raise InputError(f"cannot read cohort table ({type(err).__name__}: {err})", path) from err
+        raise InputError(f"cannot read cohort table ({describe(err)})", path) from err
     table.columns = [c.strip() for c in table.columns]
     missing = [c for c in COHORT_COLUMNS if c not in table.columns]
     if missing:
@@ -203,9 +204,11 @@ def _choose_pixel_size(
     given: float | None, image: SlideImage | None, table: SpotTable
 ) -> tuple[float | None, str | None]:
     if given is not None:
-        return float(given), "given by the user"
+        return check_pixel_size(float(given), "given by the user"), "given by the user"
     if image is not None and image.pixel_size_um is not None:
         return image.pixel_size_um, image.pixel_size_source
+    if table.pixel_size_um is not None:
+        check_pixel_size(table.pixel_size_um, table.pixel_size_source or "spot file", table.path)
     return table.pixel_size_um, table.pixel_size_source
 
 
@@ -234,4 +237,4 @@ def _pixel_size(value: str, slide_id: str, table: Path) -> float | None:
         size = float("nan")
     if not np.isfinite(size) or size <= 0:
         raise InputError(f"slide {slide_id!r}: pixel_size_um must be a positive number, got {value!r}", table)
-    return size
+    return check_pixel_size(size, f"pixel_size_um of slide {slide_id!r}", table)

@@ -11,7 +11,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .._files import atomic_path
+from .._files import atomic_path, safe_name
 from ..slide import Slide
 
 _THUMBNAIL_SIDE = 2000
@@ -25,7 +25,8 @@ def spot_anndata(
     provenance: Mapping | None = None,
 ) -> ad.AnnData:
     """AnnData with obs = the slide's spot ids, var = genes, X = values, full-resolution
-    ``obsm['spatial']`` (x, y), ``uns['spatial'][slide_id]`` (thumbnail + scalefactors) and
+    ``obsm['spatial']`` (x, y), ``uns['spatial'][library]`` (thumbnail + scalefactors; the library is the slide id's safe file-name
+    form, the id itself is in its ``metadata``) and
     ``uns['napari_spahgc']`` provenance."""
     values = np.asarray(values, dtype=np.float32)
     if values.shape != (slide.n_spots, len(genes)):
@@ -38,7 +39,7 @@ def spot_anndata(
     adata.obsm["spatial"] = slide.centers_px.astype(np.float64)
     for name, layer in (layers or {}).items():
         adata.layers[name] = np.asarray(layer, dtype=np.float32)
-    adata.uns["spatial"] = {slide.slide_id: _spatial_entry(slide)}
+    adata.uns["spatial"] = {safe_name(slide.slide_id): _spatial_entry(slide)}  # h5py reads "/" as a path
     adata.uns["napari_spahgc"] = provenance_record(provenance or {}, slide)
     return adata
 

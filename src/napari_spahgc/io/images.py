@@ -14,9 +14,9 @@ import numpy as np
 import tifffile
 import zarr
 
-from .._files import atomic_path, cache_dir, file_fingerprint
-from ..errors import InputError
-from ..slide import SlideImage
+from .._files import atomic_path, cache_dir, file_fingerprint, require_file
+from ..errors import InputError, describe
+from ..slide import PLAUSIBLE_UM_PER_PX, SlideImage
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf", ".ome.tif", ".ome.tiff", ".ndpi", ".scn")
 FLAT_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -24,8 +24,9 @@ IMAGE_SUFFIXES = TIFF_SUFFIXES + FLAT_SUFFIXES
 
 _TILE = 512
 _COARSEST_SIDE = 1024  # the smallest pyramid level fits a viewer canvas (cheap first frame in napari)
-_MAX_FLAT_PIXELS = 3_000_000_000  # PIL's decompression-bomb guard, raised for whole-slide JPEGs
-_PLAUSIBLE_UM_PER_PX = (0.05, 50.0)
+_MAX_FLAT_PIXELS = 1_000_000_000  # a JPEG/PNG is decoded whole once: at most 3 GB of RGB
+_MIN_BYTES_PER_PIXEL = 1e-4  # 1-bit PNG at deflate's best ratio: no real file claims more pixels
+_MAX_CHUNK_BYTES = 512 << 20  # one TIFF tile or strip, decoded (what one patch read may cost)
 _UNIT_TO_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "nm": 1e-3, "Å": 1e-4}
 
 
@@ -35,9 +36,7 @@ def is_image_path(path: str | Path) -> bool:
 
 def open_image(path: str | Path) -> SlideImage:
     """Open ``path`` as a lazy :class:`SlideImage` (pixel size from metadata when the file has it)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("image file not found", path)
+    path = require_file(path, "image file")
     lower = path.name.lower()
     if lower.endswith(FLAT_SUFFIXES):
         image = _open_tiff(_flat_image_pyramid(path), display_path=path)
@@ -61,10 +60,12 @@ def _open_tiff(path: Path, display_path: Path) -> SlideImage:
     except InputError:
         raise
     except Exception as err:  # tifffile raises many types for corrupt files
-        raise InputError(f"cannot read image ({type(err).__name__}: {err})", display_path) from err
+        raise InputError(f"cannot read image ({describe(err)})", display_path) from err
     arrays = (
         [root[key] for key in sorted(root.array_keys(), key=int)] if isinstance(root, zarr.Group) else [root]
     )
+    for array in arrays:
+        _check_chunks(array, display_path)
     levels = [_as_rgb(da.from_zarr(array), axes, display_path) for array in arrays]
     base_rows = levels[0].shape[0]
     downsamples = [base_rows / level.shape[0] for level in levels]
@@ -144,7 +145,7 @@ def _ome_pixel_size(xml: str) -> float | None:
 
 
 def _plausible(um_per_px: float) -> bool:
-    return _PLAUSIBLE_UM_PER_PX[0] <= um_per_px <= _PLAUSIBLE_UM_PER_PX[1]
+    return PLAUSIBLE_UM_PER_PX[0] <= um_per_px <= PLAUSIBLE_UM_PER_PX[1]
 
 
 def _flat_image_pyramid(path: Path) -> Path:
@@ -161,10 +162,15 @@ def _flat_image_pyramid(path: Path) -> Path:
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, _MAX_FLAT_PIXELS)
     try:
         with Image.open(path) as opened:
+            _check_flat_budget(opened.size, path)  # from the header, before anything is decoded
             opened.load()
             image = opened if opened.mode == "RGB" else opened.convert("RGB")
+    except InputError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise InputError(f"image is too large to decode whole ({err})", path) from None
     except Exception as err:
-        raise InputError(f"cannot decode image ({type(err).__name__}: {err})", path) from err
+        raise InputError(f"cannot decode image ({describe(err)})", path) from err
     levels = [image]
     while max(levels[-1].size) > _COARSEST_SIDE:
         levels.append(levels[-1].reduce(2))
@@ -184,6 +190,42 @@ def _flat_image_pyramid(path: Path) -> Path:
                 metadata={"axes": "YXS"} if index == 0 else None,
             )
     return target
+
+
+def _check_flat_budget(size: tuple[int, int], path: Path) -> None:
+    """Refuse a JPEG/PNG whose claimed size cannot be real (a decompression bomb) or would not fit in
+    memory decoded whole; the message says how to convert it."""
+    import psutil
+
+    width, height = size
+    pixels = width * height
+    advice = (
+        "convert it to a tiled pyramid TIFF (e.g. vips tiffsave --tile --pyramid), which is read tile by tile"
+    )
+    if path.stat().st_size < pixels * _MIN_BYTES_PER_PIXEL:
+        raise InputError(
+            f"a {path.stat().st_size}-byte file cannot hold the {width} × {height} px it claims "
+            "(corrupt, or a decompression bomb)",
+            path,
+        )
+    needed = pixels * 3 * 2  # the decoded RGB image and its pyramid levels
+    if pixels > _MAX_FLAT_PIXELS or needed > psutil.virtual_memory().available:
+        raise InputError(
+            f"{width} × {height} px is too large to decode whole ({needed / 1e9:.1f} GB needed, limit "
+            f"{_MAX_FLAT_PIXELS / 1e9:g} Gpx); {advice}",
+            path,
+        )
+
+
+def _check_chunks(array: zarr.Array, path: Path) -> None:
+    """Refuse a TIFF whose tiles or strips are so large that reading one patch would decode gigabytes."""
+    chunk_bytes = int(np.prod(array.chunks)) * array.dtype.itemsize
+    if chunk_bytes > _MAX_CHUNK_BYTES:
+        raise InputError(
+            f"its tiles/strips are {' × '.join(map(str, array.chunks))} ({chunk_bytes / 1e9:.1f} GB decoded "
+            f"each; limit {_MAX_CHUNK_BYTES >> 20} MB): write it as a tiled TIFF",
+            path,
+        )
 
 
 def _tiles(image) -> Iterator[np.ndarray]:

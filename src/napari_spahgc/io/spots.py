@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import InputError
+from .._files import read_text
+from ..errors import InputError, describe
 from ..slide import LEGACY_ST_SPOT_DIAMETER_UM, VISIUM_SPOT_DIAMETER_UM
+from .validate import check_ids_and_centers, h5ad_centers, numbers, preview, validate_counts
 
 
 @dataclass
@@ -76,17 +78,18 @@ def read_counts(path: str | Path) -> ad.AnnData:
         elif name.endswith(".h5"):
             adata = _read_10x_h5(path)
         else:
-            frame = pd.read_csv(path, sep=_separator(name), index_col=0)
+            frame = _counts_table(path, name)
             adata = ad.AnnData(sp.csr_matrix(frame.to_numpy(dtype=np.float32)))
             adata.obs_names = frame.index.astype(str)
             adata.var_names = frame.columns.astype(str)
     except InputError:
         raise
     except Exception as err:
-        raise InputError(f"cannot read counts ({type(err).__name__}: {err})", path) from err
+        raise InputError(f"cannot read counts ({describe(err)})", path) from err
     if adata is None:
         raise InputError("no counts matrix found", path)
-    return validate_counts(adata, path)
+    tenx = path.is_dir() or name.endswith(".h5")
+    return validate_counts(adata, path, duplicate_genes="rename" if tenx else "refuse")
 
 
 def read_count_ids(path: str | Path) -> pd.Index:
@@ -99,33 +102,26 @@ def read_count_ids(path: str | Path) -> pd.Index:
     try:
         ids = pd.read_csv(path, sep=_separator(name), usecols=[0], index_col=0).index.astype(str)
     except Exception as err:
-        raise InputError(f"cannot read counts ({type(err).__name__}: {err})", path) from err
+        raise InputError(f"cannot read counts ({describe(err)})", path) from err
     duplicated = ids[ids.duplicated()]
     if len(duplicated):
-        raise InputError(f"duplicate spot ids in counts: {_preview(duplicated)}", path)
+        raise InputError(f"duplicate spot ids in counts: {preview(duplicated)}", path)
     return ids
+
+
+def _counts_table(path: Path, name: str) -> pd.DataFrame:
+    """A text counts table (spots × genes); repeated gene columns are refused, not renamed by pandas."""
+    frame = pd.read_csv(path, sep=_separator(name), index_col=0)
+    header = pd.read_csv(path, sep=_separator(name), header=None, nrows=1, dtype=str)
+    genes = pd.Index(header.iloc[0, 1:].astype(str))
+    repeated = genes[genes.duplicated()].unique()
+    if len(repeated):
+        raise InputError(f"duplicate gene names in counts: {preview(repeated)}", path)
+    return frame
 
 
 def _separator(name: str) -> str:
     return "\t" if ".tsv" in name or ".txt" in name else ","
-
-
-def validate_counts(adata: ad.AnnData, path: str | Path) -> ad.AnnData:
-    """Reject duplicate spot ids and negative or NaN counts; make gene names unique."""
-    adata.obs_names = adata.obs_names.astype(str)
-    duplicated = adata.obs_names[adata.obs_names.duplicated()]
-    if len(duplicated):
-        raise InputError(f"duplicate spot ids in counts: {_preview(duplicated)}", path)
-    values = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
-    if np.isnan(values).any():
-        raise InputError("counts contain NaN values", path)
-    if (values < 0).any():
-        raise InputError("counts contain negative values (expected raw, non-negative counts)", path)
-    if not adata.var_names.is_unique:
-        adata.var_names_make_unique()
-    if not sp.issparse(adata.X):
-        adata.X = sp.csr_matrix(adata.X)
-    return adata
 
 
 # ---------------------------------------------------------------------------------------------- formats
@@ -149,7 +145,7 @@ def read_spaceranger(folder: Path) -> SpotTable:
     table = _visium_table(positions, _read_positions(positions))
     table.path = folder
     scalefactors = spatial / "scalefactors_json.json"
-    factors = json.loads(scalefactors.read_text()) if scalefactors.is_file() else {}
+    factors = _scalefactors(scalefactors) if scalefactors.is_file() else {}
     _apply_scalefactors(table, factors, scalefactors)
     for kind, factor in _image_scalefactors(factors).items():
         image = spatial / f"tissue_{kind}_image.png"
@@ -160,7 +156,7 @@ def read_spaceranger(folder: Path) -> SpotTable:
                 table.images[kind] = (np.asarray(handle.convert("RGB")), factor)
     matrix = folder / "filtered_feature_bc_matrix.h5"
     if matrix.is_file():
-        table.counts = validate_counts(_read_10x_h5(matrix), matrix)
+        table.counts = validate_counts(_read_10x_h5(matrix), matrix, duplicate_genes="rename")
     return table
 
 
@@ -169,12 +165,12 @@ def read_h5ad_spots(path: Path) -> SpotTable:
     try:
         adata = ad.read_h5ad(path)
     except Exception as err:
-        raise InputError(f"cannot read h5ad ({type(err).__name__}: {err})", path) from err
+        raise InputError(f"cannot read h5ad ({describe(err)})", path) from err
     if "spatial" not in adata.obsm:
         raise InputError("h5ad has no spot coordinates (obsm['spatial'] is missing)", path)
-    centers = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
+    centers = h5ad_centers(np.asarray(adata.obsm["spatial"]), path)
     table = SpotTable(path, pd.Index(adata.obs_names.astype(str)), centers)
-    _check_ids_and_centers(table)
+    check_ids_and_centers(table.spot_ids, table.centers_px, table.path)
     libraries = adata.uns.get("spatial", {})
     if libraries:
         library_id = next(iter(libraries))
@@ -188,7 +184,7 @@ def read_h5ad_spots(path: Path) -> SpotTable:
                 table.images[kind] = (_to_uint8_rgb(np.asarray(images[kind])), factor)
     if adata.n_vars:
         counts = adata.layers.get("counts", adata.X)
-        matrix = ad.AnnData(sp.csr_matrix(counts), obs=pd.DataFrame(index=table.spot_ids), var=adata.var[[]])
+        matrix = ad.AnnData(counts, obs=pd.DataFrame(index=table.spot_ids), var=adata.var[[]])
         table.counts = validate_counts(matrix, path)
     return table
 
@@ -197,26 +193,30 @@ def _legacy_st(path: Path, table: pd.DataFrame) -> SpotTable:
     """Legacy ST ``*_selection.tsv``: ids ``"{x}x{y}"`` from array coordinates, centres from pixel_x/y."""
     table = table.rename(columns=str.lower)
     if "selected" in table:
-        table = table[table["selected"].astype(int) == 1]
-    ids = pd.Index(table["x"].astype(int).astype(str) + "x" + table["y"].astype(int).astype(str))
-    centers = table[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+        table = table[numbers(table, ["selected"], path)[:, 0] == 1]
+    array = numbers(table, ["x", "y"], path)
+    if not np.array_equal(array, np.round(array)):
+        raise InputError("array coordinates x and y must be whole numbers", path)
+    whole = pd.DataFrame(array.astype(np.int64)).astype(str)
+    ids = pd.Index(whole[0] + "x" + whole[1])
+    centers = numbers(table, ["pixel_x", "pixel_y"], path)
     spots = SpotTable(path, ids, centers, spot_diameter_um=LEGACY_ST_SPOT_DIAMETER_UM)
-    _check_ids_and_centers(spots)
+    check_ids_and_centers(spots.spot_ids, spots.centers_px, spots.path)
     return spots
 
 
 def _visium_table(path: Path, table: pd.DataFrame) -> SpotTable:
     table = table.rename(columns=str.lower)
-    if "in_tissue" in table:
-        table = table[table["in_tissue"].astype(int) == 1]
     missing = {"barcode", "pxl_row_in_fullres", "pxl_col_in_fullres"} - set(table.columns)
     if missing:
         raise InputError(f"tissue positions lack column(s) {sorted(missing)}", path)
-    centers = table[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    if "in_tissue" in table:
+        table = table[numbers(table, ["in_tissue"], path)[:, 0] == 1]
+    centers = numbers(table, ["pxl_col_in_fullres", "pxl_row_in_fullres"], path)
     spots = SpotTable(
         path, pd.Index(table["barcode"].astype(str)), centers, spot_diameter_um=VISIUM_SPOT_DIAMETER_UM
     )
-    _check_ids_and_centers(spots)
+    check_ids_and_centers(spots.spot_ids, spots.centers_px, spots.path)
     return spots
 
 
@@ -239,12 +239,9 @@ def _plain_table(path: Path, table: pd.DataFrame) -> SpotTable:
     id_col = next((lower[c] for c in _ID_COLUMNS if c in lower), table.columns[0])
     if id_col in (x_col, y_col):
         raise InputError("spot table has no spot id column (spot_id, barcode or id)", path)
-    try:
-        centers = table[[x_col, y_col]].to_numpy(dtype=np.float64)
-    except ValueError as err:
-        raise InputError(f"spot coordinates are not numbers ({err})", path) from err
+    centers = numbers(table, [x_col, y_col], path)
     spots = SpotTable(path, pd.Index(table[id_col].astype(str)), centers)
-    _check_ids_and_centers(spots)
+    check_ids_and_centers(spots.spot_ids, spots.centers_px, spots.path)
     return spots
 
 
@@ -256,7 +253,7 @@ def _read_table(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path, sep=sep)
     except Exception as err:
-        raise InputError(f"cannot read spot table ({type(err).__name__}: {err})", path) from err
+        raise InputError(f"cannot read spot table ({describe(err)})", path) from err
 
 
 def _read_positions(path: Path) -> pd.DataFrame:
@@ -270,7 +267,7 @@ def _read_positions(path: Path) -> pd.DataFrame:
             return pd.read_csv(path)
         return pd.read_csv(path, header=None, names=names)
     except Exception as err:
-        raise InputError(f"cannot read tissue positions ({type(err).__name__}: {err})", path) from err
+        raise InputError(f"cannot read tissue positions ({describe(err)})", path) from err
 
 
 def _read_10x_h5(path: Path) -> ad.AnnData:
@@ -279,8 +276,7 @@ def _read_10x_h5(path: Path) -> ad.AnnData:
     try:
         adata = sc.read_10x_h5(path)
     except Exception as err:
-        raise InputError(f"cannot read 10x matrix ({type(err).__name__}: {err})", path) from err
-    adata.var_names_make_unique()
+        raise InputError(f"cannot read 10x matrix ({describe(err)})", path) from err
     return adata
 
 
@@ -299,6 +295,27 @@ def _apply_scalefactors(table: SpotTable, factors: dict, path: Path) -> None:
         table.pixel_size_source = f"scalefactors spot_diameter_fullres = {um:g} µm ({path.name})"
 
 
+def _scalefactors(path: Path) -> dict[str, float]:
+    """``scalefactors_json.json``: a JSON object whose numeric fields are positive finite numbers."""
+    try:
+        factors = json.loads(read_text(path, "scalefactors file"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"scalefactors file is not valid JSON ({err})", path) from None
+    if not isinstance(factors, dict):
+        raise InputError("scalefactors file must hold a JSON object", path)
+    for name in (
+        "spot_diameter_fullres",
+        "microns_per_pixel",
+        "bin_size_um",
+        "tissue_hires_scalef",
+        "tissue_lowres_scalef",
+    ):
+        value = factors.get(name)
+        if value is not None and not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+            raise InputError(f"scalefactor {name} must be a positive number, got {value!r}", path)
+    return factors
+
+
 def _image_scalefactors(factors: dict) -> dict[str, float]:
     """Scale of each low-resolution image relative to full resolution, finest first."""
     return {
@@ -315,18 +332,3 @@ def _to_uint8_rgb(pixels: np.ndarray) -> np.ndarray:
     if pixels.ndim == 2:
         pixels = np.stack([pixels] * 3, axis=-1)
     return pixels[..., :3]
-
-
-def _check_ids_and_centers(spots: SpotTable) -> None:
-    if len(spots.spot_ids) == 0:
-        raise InputError("spot table has no spots", spots.path)
-    duplicated = spots.spot_ids[spots.spot_ids.duplicated()]
-    if len(duplicated):
-        raise InputError(f"duplicate spot ids: {_preview(duplicated)}", spots.path)
-    if not np.isfinite(spots.centers_px).all():
-        raise InputError("spot coordinates contain NaN or infinite values", spots.path)
-
-
-def _preview(values, n: int = 5) -> str:
-    values = list(map(str, values))
-    return ", ".join(values[:n]) + (f" … ({len(values)} in all)" if len(values) > n else "")
