@@ -17,6 +17,9 @@ def test_validation_groups_cover_the_slides_once():
     assert len(groups) == 4 and sorted(i for g in groups for i in g) == [0, 1, 2, 3, 4]
     assert sorted(validation_groups(3, members=4, seed=0)) == [[0], [1], [2]]  # one member per slide
     assert validation_groups(2, members=4, seed=0) == [[]]  # two slides: one member, no validation
+    for n_slides, members in ((3, 2), (4, 3), (5, 2)):  # every member keeps two training slides or more
+        groups = validation_groups(n_slides, members=members, seed=1)
+        assert len(groups) == members and all(n_slides - len(g) >= 2 for g in groups), groups
     single = validation_groups(4, members=1, seed=5)
     assert len(single) == 1 and len(single[0]) == 1
     assert validation_groups(4, members=1, seed=5, hold_out=False) == [

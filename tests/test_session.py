@@ -46,6 +46,9 @@ def test_slides_and_the_slide_on_show(events):
     session.set_pixel_size("A", 0.5)
     assert session.slides["A"].pixel_size_um == 0.5
     assert session.slides["A"].pixel_size_source == "entered by the user"
+    with pytest.raises(InputError, match=r"pixel size 0\.0001 µm/px \(entered for slide 'A'\) is outside"):
+        session.set_pixel_size("A", 1e-4)
+    assert session.slides["A"].pixel_size_um == 0.5  # unchanged
 
 
 def test_what_was_derived_from_a_slide_goes_when_it_is_replaced_or_rescaled(events):

@@ -19,5 +19,9 @@ def resolve_device(device: str) -> torch.device:
 
 
 def default_threads() -> int:
-    """Threads for torch on CPU: the cores this process may use."""
+    """Threads for torch on CPU: ``OMP_NUM_THREADS`` when set (a cluster worker's share), else the cores
+    this process may use."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

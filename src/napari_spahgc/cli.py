@@ -21,13 +21,17 @@ from .cli_options import (
     GenesOpt,
     HvgOpt,
     PresetOpt,
+    RetriesOpt,
+    SchedulerOpt,
     SeedOpt,
     SetOpt,
     TrainEpochsOpt,
     WeightsOpt,
+    WorkersOpt,
     gene_panel,
     spahgc_settings,
 )
+from .cli_runs import embed_with_progress, load_slides
 from .errors import InputError
 from .interrupts import StopSignals
 
@@ -85,12 +89,21 @@ def embed(
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 64,
     cache: CacheOpt = None,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+    retries: RetriesOpt = 0,
 ) -> None:
-    """Embed every spot's patch (224 px at 0.5 µm/px) and cache the embeddings per slide."""
-    slides = _load(cohort, with_expression=False)  # the spots are all embedding needs
-    _, paths = _embed(slides, encoder, weights, device, batch_size, cache)
-    for slide_id, path in paths.items():
-        typer.echo(f"{slide_id}: {path}")
+    """Embed every spot's patch (224 px at 0.5 µm/px) and cache the embeddings per slide (on a Dask
+    cluster with --scheduler or --workers: one task per slide)."""
+    slides = load_slides(cohort, with_expression=False)  # the spots are all embedding needs
+    if scheduler or workers:
+        from .cli_runs import embed_on_cluster
+
+        embed_on_cluster(slides, encoder, weights, device, batch_size, cache, scheduler, workers, retries)
+    else:
+        _, paths = embed_with_progress(slides, encoder, weights, device, batch_size, cache)
+        for slide_id, path in paths.items():
+            typer.echo(f"{slide_id}: {path}")
     typer.echo(
         "Load one with numpy.load(path): arrays embeddings, spot_ids, centers_px, key (docs/embeddings.md)."
     )
@@ -122,8 +135,10 @@ def train(
     total = SpaHGCConfig.from_options(options, preset=preset).train.epochs  # a bad preset fails here
     panel = gene_panel(genes, n_hvg)
     prepare_output_folder(out, "model folder")  # before training, so no run is lost at its end
-    slides = _load(cohort)
-    model_encoder, embeddings = _embed(slides, encoder, weights, device, batch_size, cache, load=True)
+    slides = load_slides(cohort)
+    model_encoder, embeddings = embed_with_progress(
+        slides, encoder, weights, device, batch_size, cache, load=True
+    )
     trainer = make_trainer(
         slides, embeddings, panel=panel, n_hvg=n_hvg, encoder=model_encoder,
         patch=PatchSpec().to_dict(), seed=seed, device=device, preset=preset, **options,
@@ -145,16 +160,28 @@ def predict(
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 64,
     cache: CacheOpt = None,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+    retries: RetriesOpt = 0,
 ) -> None:
-    """Predict expression for every slide of the cohort with a trained model; write h5ad files."""
+    """Predict expression for every slide of the cohort with a trained model; write h5ad files (on a
+    Dask cluster with --scheduler or --workers: one task per slide, the model loaded once per worker)."""
     from .pipeline import write_predictions
     from .predictor import SpaHGCPredictor
 
     model = SpaHGCPredictor.load(model_dir)
     prepare_output_folder(out)
-    slides = _load(cohort)
+    slides = load_slides(cohort)
     name = model.metadata.encoder.get("name", "efficientnet-lite0")
-    model_encoder, embeddings = _embed(slides, name, weights, device, batch_size, cache, load=True)
+    if scheduler or workers:
+        from .cli_runs import predict_on_cluster
+
+        cluster = (scheduler, workers, retries)
+        predict_on_cluster(model_dir, slides, out, name, weights, device, batch_size, cache, *cluster)
+        return
+    model_encoder, embeddings = embed_with_progress(
+        slides, name, weights, device, batch_size, cache, load=True
+    )
     model.check_compatible(model_encoder["name"], model_encoder["weights_checksum"])
     for path in write_predictions(model, slides, embeddings, out):
         typer.echo(str(path))
@@ -194,8 +221,10 @@ def benchmark(
     check_methods(chosen, options)  # before any work
     panel = gene_panel(genes, n_hvg)
     prepare_output_folder(out)
-    slides = _load(cohort)
-    model_encoder, embeddings = _embed(slides, encoder, weights, device, batch_size, cache, load=True)
+    slides = load_slides(cohort)
+    model_encoder, embeddings = embed_with_progress(
+        slides, encoder, weights, device, batch_size, cache, load=True
+    )
     report = run_benchmark(
         slides, embeddings, out, panel=panel, n_hvg=n_hvg, methods=chosen, seed=seed, device=device,
         protocol={"encoder": model_encoder, "patch": PatchSpec().to_dict(), "cohort": str(cohort)},
@@ -277,32 +306,6 @@ def render(
     require_file(predictions, "predictions file")
     prepare_output_file(out, "PNG")
     typer.echo(str(render_gene(ad.read_h5ad(predictions), gene, out, image=image, colormap=colormap)))
-
-
-def _load(cohort: Path, with_expression: bool = True) -> list:
-    from .io.cohort import read_cohort
-
-    return [entry.load(with_expression) for entry in read_cohort(cohort)]
-
-
-def _embed(slides, encoder_name, weights, device, batch_size, cache, load: bool = False):
-    """Embed with a progress bar; return the encoder's info and either the arrays or the cache paths."""
-    from ._files import cache_dir
-    from .embedding import embed_flow, load_embeddings
-
-    folder = prepare_output_folder(cache, "cache folder") if cache else cache_dir("embeddings")
-    flow = embed_flow(slides, encoder_name, weights, device, batch_size, folder)
-    total = sum(s.n_spots for s in slides)
-    with typer.progressbar(length=total, label=f"embedding ({encoder_name})", file=sys.stderr) as bar:
-        while True:
-            try:
-                bar.update(next(flow).done - bar.pos)
-            except StopIteration as finished:
-                encoder, paths = finished.value
-                break
-    if load:
-        return encoder, {slide_id: load_embeddings(path)[0] for slide_id, path in paths.items()}
-    return encoder, paths
 
 
 def _to_stderr(line: str) -> None:

@@ -24,6 +24,18 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Patches per 
 CacheOpt = Annotated[
     Path | None, typer.Option("--cache", help="Embedding cache folder (default: the user cache folder).")
 ]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option("--scheduler", help="Run one task per slide on the Dask scheduler at this address."),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", min=1, help="Run one task per slide on a local Dask cluster of N processes."),
+]
+RetriesOpt = Annotated[
+    int,
+    typer.Option("--retries", min=0, help="Retries of a slide's task after a transient failure (cluster)."),
+]
 GenesOpt = Annotated[Path | None, typer.Option("--genes", help="Gene panel file: one gene name per line.")]
 HvgOpt = Annotated[
     int | None, typer.Option("--n-hvg", min=1, help="Use the top-N HVGs of each training slide, intersected.")

@@ -62,6 +62,15 @@ def cache_path(cache_dir: str | Path, slide: Slide, key: dict) -> Path:
     return slide_file(cache_dir, slide.slide_id, f"-{digest}.npz")
 
 
+def cached_embeddings(
+    slide: Slide, encoder: Encoder | LazyEncoder, cache_dir: str | Path, spec: PatchSpec = PatchSpec()
+) -> Path | None:
+    """The cache file holding ``slide``'s embeddings for this encoder and patch setting, if one does."""
+    key = cache_key(slide, encoder, spec)
+    path = cache_path(cache_dir, slide, key)
+    return path if _valid(path, key) else None
+
+
 def load_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
     """(embeddings, spot_ids, key) of one cache file."""
     with np.load(path, allow_pickle=False) as data:
@@ -85,7 +94,7 @@ def embed_cohort(
         slide.require_pixel_size()
         key = cache_key(slide, encoder, spec)
         path = cache_path(cache_dir, slide, key)
-        if _valid(path, key):
+        if cached_embeddings(slide, encoder, cache_dir, spec) is not None:
             yield EmbeddingProgress(
                 slide.slide_id, slide.n_spots, slide.n_spots, index, len(slides), True, path
             )

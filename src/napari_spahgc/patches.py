@@ -89,4 +89,4 @@ def prefetch(batches: Iterator[np.ndarray], depth: int = 2) -> Iterator[np.ndarr
             yield item
     finally:
         stop.set()
-        reader.join(timeout=5)
+        reader.join(timeout=60)  # it finishes the batch it reads: no thread left to die at exit

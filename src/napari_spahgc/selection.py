@@ -19,8 +19,10 @@ from .neighbours import SELF_WEIGHTS, spatial_mix, spatial_neighbours
 
 def validation_groups(n_slides: int, members: int, seed: int, hold_out: bool = True) -> list[list[int]]:
     """The held-out slide indices of each ensemble member: the slides in a seeded order, split into
-    min(members, n_slides) groups; with ``members=1`` one slide is held out; with fewer than three
-    slides a single member holds nothing out; without ``hold_out`` every member holds nothing out."""
+    min(members, n_slides) groups — or one slide each when a group would leave a member fewer than two
+    training slides (a slide's references are the other training slides); with ``members=1`` one slide
+    is held out; with fewer than three slides a single member holds nothing out; without ``hold_out``
+    every member holds nothing out."""
     if not hold_out:
         return [[] for _ in range(max(members, 1))]
     if n_slides < 3:
@@ -28,7 +30,10 @@ def validation_groups(n_slides: int, members: int, seed: int, hold_out: bool = T
     order = np.random.default_rng(seed).permutation(n_slides)
     if members <= 1:
         return [[int(order[0])]]
-    return [sorted(int(i) for i in part) for part in np.array_split(order, min(members, n_slides))]
+    groups = np.array_split(order, min(members, n_slides))
+    if max(len(group) for group in groups) > n_slides - 2:
+        groups = [order[i : i + 1] for i in range(min(members, n_slides))]
+    return [sorted(int(i) for i in group) for group in groups]
 
 
 @dataclass

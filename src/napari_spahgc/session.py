@@ -14,7 +14,7 @@ from psygnal import Signal
 
 from .errors import InputError
 from .render import best_genes
-from .slide import Slide
+from .slide import Slide, check_pixel_size
 
 
 class Session:
@@ -67,7 +67,8 @@ class Session:
     def set_pixel_size(self, slide_id: str, microns_per_pixel: float) -> None:
         """The user's pixel size for a slide that had none (embeddings made at another scale are dropped)."""
         slide = self.slides[slide_id]
-        slide.pixel_size_um, slide.pixel_size_source = float(microns_per_pixel), "entered by the user"
+        size = check_pixel_size(float(microns_per_pixel), f"entered for slide {slide_id!r}")
+        slide.pixel_size_um, slide.pixel_size_source = size, "entered by the user"
         self.embeddings.pop(slide_id, None)
         self.slides_changed.emit()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import napari
 from napari.utils.notifications import show_error
-from qtpy.QtWidgets import QComboBox, QFormLayout, QSpinBox
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLineEdit, QSpinBox
 
 from .._files import cache_dir, prepare_output_folder
 from ..child import run_in_child
@@ -29,6 +29,8 @@ class EmbedWidget(SessionWidget):
         self.batch_size = QSpinBox(minimum=1, maximum=4096, value=64)
         self.cache = PathField("folder", "Embedding cache folder")
         self.cache.set_text(str(cache_dir("embeddings")))
+        self.scheduler = QLineEdit()
+        self.scheduler.setPlaceholderText("optional: tcp://host:8786 (one task per slide)")
         self.panel = RunPanel("Embed slides", self.run)
         form = QFormLayout()
         form.addRow("Encoder", self.encoder)
@@ -36,6 +38,7 @@ class EmbedWidget(SessionWidget):
         form.addRow("Device", self.device)
         form.addRow("Batch size", self.batch_size)
         form.addRow("Cache", self.cache)
+        form.addRow("Dask scheduler", self.scheduler)
         form.addRow(self.panel)
         self.setLayout(form)
         self.encoder.currentTextChanged.connect(self._encoder_changed)
@@ -45,8 +48,8 @@ class EmbedWidget(SessionWidget):
         self.weights.setEnabled(REGISTRY[name].takes_weights_file)
 
     def run(self):
-        """Embed all loaded slides in a worker process; the embeddings join the session when every
-        slide is done."""
+        """Embed all loaded slides in a worker process (or, with a scheduler address, one task per slide
+        on that Dask cluster); the embeddings join the session when every slide is done."""
         slides = list(self.session.slides.values())
         if not slides:
             show_error("Open slides first (Slide widget).")
@@ -55,11 +58,16 @@ class EmbedWidget(SessionWidget):
         prepare_output_folder(self.cache.text, "cache folder")
         settings = (self.encoder.currentText(), weights, self.device.currentText(), self.batch_size.value(),
                     self.cache.text)  # fmt: skip
+        scheduler = self.scheduler.text().strip()
 
         def work(cancel):
-            encoder, paths = yield from run_in_child(
-                "napari_spahgc.embedding:embed_flow", slides, *settings, cancel=cancel
-            )
+            if scheduler:
+                from ..cluster import EmbedSettings, embed_flow_on_cluster
+
+                flow = embed_flow_on_cluster(slides, EmbedSettings(*settings), scheduler, cancel)
+            else:
+                flow = run_in_child("napari_spahgc.embedding:embed_flow", slides, *settings, cancel=cancel)
+            encoder, paths = yield from flow
             return encoder, {slide_id: load_embeddings(path)[0] for slide_id, path in paths.items()}
 
         return self.panel.start(work, "Embedding", lambda result: self.session.set_embeddings(*result))

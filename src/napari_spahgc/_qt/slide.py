@@ -9,7 +9,8 @@ from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QPushButton
 
 from ..progress import Progress
-from ._common import PathField, RunPanel, SessionWidget
+from ..slide import PLAUSIBLE_UM_PER_PX
+from ._common import PathField, RunPanel, SessionWidget, guarded
 
 
 class SlideWidget(SessionWidget):
@@ -24,7 +25,9 @@ class SlideWidget(SessionWidget):
         self.image = PathField("file", "H&E image (with a spot table)", placeholder="optional: H&E image")
         self.panel = RunPanel("Open", self._open)
         self.slides = QComboBox()
-        self.pixel_size = QDoubleSpinBox(decimals=4, minimum=0.0, maximum=100.0, singleStep=0.01)
+        self.pixel_size = QDoubleSpinBox(
+            decimals=4, minimum=0.0, maximum=PLAUSIBLE_UM_PER_PX[1], singleStep=0.01
+        )
         self.pixel_size.setSuffix(" µm/px")
         self.pixel_source, self.counts = QLabel(""), QLabel("")
         self.apply_pixel = QPushButton("Set pixel size")
@@ -39,7 +42,7 @@ class SlideWidget(SessionWidget):
         form.addRow("Spots / genes", self.counts)
         self.setLayout(form)
         self.slides.currentTextChanged.connect(self._choose)
-        self.apply_pixel.clicked.connect(self._set_pixel_size)
+        self.apply_pixel.clicked.connect(guarded("Pixel size", self._set_pixel_size))
         self.session.slides_changed.connect(self._refresh)
         self.session.current_changed.connect(self._describe)
         self._refresh()
