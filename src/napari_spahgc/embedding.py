@@ -94,7 +94,7 @@ def embed_cohort(
         slide.require_pixel_size()
         key = cache_key(slide, encoder, spec)
         path = cache_path(cache_dir, slide, key)
-        if cached_embeddings(slide, encoder, cache_dir, spec) is not None:
+        if _valid(path, key):
             yield EmbeddingProgress(
                 slide.slide_id, slide.n_spots, slide.n_spots, index, len(slides), True, path
             )
