@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -323,8 +324,7 @@ def _cell(value) -> str:
 
 
 def main() -> None:
-    """Console entry point: bad input ends with its message and exit code 2, not a traceback; SIGINT
-    and SIGTERM stop cleanly with 130 and 143 (nothing half-written; finished slides stay cached)."""
+    """Console entry point: bad input exits 2 with its message (no traceback); SIGINT/SIGTERM 130/143."""
     with StopSignals() as stop:
         code: int | str | None = 0
         try:
@@ -340,7 +340,9 @@ def main() -> None:
         typer.echo(
             f"interrupted ({stop.received.name}): nothing half-written was left; rerun to resume", err=True
         )
-        code = 128 + stop.received
+        for stream in (sys.stdout, sys.stderr):  # the run is unwound; CPython would report an
+            stream.flush()  # interrupt that crossed PyRun_* code (some extensions) as death by SIGINT
+        os._exit(128 + stop.received)
     sys.exit(code)
 
 
