@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import tifffile
 import torch_geometric  # noqa: F401
 from napari.utils.notifications import notification_manager
+from scipy import sparse
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import scale_slides
 
 # This process both draws viewers and trains in-process (demo and pipeline tests). Loading torch's
 # stack (triton through torch_geometric) after a viewer has drawn segfaults with Mesa, so it is loaded
@@ -55,23 +59,11 @@ def write_ome_pyramid(path: Path, image: np.ndarray, pixel_size_um: float | None
 
 
 def write_10x_h5(path: Path, counts: np.ndarray, barcodes: list[str], genes: list[str]) -> Path:
-    """A Cell Ranger v3 ``filtered_feature_bc_matrix.h5`` (CSC, genes × barcodes)."""
-    import scipy.sparse as sp
-
-    matrix = sp.csc_matrix(counts.T.astype(np.int32))
-    with h5py.File(path, "w") as handle:
-        group = handle.create_group("matrix")
-        group["data"] = matrix.data
-        group["indices"] = matrix.indices
-        group["indptr"] = matrix.indptr
-        group["shape"] = np.array(matrix.shape, dtype=np.int32)
-        group["barcodes"] = np.array(barcodes, dtype="S")
-        features = group.create_group("features")
-        features["id"] = np.array([f"ENSG{i:011d}" for i in range(len(genes))], dtype="S")
-        features["name"] = np.array(genes, dtype="S")
-        features["feature_type"] = np.array(["Gene Expression"] * len(genes), dtype="S")
-        features["genome"] = np.array(["GRCh38"] * len(genes), dtype="S")
-    return path
+    """A Cell Ranger v3 ``filtered_feature_bc_matrix.h5`` (CSC, genes × barcodes), written by the
+    scale benchmark's writer from dense spots × genes counts."""
+    return scale_slides.write_10x_h5(
+        path, sparse.csr_matrix(np.asarray(counts)), np.asarray(barcodes), list(genes)
+    )
 
 
 @pytest.fixture

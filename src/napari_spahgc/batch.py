@@ -61,7 +61,7 @@ class GraphBatch:
         has_prior = all("prior" in g["target"] for g in graphs)
         return cls(
             target_x=_pad([g["target"].x for g in graphs], n_t).to(device),
-            reference_x=_pad([g["reference"].x for g in graphs], n_r).to(device),
+            reference_x=_pad([_reference_x(g) for g in graphs], n_r).to(device),
             edges={relation: torch.cat(e, dim=1).to(device) for relation, e in edges.items()},
             retrieved=retrieved.to(device),
             n_targets=[g["target"].num_nodes for g in graphs],
@@ -70,6 +70,14 @@ class GraphBatch:
             truth=_pad([g["target"].y for g in graphs], n_t).to(device) if has_truth else None,
             prior=_pad([g["target"].prior for g in graphs], n_t).to(device) if has_prior else None,
         )
+
+
+def _reference_x(graph: HeteroData) -> Tensor:
+    """A graph's reference features: its own, or its rows of a shared table (``bank_features``)."""
+    reference = graph["reference"]
+    if "x" in reference:
+        return reference.x
+    return reference.bank_features.index_select(0, reference.bank_index)
 
 
 def _pad(tensors: Sequence[Tensor], rows: int) -> Tensor:

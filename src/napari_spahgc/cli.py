@@ -21,6 +21,7 @@ from .cli_options import (
     EpochsOpt,
     GenesOpt,
     HvgOpt,
+    ModeOpt,
     PresetOpt,
     RetriesOpt,
     SchedulerOpt,
@@ -32,7 +33,7 @@ from .cli_options import (
     gene_panel,
     spahgc_settings,
 )
-from .cli_runs import embed_with_progress, load_slides
+from .cli_runs import embed_on_cluster, embed_with_progress, load_slides, model_mode, predict_on_cluster
 from .errors import InputError
 from .interrupts import StopSignals
 
@@ -93,16 +94,16 @@ def embed(
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
     retries: RetriesOpt = 0,
+    mode: ModeOpt = "auto",
 ) -> None:
-    """Embed every spot's patch (224 px at 0.5 µm/px) and cache the embeddings per slide (on a Dask
-    cluster with --scheduler or --workers: one task per slide)."""
+    """Embed every spot's field (224 px at 0.5 µm/px; per spot or densely, --mode) and cache the embeddings
+    per slide (on a Dask cluster with --scheduler or --workers: one task per slide)."""
     slides = load_slides(cohort, with_expression=False)  # the spots are all embedding needs
     if scheduler or workers:
-        from .cli_runs import embed_on_cluster
-
-        embed_on_cluster(slides, encoder, weights, device, batch_size, cache, scheduler, workers, retries)
+        cluster = (scheduler, workers, retries, mode)
+        embed_on_cluster(slides, encoder, weights, device, batch_size, cache, *cluster)
     else:
-        _, paths = embed_with_progress(slides, encoder, weights, device, batch_size, cache)
+        _, paths = embed_with_progress(slides, encoder, weights, device, batch_size, cache, mode=mode)
         for slide_id, path in paths.items():
             typer.echo(f"{slide_id}: {path}")
     typer.echo(
@@ -125,6 +126,7 @@ def train(
     cache: CacheOpt = None,
     preset: PresetOpt = "default",
     settings: SetOpt = None,
+    mode: ModeOpt = "auto",
 ) -> None:
     """Train SpaHGC on every slide of the cohort (by default a cross-validated ensemble: each member holds
     slides out to choose its epoch; --preset paper: one model, final epoch) and save it."""
@@ -138,7 +140,7 @@ def train(
     prepare_output_folder(out, "model folder")  # before training, so no run is lost at its end
     slides = load_slides(cohort)
     model_encoder, embeddings = embed_with_progress(
-        slides, encoder, weights, device, batch_size, cache, load=True
+        slides, encoder, weights, device, batch_size, cache, load=True, mode=mode
     )
     trainer = make_trainer(
         slides, embeddings, panel=panel, n_hvg=n_hvg, encoder=model_encoder,
@@ -164,6 +166,7 @@ def predict(
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
     retries: RetriesOpt = 0,
+    mode: ModeOpt = "auto",
 ) -> None:
     """Predict expression for every slide of the cohort with a trained model; write h5ad files (on a
     Dask cluster with --scheduler or --workers: one task per slide, the model loaded once per worker)."""
@@ -175,15 +178,14 @@ def predict(
     slides = load_slides(cohort)
     name = model.metadata.encoder.get("name", "efficientnet-lite0")
     if scheduler or workers:
-        from .cli_runs import predict_on_cluster
-
-        cluster = (scheduler, workers, retries)
+        cluster = (scheduler, workers, retries, mode)  # the tasks resolve auto per slide
         predict_on_cluster(model_dir, slides, out, name, weights, device, batch_size, cache, *cluster)
         return
+    mode = model_mode(mode, model.metadata.encoder)  # auto: the mode the model was trained with
     model_encoder, embeddings = embed_with_progress(
-        slides, name, weights, device, batch_size, cache, load=True
+        slides, name, weights, device, batch_size, cache, load=True, mode=mode
     )
-    model.check_compatible(model_encoder["name"], model_encoder["weights_checksum"])
+    model.check_embeddings(model_encoder)
     for path in write_predictions(model, slides, embeddings, out):
         typer.echo(str(path))
 
@@ -210,6 +212,7 @@ def benchmark(
     batch_size: BatchOpt = 64,
     cache: CacheOpt = None,
     settings: SetOpt = None,
+    mode: ModeOpt = "auto",
 ) -> None:
     """Leave-one-slide-out (or -patient-out) benchmark of SpaHGC (ours and the paper's configuration)
     and tuned baselines on the same embeddings; --set and --epochs apply to the 'spahgc' method."""
@@ -224,7 +227,7 @@ def benchmark(
     prepare_output_folder(out)
     slides = load_slides(cohort)
     model_encoder, embeddings = embed_with_progress(
-        slides, encoder, weights, device, batch_size, cache, load=True
+        slides, encoder, weights, device, batch_size, cache, load=True, mode=mode
     )
     report = run_benchmark(
         slides, embeddings, out, panel=panel, n_hvg=n_hvg, methods=chosen, seed=seed, device=device,
@@ -256,7 +259,6 @@ def demo(
     The sections are read from SPAHGC_DATA, ../shared/data/her2st, or (online) downloaded. With a display
     (and without --no-viewer) napari then opens with everything loaded.
     """
-
     from .demo import run_demo
 
     result = run_demo(out, cohort, test_slide, epochs=epochs, seed=seed, device=device, log=_to_stderr)
@@ -271,8 +273,6 @@ def demo(
 
 def _open_viewer(result) -> None:
     """napari with the demo loaded, when there is a display (never in CI)."""
-    import os
-
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or os.environ.get("CI"):
         typer.echo(
             "no display: not opening napari (open the predictions with the Slide widget later)", err=True

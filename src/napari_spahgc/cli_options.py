@@ -24,6 +24,14 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Patches per 
 CacheOpt = Annotated[
     Path | None, typer.Option("--cache", help="Embedding cache folder (default: the user cache folder).")
 ]
+ModeOpt = Annotated[
+    str,
+    typer.Option(
+        "--mode",
+        help="Embedding: spot (one patch per spot), dense (one pass per tissue tile, fields averaged), "
+        "auto (dense below a 60 µm spot pitch, i.e. Visium HD; else spot). predict: the model's mode.",
+    ),
+]
 SchedulerOpt = Annotated[
     str | None,
     typer.Option("--scheduler", help="Run one task per slide on the Dask scheduler at this address."),

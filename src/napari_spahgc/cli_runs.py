@@ -24,12 +24,15 @@ def load_slides(cohort: Path, with_expression: bool = True) -> list[Slide]:
     return [entry.load(with_expression) for entry in read_cohort(cohort)]
 
 
-def embed_with_progress(slides, encoder_name, weights, device, batch_size, cache, load: bool = False):
-    """Embed with a progress bar; return the encoder's info and either the arrays or the cache paths."""
+def embed_with_progress(
+    slides, encoder_name, weights, device, batch_size, cache, load: bool = False, mode: str = "auto"
+):
+    """Embed with a progress bar; return the encoder's info (with its ``embedding_mode``) and either the
+    arrays or the cache paths. ``mode``: auto | spot | dense (:func:`~napari_spahgc.embedding.resolve_mode`)."""
     from .embedding import embed_flow, load_embeddings
 
     folder = prepare_output_folder(cache, "cache folder") if cache else cache_dir("embeddings")
-    flow = embed_flow(slides, encoder_name, weights, device, batch_size, folder)
+    flow = embed_flow(slides, encoder_name, weights, device, batch_size, folder, mode)
     total = sum(s.n_spots for s in slides)
     with typer.progressbar(length=total, label=f"embedding ({encoder_name})", file=sys.stderr) as bar:
         while True:
@@ -43,11 +46,25 @@ def embed_with_progress(slides, encoder_name, weights, device, batch_size, cache
     return encoder, paths
 
 
+def model_mode(mode: str, encoder_info: dict) -> str:
+    """``predict``'s embedding mode: the one given, else (auto) the mode the model was trained with."""
+    recorded = encoder_info.get("embedding_mode")
+    return recorded if mode == "auto" and recorded in ("spot", "dense") else mode
+
+
+def cluster_mode(mode: str) -> None:
+    """Cluster tasks resolve the mode per slide (auto); an explicit one is refused, not ignored."""
+    if mode != "auto":
+        raise typer.BadParameter("--mode spot|dense is not supported with --scheduler/--workers (auto only)")
+
+
 def embed_on_cluster(
-    slides, encoder, weights, device, batch_size, cache, scheduler, workers, retries
+    slides, encoder, weights, device, batch_size, cache, scheduler, workers, retries, mode="auto"
 ) -> None:
     """``spahgc embed`` with one task per slide: each writes its slide's cache file."""
     from .cluster import embed_task
+
+    cluster_mode(mode)
     from .embedding import cached_embeddings
 
     settings, lazy = _settings(encoder, weights, device, batch_size, cache)
@@ -68,11 +85,13 @@ def predict_on_cluster(
     scheduler,
     workers,
     retries,
+    mode="auto",
 ) -> None:
     """``spahgc predict`` with one task per slide: each embeds its slide through the cache, predicts it
     with the model folder (loaded once per worker) and writes ``SLIDE_ID.h5ad``."""
     from .cluster import predict_task
 
+    cluster_mode(mode)
     settings, _ = _settings(encoder, weights, device, batch_size, cache)
     args = (str(model_dir.resolve()), settings, str(out.resolve()))
     run_on_cluster(predict_task, slides, args, scheduler, workers, retries)

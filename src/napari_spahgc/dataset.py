@@ -30,6 +30,14 @@ class SlideData:
     def n_spots(self) -> int:
         return len(self.spot_ids)
 
+    def subset(self, rows: np.ndarray) -> SlideData:
+        """The same slide restricted to spots ``rows``."""
+        expression = None if self.expression is None else self.expression[rows]
+        return replace(
+            self, spot_ids=self.spot_ids[rows], embeddings=self.embeddings[rows], coords=self.coords[rows],
+            expression=expression,
+        )  # fmt: skip
+
     def standardised(self, scale: FeatureScale) -> SlideData:
         """A copy with embeddings standardised by ``scale``."""
         return replace(self, embeddings=scale.transform(self.embeddings))

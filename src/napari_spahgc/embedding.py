@@ -3,7 +3,8 @@
 Cache format: one ``<slide_id>-<key>.npz`` (the id's safe file-name form, :func:`~napari_spahgc._files.safe_name`) per slide and setting in the cache folder, holding
 ``embeddings`` (n_spots, dim) float32, ``spot_ids`` (str), ``centers_px`` (n, 2) and ``key`` (the JSON of
 what the embeddings depend on: image content fingerprint, spot ids and centres, encoder name and
-weights checksum, patch size and scale). A file is written once, atomically, after its slide is
+weights checksum, patch size and scale, and the embedding ``mode``: ``spot`` or ``dense`` with its grid).
+A file is written once, atomically, after its slide is
 complete, so a cancelled or crashed run never leaves a partial entry and a rerun skips finished slides.
 Load one with ``numpy.load(path)`` or :func:`load_embeddings`.
 """
@@ -21,9 +22,16 @@ import numpy as np
 
 from ._files import atomic_path, file_fingerprint, slide_file
 from .encoders import Encoder, LazyEncoder
+from .errors import InputError
 from .patches import PatchSpec, patch_batches, prefetch
 from .progress import Progress
-from .slide import Slide
+from .slide import Slide, spot_pitch
+
+#: ``spot``: one 224 px patch per spot through the encoder; ``dense``: one encoder pass per tissue tile,
+#: each spot's field averaged from the feature map (:mod:`~napari_spahgc.dense`); ``auto``: dense when
+#: the spot pitch is below :data:`DENSE_BELOW_PITCH_UM` (Visium HD bins), else per spot.
+MODES = ("auto", "spot", "dense")
+DENSE_BELOW_PITCH_UM = 60.0
 
 
 @dataclass
@@ -37,10 +45,25 @@ class EmbeddingProgress:
     n_slides: int
     cached: bool = False
     path: Path | None = None
+    mode: str = "spot"
 
 
-def cache_key(slide: Slide, encoder: Encoder, spec: PatchSpec) -> dict:
-    """Everything the embeddings of ``slide`` depend on."""
+def resolve_mode(slide: Slide, mode: str = "auto") -> str:
+    """``spot`` or ``dense`` for ``slide``: ``auto`` is dense when the median nearest-spot distance is
+    below :data:`DENSE_BELOW_PITCH_UM` µm (Visium HD's 2–16 µm bins), per spot otherwise (Visium 100 µm,
+    legacy ST 200 µm)."""
+    if mode not in MODES:
+        raise InputError(f"unknown embedding mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode != "auto":
+        return mode
+    if slide.n_spots < 2:
+        return "spot"
+    pitch_um = spot_pitch(slide.centers_px, max_queries=2000) * slide.require_pixel_size()
+    return "dense" if pitch_um < DENSE_BELOW_PITCH_UM else "spot"
+
+
+def cache_key(slide: Slide, encoder: Encoder, spec: PatchSpec, mode: str = "auto") -> dict:
+    """Everything the embeddings of ``slide`` depend on, the resolved embedding mode included."""
     image_file = slide.image.path if slide.image is not None else None
     spots = hashlib.sha256()
     spots.update("\n".join(slide.spot_ids).encode())
@@ -54,7 +77,18 @@ def cache_key(slide: Slide, encoder: Encoder, spec: PatchSpec) -> dict:
         "encoder": encoder.name,
         "weights": encoder.weights_checksum,
         "patch": spec.to_dict(),
+        **_mode_key(slide, encoder, spec, resolve_mode(slide, mode)),
     }
+
+
+def _mode_key(slide: Slide, encoder, spec: PatchSpec, mode: str) -> dict:
+    if mode == "spot":
+        return {"mode": "spot"}
+    from .dense import DenseGrid
+    from .tissue import TISSUE_METHOD
+
+    grid = DenseGrid.of(slide, encoder, spec).to_dict()
+    return {"mode": "dense", "dense": {**grid, "tissue": TISSUE_METHOD}}
 
 
 def cache_path(cache_dir: str | Path, slide: Slide, key: dict) -> Path:
@@ -63,10 +97,14 @@ def cache_path(cache_dir: str | Path, slide: Slide, key: dict) -> Path:
 
 
 def cached_embeddings(
-    slide: Slide, encoder: Encoder | LazyEncoder, cache_dir: str | Path, spec: PatchSpec = PatchSpec()
+    slide: Slide,
+    encoder: Encoder | LazyEncoder,
+    cache_dir: str | Path,
+    spec: PatchSpec = PatchSpec(),
+    mode: str = "auto",
 ) -> Path | None:
-    """The cache file holding ``slide``'s embeddings for this encoder and patch setting, if one does."""
-    key = cache_key(slide, encoder, spec)
+    """The cache file holding ``slide``'s embeddings for this encoder, patch setting and mode, if one does."""
+    key = cache_key(slide, encoder, spec, mode)
     path = cache_path(cache_dir, slide, key)
     return path if _valid(path, key) else None
 
@@ -84,37 +122,74 @@ def embed_cohort(
     spec: PatchSpec = PatchSpec(),
     batch_size: int = 64,
     prefetch_depth: int = 2,
+    mode: str = "auto",
 ) -> Iterator[EmbeddingProgress]:
-    """Embed every slide (cached ones are read, not computed); yields after each batch.
+    """Embed every slide (cached ones are read, not computed); yields after each batch (of patches, or
+    of tiles in dense mode, :func:`resolve_mode`).
 
     Stop iterating to cancel between batches: the slide in progress is not written. Up to
     ``prefetch_depth`` batches are read by a background thread while the encoder runs (0: no thread).
     """
     for index, slide in enumerate(slides):
         slide.require_pixel_size()
-        key = cache_key(slide, encoder, spec)
+        resolved = resolve_mode(slide, mode)
+        key = cache_key(slide, encoder, spec, resolved)
         path = cache_path(cache_dir, slide, key)
+        n, where = slide.n_spots, (index, len(slides))
         if _valid(path, key):
-            yield EmbeddingProgress(
-                slide.slide_id, slide.n_spots, slide.n_spots, index, len(slides), True, path
-            )
+            yield EmbeddingProgress(slide.slide_id, n, n, *where, True, path, resolved)
             continue
-        parts, done = [], 0
-        batches = patch_batches(slide, spec, batch_size)
-        for batch in prefetch(batches, prefetch_depth) if prefetch_depth else batches:
-            parts.append(encoder(batch))
-            done += len(batch)
-            yield EmbeddingProgress(slide.slide_id, done, slide.n_spots, index, len(slides))
-        embeddings = np.concatenate(parts).astype(np.float32)
-        with atomic_path(path) as tmp, tmp.open("wb") as handle:
-            np.savez(
-                handle,
-                embeddings=embeddings,
-                spot_ids=slide.spot_ids.to_numpy(dtype=str),
-                centers_px=slide.centers_px,
-                key=json.dumps(key, sort_keys=True),
-            )
-        yield EmbeddingProgress(slide.slide_id, done, slide.n_spots, index, len(slides), False, path)
+        if resolved == "dense":
+            flow = _dense_flow(slide, encoder, spec, batch_size, prefetch_depth)
+        else:
+            flow = _spot_flow(slide, encoder, spec, batch_size, prefetch_depth)
+        while True:
+            try:
+                done = next(flow)
+            except StopIteration as finished:
+                embeddings = finished.value
+                break
+            yield EmbeddingProgress(slide.slide_id, done, n, *where, mode=resolved)
+        _write(path, slide, embeddings, key)
+        yield EmbeddingProgress(slide.slide_id, n, n, *where, False, path, resolved)
+
+
+def _spot_flow(slide, encoder, spec, batch_size, prefetch_depth) -> Generator[int, None, np.ndarray]:
+    """One patch per spot: yields the spots done after each batch, returns the embeddings."""
+    parts, done = [], 0
+    batches = patch_batches(slide, spec, batch_size)
+    for batch in prefetch(batches, prefetch_depth) if prefetch_depth else batches:
+        parts.append(encoder(batch))
+        done += len(batch)
+        yield done
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, encoder.dim), np.float32)
+
+
+def _dense_flow(slide, encoder, spec, batch_size, prefetch_depth) -> Generator[int, None, np.ndarray]:
+    """One pass per tile: yields the spots done (in proportion to the tiles done), returns the embeddings.
+    A tile batch holds about as many pixels as ``batch_size`` patches."""
+    from .dense import DenseGrid, dense_embeddings
+
+    grid = DenseGrid.of(slide, encoder, spec)
+    per_batch = max(1, round(batch_size * spec.size**2 / grid.input_px**2))
+    flow = dense_embeddings(slide, encoder, spec, per_batch, min(prefetch_depth, 1))
+    while True:
+        try:
+            progress = next(flow)
+        except StopIteration as finished:
+            return finished.value
+        yield min(slide.n_spots * progress.tiles_done // max(progress.tiles_total, 1), slide.n_spots - 1)
+
+
+def _write(path: Path, slide: Slide, embeddings: np.ndarray, key: dict) -> None:
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        np.savez(
+            handle,
+            embeddings=embeddings.astype(np.float32),
+            spot_ids=slide.spot_ids.to_numpy(dtype=str),
+            centers_px=slide.centers_px,
+            key=json.dumps(key, sort_keys=True),
+        )
 
 
 def embed_flow(
@@ -124,19 +199,28 @@ def embed_flow(
     device: str,
     batch_size: int,
     cache: str | Path,
+    mode: str = "auto",
 ) -> Generator[Progress, None, tuple[dict, dict[str, str]]]:
     """Embed ``slides`` through the cache, yielding the spots done of the whole cohort; return (encoder
-    info, {slide id: cache file}). The encoder is built only when a slide is not cached."""
+    info with its ``embedding_mode``, {slide id: cache file}). The encoder is built only when a slide is
+    not cached. ``embedding_mode`` is the resolved mode, or {slide id: mode} when the slides differ."""
     total = sum(s.n_spots for s in slides)
     yield Progress(0, total, f"loading {encoder_name}")
     encoder = LazyEncoder(encoder_name, weights, device)
-    finished, paths = 0, {}
-    for p in embed_cohort(slides, encoder, cache, PatchSpec(), batch_size):
-        yield Progress(finished + p.done, total, f"{p.slide_id}: {p.done}/{p.total} spots ({encoder.name})")
+    finished, paths, modes = 0, {}, {}
+    for p in embed_cohort(slides, encoder, cache, PatchSpec(), batch_size, mode=mode):
+        label = f"{p.slide_id}: {p.done}/{p.total} spots ({encoder.name}, {p.mode})"
+        yield Progress(finished + p.done, total, label)
         if p.path is not None:
             finished += p.total
-            paths[p.slide_id] = str(p.path)
-    return encoder.info(), paths
+            paths[p.slide_id], modes[p.slide_id] = str(p.path), p.mode
+    return {**encoder.info(), "embedding_mode": embedding_mode(modes)}, paths
+
+
+def embedding_mode(modes: dict[str, str]) -> str | dict[str, str]:
+    """The one mode of every slide, else {slide id: mode}."""
+    distinct = set(modes.values())
+    return distinct.pop() if len(distinct) == 1 else dict(modes)
 
 
 def cohort_embeddings(
@@ -145,9 +229,11 @@ def cohort_embeddings(
     cache_dir: str | Path,
     spec: PatchSpec = PatchSpec(),
     batch_size: int = 64,
+    mode: str = "auto",
 ) -> dict[str, np.ndarray]:
     """Run :func:`embed_cohort` to the end; return ``{slide_id: (n_spots, dim) embeddings}``."""
-    paths = {p.slide_id: p.path for p in embed_cohort(slides, encoder, cache_dir, spec, batch_size) if p.path}
+    stream = embed_cohort(slides, encoder, cache_dir, spec, batch_size, mode=mode)
+    paths = {p.slide_id: p.path for p in stream if p.path}
     return {slide_id: load_embeddings(path)[0] for slide_id, path in paths.items()}
 
 
@@ -157,9 +243,10 @@ def embed_slide(
     cache_dir: str | Path,
     spec: PatchSpec = PatchSpec(),
     batch_size: int = 64,
+    mode: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(embeddings, spot_ids)`` of one slide: (n_spots, dim) float32 and its spot ids, through the cache."""
-    *_, last = embed_cohort([slide], encoder, cache_dir, spec, batch_size)
+    *_, last = embed_cohort([slide], encoder, cache_dir, spec, batch_size, mode=mode)
     embeddings, spot_ids, _ = load_embeddings(last.path)
     return embeddings, spot_ids
 

@@ -47,6 +47,14 @@ class EncoderSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     #: renames a checkpoint's tensors to the architecture's names (state, model, path) → state
     convert: Callable[[dict, nn.Module, Path], dict] | None = None
+    #: dense embedding (:meth:`Encoder.feature_grid`): input px per feature cell; ``vit`` (patch tokens)
+    #: or ``cnn`` (the pre-pooling map); the centre of cell k at input px (k + grid_offset) · stride
+    #: in edge coordinates (a CNN with symmetric padding centres cell k on pixel 32k: 0.5 / 32; a ViT
+    #: patch's centre: 0.5); feature cells per side of a tile's kept interior
+    grid_stride: int = 32
+    grid_kind: str = "cnn"
+    grid_offset: float = 0.5 / 32
+    tile_cells: int = 32
 
     @property
     def takes_weights_file(self) -> bool:
@@ -106,33 +114,64 @@ class Encoder:
 
     def __call__(self, patches: np.ndarray) -> np.ndarray:
         """Embed a batch; on CUDA a batch that does not fit is split in halves until it does."""
-        import torch
-
-        try:
-            return self._embed(patches)
-        except torch.cuda.OutOfMemoryError:
-            if len(patches) == 1:
-                raise
-            torch.cuda.empty_cache()
-            half = len(patches) // 2
-            return np.concatenate([self(patches[:half]), self(patches[half:])])
+        return _halving_on_oom(self._embed, patches)
 
     def _embed(self, patches: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            batch = torch.from_numpy(np.ascontiguousarray(patches))
+            x = self._normalised(patches)
             if self.device.type == "cuda":
-                batch = batch.pin_memory().to(self.device, non_blocking=True)
-            x = batch.permute(0, 3, 1, 2).float().div_(255).sub_(self._mean).div_(self._std)
-            if self.device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     return self.model(x).float().cpu().numpy()
             return self.model(x).numpy().astype(np.float32)
 
+    def feature_grid(self, tiles: np.ndarray) -> np.ndarray:
+        """uint8 (B, H, W, 3) tiles (H, W multiples of ``spec.grid_stride``) → float32 (B, gh, gw, dim):
+        a CNN's map before global pooling, a ViT's normed patch tokens (no class or register tokens)."""
+        return _halving_on_oom(self._grid, tiles)
+
+    def _grid(self, tiles: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = self._normalised(tiles)
+            gh, gw = x.shape[2] // self.spec.grid_stride, x.shape[3] // self.spec.grid_stride
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                features = self.model.forward_features(x)
+            if self.spec.grid_kind == "vit":  # (B, prefix + gh·gw, dim), already normed
+                grid = features[:, self.model.num_prefix_tokens :].reshape(len(x), gh, gw, -1)
+            else:  # (B, dim, gh, gw)
+                grid = features.permute(0, 2, 3, 1)
+            return grid.float().cpu().numpy()
+
+    def _normalised(self, patches: np.ndarray) -> torch.Tensor:
+        import torch
+
+        batch = torch.from_numpy(np.ascontiguousarray(patches))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        x = batch.permute(0, 3, 1, 2).float().div_(255).sub_(self._mean).div_(self._std)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def info(self) -> dict:
         return {"name": self.name, "dim": self.dim, "weights_checksum": self.weights_checksum}
+
+
+def _halving_on_oom(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> np.ndarray:
+    """``run(batch)``; on CUDA a batch that does not fit is split in halves until it does."""
+    import torch
+
+    try:
+        return run(batch)
+    except torch.cuda.OutOfMemoryError:
+        if len(batch) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(batch) // 2
+        return np.concatenate([_halving_on_oom(run, batch[:half]), _halving_on_oom(run, batch[half:])])
 
 
 def create_encoder(
@@ -162,9 +201,16 @@ class LazyEncoder:
         self._encoder: Encoder | None = None
 
     def __call__(self, patches: np.ndarray) -> np.ndarray:
+        return self.built()(patches)
+
+    def feature_grid(self, tiles: np.ndarray) -> np.ndarray:
+        return self.built().feature_grid(tiles)
+
+    def built(self) -> Encoder:
+        """The encoder itself, built now if it was not yet."""
         if self._encoder is None:
             self._encoder = _build(self.spec, self.weights_path, self.weights_checksum, self.device)
-        return self._encoder(patches)
+        return self._encoder
 
     def info(self) -> dict:
         return {"name": self.name, "dim": self.dim, "weights_checksum": self.weights_checksum}
@@ -248,9 +294,27 @@ REGISTRY: dict[str, EncoderSpec] = {
         packaged_weights=_efficientnet_lite0_package_file,
         convert=efficientnet_lite0_state,
     ),
-    "uni": EncoderSpec("uni", 1024, _uni, hub_id="MahmoodLab/UNI", weights_env="SPAHGC_UNI_WEIGHTS"),
+    "uni": EncoderSpec(
+        "uni",
+        1024,
+        _uni,
+        hub_id="MahmoodLab/UNI",
+        weights_env="SPAHGC_UNI_WEIGHTS",
+        grid_stride=16,
+        grid_kind="vit",
+        grid_offset=0.5,
+        tile_cells=26,
+    ),
     "uni2-h": EncoderSpec(
-        "uni2-h", 1536, _uni2_h, hub_id="MahmoodLab/UNI2-h", weights_env="SPAHGC_UNI2H_WEIGHTS"
+        "uni2-h",
+        1536,
+        _uni2_h,
+        hub_id="MahmoodLab/UNI2-h",
+        weights_env="SPAHGC_UNI2H_WEIGHTS",
+        grid_stride=14,
+        grid_kind="vit",
+        grid_offset=0.5,
+        tile_cells=30,
     ),
 }
 

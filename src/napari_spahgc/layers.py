@@ -11,6 +11,7 @@ from functools import partial
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from .expression import log_cpm
 from .slide import Slide, spot_pitch
@@ -164,8 +165,15 @@ def prediction_layers(slide: Slide, prediction, gene: str, colormap: str = "viri
 def gene_values(prediction, gene: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Predicted and (when present) measured values of ``gene`` across the slide's spots."""
     column = prediction.var_names.get_loc(gene)
-    measured = prediction.layers["measured"][:, column] if "measured" in prediction.layers else None
-    return np.asarray(prediction.X[:, column]), measured
+    measured = _column(prediction.layers["measured"], column) if "measured" in prediction.layers else None
+    return _column(prediction.X, column), measured
+
+
+def _column(values, column: int) -> np.ndarray:
+    """One gene's values as a dense vector (``values`` dense, or sparse CSR as HD measured layers are)."""
+    if sparse.issparse(values):
+        return values[:, [column]].toarray().ravel()
+    return np.asarray(values[:, column])
 
 
 def shared_limits(
@@ -186,7 +194,8 @@ def layer_name(slide_id: str, gene: str, kind: LayerKind) -> str:
 def _gene_points(slide, values, prediction, gene, kind, limits, colormap) -> tuple:
     data, meta, _ = spots_layer(slide)
     features = pd.DataFrame(
-        np.asarray(values, dtype=np.float32), columns=list(map(str, prediction.var_names))
+        values.toarray() if sparse.issparse(values) else np.asarray(values, dtype=np.float32),
+        columns=list(map(str, prediction.var_names)),
     )
     features.insert(0, "spot_id", slide.spot_ids.to_numpy(dtype=object))
     metadata = _slide_metadata(slide, kind)
@@ -220,7 +229,7 @@ def _gene_raster(slide, values, prediction, gene, kind, limits, colormap, grid) 
         "units": _units(slide),
         "metadata": {METADATA_KEY: metadata},
     }
-    return gene_raster(np.asarray(values)[:, column], index), meta, "image"
+    return gene_raster(_column(values, column), index), meta, "image"
 
 
 def spot_grid(centers: np.ndarray, tolerance: float = 0.1) -> tuple[np.ndarray, float, np.ndarray] | None:

@@ -67,6 +67,9 @@ class MemberLayerNorm(MemberModule):
         return torch.addcmul(self.member_weights(self.bias), normalised, self.member_weights(self.weight))
 
 
+NODE_TYPES = ("target", "reference")
+
+
 def _flat(x: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-1])
 
@@ -139,22 +142,36 @@ class HeteroLayer(nn.Module):
             if relation.both_ways:
                 self.operators[f"{relation.name}_reverse"] = OPERATORS[relation.operator](options)
         self.norms = nn.ModuleDict(
-            {node: MemberLayerNorm(options.members, options.hidden) for node in ("target", "reference")}
+            {node: MemberLayerNorm(options.members, options.hidden) for node in NODE_TYPES}
         )
         self.dropout = nn.Dropout(options.dropout)
 
+    def routes(self, node: str, edges: dict) -> Iterator[tuple[str, str, Tensor]]:
+        """Every message into ``node``'s rows, in a fixed order: (operator name, source node type,
+        edges source → ``node``) — a used relation ending at ``node``, or a ``both_ways`` relation
+        starting there (its reversed edges)."""
+        for relation in self.used_relations:
+            edge_index = edges[relation.edge_type]
+            if relation.destination == node:
+                yield relation.name, relation.source, edge_index
+            if relation.both_ways and relation.source == node:
+                yield f"{relation.name}_reverse", relation.destination, edge_index.flip(0)
+
+    def update(self, node: str, destination: Tensor, inputs: Sequence[tuple[str, Tensor, Tensor]]) -> Tensor:
+        """New features of ``destination`` (rows of type ``node``: all of them or a block) from its
+        incoming messages, ``(operator name, source features, edges source → destination rows)``."""
+        messages = [
+            self.operators[name](source, destination, edge_index) for name, source, edge_index in inputs
+        ]
+        return self._update(destination, messages, node)
+
     def forward(self, target: Tensor, reference: Tensor, edges: dict) -> tuple[Tensor, Tensor]:
         h = {"target": target, "reference": reference}
-        incoming: dict[str, list[Tensor]] = {"target": [], "reference": []}
-        for relation in self.used_relations:
-            source, destination, edge_index = relation.source, relation.destination, edges[relation.edge_type]
-            incoming[destination].append(self.operators[relation.name](h[source], h[destination], edge_index))
-            if relation.both_ways:
-                reverse = self.operators[f"{relation.name}_reverse"]
-                incoming[source].append(reverse(h[destination], h[source], edge_index.flip(0)))
-        return self._update(target, incoming["target"], "target"), self._update(
-            reference, incoming["reference"], "reference"
+        target, reference = (
+            self.update(node, h[node], [(name, h[source], e) for name, source, e in self.routes(node, edges)])
+            for node in NODE_TYPES
         )
+        return target, reference
 
     def _update(self, h: Tensor, messages: list[Tensor], node: str) -> Tensor:
         if not messages:

@@ -26,6 +26,21 @@ def spatial_neighbours(coords: np.ndarray, q: int) -> np.ndarray:
     return np.take_along_axis(index, order, axis=1)[:, :q].astype(np.int64)
 
 
+def spatial_blocks(coords: np.ndarray, max_spots: int) -> list[np.ndarray]:
+    """Spot indices of spatially compact blocks of at most ``max_spots`` spots, each in spot order:
+    the slide split in halves at the median of its longer side, recursively (one block if small)."""
+    pending, blocks = [np.arange(len(coords))], []
+    while pending:
+        rows = pending.pop()
+        if len(rows) <= max_spots:
+            blocks.append(np.sort(rows))
+            continue
+        xy = coords[rows]
+        order = np.argsort(xy[:, int(np.argmax(np.ptp(xy, axis=0)))], kind="stable")
+        pending += [rows[order[len(rows) // 2 :]], rows[order[: len(rows) // 2]]]
+    return blocks
+
+
 def topk_cosine(queries: np.ndarray, keys: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
     """(n_queries, k) indices of the k keys most cosine-similar to each query, most similar first.
 

@@ -62,6 +62,11 @@ class TrainOptions:
     complement 1 − M; each view is rescaled by 1 / (its keep ratio). ``masking="random"`` draws the
     second view's mask independently (ablation), ``"none"`` disables masking and the contrastive terms.
 
+    Mini-batches: a training slide with more than ``batch_spots`` spots is split into spatially
+    compact blocks (:func:`~napari_spahgc.neighbours.spatial_blocks`), each its own graph against the
+    member's bank and its own gradient step; TS edges stay inside a block. Memory is bounded by the
+    block, whatever the slide size.
+
     Early stopping, member by member: every ``eval_every`` epochs each member still training predicts
     its held-out slides; a member stops once ``patience`` epochs pass without a better validation PCC
     (``None``: never) and keeps its best epoch's weights. Training ends when every member has stopped.
@@ -81,6 +86,7 @@ class TrainOptions:
     pcc_weight: float = 3.0
     con_target_weight: float = 1.0
     con_reference_weight: float = 1.0
+    batch_spots: int = 4096
     eval_every: int = 5
     patience: int | None = 15
     hold_out: bool = True

@@ -19,9 +19,7 @@ from ._device import resolve_device
 from ._files import slide_file
 from .dataset import fold_data, slide_data
 from .errors import InputError
-from .evaluate import gene_pcc
-from .expression import log_cpm
-from .io.export import spot_anndata, write_h5ad
+from .io.export import blockwise_pcc, measured_values, spot_anndata, write_h5ad
 from .options import SpaHGCConfig
 from .patches import PatchSpec
 from .predictor import ModelMetadata, SpaHGCPredictor
@@ -64,8 +62,21 @@ def make_trainer(
 
 def predict_slide(model: SpaHGCPredictor, slide: Slide, embeddings: np.ndarray, device: str = "cpu"):
     """Predictions of one slide as AnnData: X = predicted log1p-CPM on the model's genes; with counts,
-    ``layers['measured']`` (same preprocessing, NaN for genes the slide lacks) and ``var['pcc']``."""
-    prediction = model.predict(slide_data(slide, embeddings, None), device=device)
+    ``layers['measured']`` (same preprocessing, NaN for genes the slide lacks; sparse CSR on large slides
+    with sparse counts) and ``var['pcc']``. X is the model's float32 output, not copied."""
+    return prediction_anndata(model, slide, model.predict(slide_data(slide, embeddings, None), device=device))
+
+
+def predict_slide_steps(
+    model: SpaHGCPredictor, slide: Slide, embeddings: np.ndarray, device: str = "cpu"
+) -> Generator[Progress, None, AnnData]:
+    """:func:`predict_slide` yielding progress block by block (stop iterating to cancel)."""
+    prediction = yield from model.predict_steps(slide_data(slide, embeddings, None), device=device)
+    return prediction_anndata(model, slide, prediction)
+
+
+def prediction_anndata(model: SpaHGCPredictor, slide: Slide, prediction: np.ndarray) -> AnnData:
+    """The AnnData of :func:`predict_slide` around a computed prediction."""
     layers = {}
     if slide.expression is not None:
         layers["measured"] = _measured(slide, model.genes)
@@ -89,7 +100,7 @@ def predict_slide(model: SpaHGCPredictor, slide: Slide, embeddings: np.ndarray, 
             [np.nan if v is None else v for v in validation_pcc], np.float32
         )
     if "measured" in layers:
-        adata.var["pcc"] = gene_pcc(layers["measured"], prediction).astype(np.float32)
+        adata.var["pcc"] = blockwise_pcc(layers["measured"], adata.X).astype(np.float32)
     return adata
 
 
@@ -110,13 +121,10 @@ def write_predictions(
     ]
 
 
-def _measured(slide: Slide, genes: Sequence[str]) -> np.ndarray:
-    present = [g for g in genes if g in slide.expression.var_names]
-    values = log_cpm(slide.expression, present).X
-    measured = np.full((slide.n_spots, len(genes)), np.nan, dtype=np.float32)
-    columns = {g: i for i, g in enumerate(genes)}
-    measured[:, [columns[g] for g in present]] = values
-    return measured
+def _measured(slide: Slide, genes: Sequence[str]):
+    """Measured log1p-CPM on ``genes`` (NaN for genes the slide lacks): dense, or a sparse CSR matrix
+    for large slides with sparse counts (Visium HD bins; :func:`~napari_spahgc.io.export.measured_values`)."""
+    return measured_values(slide.expression, list(genes))
 
 
 def train_predict_flow(
@@ -145,7 +153,8 @@ def train_predict_flow(
     model = trainer.result
     folder = str(model.save(save_to)) if save_to else None
     yield Progress(epochs, epochs, f"predicting {target.slide_id}")
-    return folder, predict_slide(model, target, embeddings[target.slide_id], str(resolve_device(device)))
+    device = str(resolve_device(device))
+    return folder, (yield from predict_slide_steps(model, target, embeddings[target.slide_id], device))
 
 
 def load_predict_flow(
@@ -154,6 +163,8 @@ def load_predict_flow(
     """Load the model folder, check it was trained on ``encoder``'s embeddings, predict ``target``."""
     yield Progress(0, 1, f"loading {Path(folder).name}")
     model = SpaHGCPredictor.load(folder)
-    model.check_compatible(encoder.get("name", ""), encoder.get("weights_checksum"))
+    model.check_embeddings(encoder)
     yield Progress(0, 1, f"predicting {target.slide_id}")
-    return str(folder), predict_slide(model, target, embeddings, str(resolve_device(device)))
+    return str(folder), (
+        yield from predict_slide_steps(model, target, embeddings, str(resolve_device(device)))
+    )

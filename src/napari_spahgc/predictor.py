@@ -5,6 +5,7 @@ load (:mod:`napari_spahgc.model_folder`); no pickle anywhere."""
 from __future__ import annotations
 
 import json
+from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -14,10 +15,10 @@ from safetensors.torch import save_file
 
 from ._device import resolve_device
 from ._files import atomic_path
-from .batch import GraphBatch
 from .dataset import FeatureScale, SlideData
 from .errors import InputError
-from .graph import ReferenceBank, build_graph
+from .graph import ReferenceBank, graph_parts, reference_features
+from .inference import predict_blocks
 from .model import SpaHGC
 from .model_folder import (
     CONFIG_DIGEST_KEY,
@@ -34,9 +35,11 @@ from .model_folder import (
 )
 from .neighbours import spatial_mix, spatial_neighbours
 from .options import GraphOptions, ModelOptions, SpaHGCConfig, TrainOptions
+from .progress import Progress, run_to_end
 from .weights import sha256
 
 _OUTPUT_WEIGHT = "network.head.3.weight"  # SpaHGC's last layer: (members, hidden, genes)
+BLOCK_SPOTS = 8192  # target spots per block of prediction
 _OPTION_PARTS = {"graph": GraphOptions, "model": ModelOptions, "train": TrainOptions}
 
 
@@ -92,10 +95,17 @@ class SpaHGCPredictor:
     def genes(self) -> list[str]:
         return self.metadata.genes
 
-    @torch.inference_mode()
-    def predict(self, slide: SlideData, device: str = "cpu") -> np.ndarray:
+    def predict(self, slide: SlideData, device: str = "cpu", block_spots: int = BLOCK_SPOTS) -> np.ndarray:
         """Predicted log1p-CPM (n_spots, n_genes): the mean of the ensemble members, mixed with the
-        spots' Q nearest neighbours by the chosen smoothing; deterministic: no masking, no dropout."""
+        spots' Q nearest neighbours by the chosen smoothing; deterministic: no masking, no dropout.
+        Computed in blocks of ``block_spots`` rows (:mod:`~napari_spahgc.inference`)."""
+        return run_to_end(self.predict_steps(slide, device, block_spots))
+
+    def predict_steps(
+        self, slide: SlideData, device: str = "cpu", block_spots: int = BLOCK_SPOTS
+    ) -> Generator[Progress, None, np.ndarray]:
+        """:meth:`predict` as a generator: yields after every block (stop iterating to cancel),
+        returns the prediction."""
         if slide.embeddings.shape[1] != self.metadata.embedding_dim:
             raise InputError(
                 f"slide {slide.slide_id!r} has {slide.embeddings.shape[1]}-d embeddings but the model was "
@@ -105,11 +115,28 @@ class SpaHGCPredictor:
         if np.any(bank.slide_ids == slide.slide_id):  # never retrieve a slide's own spots
             keep = bank.slide_ids != slide.slide_id
             bank = ReferenceBank(bank.embeddings[keep], bank.expression[keep], bank.slide_ids[keep])
-        graph = build_graph(slide.standardised(self.embedding_scale), bank, self.config.graph)
+        yield Progress(0, 1, f"{slide.slide_id}: retrieving references")
+        parts = graph_parts(slide, bank, self.config.graph, self.embedding_scale)
         target = resolve_device(device)
         network = self.network.to(target).eval()
-        batch = GraphBatch.from_graphs([graph] * network.options.members, target)
-        prediction = self.scale.inverse(network(*batch.inputs).mean(0).float().cpu().numpy())
+        parts.edges = {edge_type: e.to(target) for edge_type, e in parts.edges.items()}
+
+        def rows(start: int, stop: int) -> torch.Tensor:
+            return torch.from_numpy(self.embedding_scale.transform(slide.embeddings[start:stop])).to(target)
+
+        def prior(start: int, stop: int) -> torch.Tensor | None:
+            values = parts.prior(bank, slice(start, stop))
+            return None if values is None else values.to(target)
+
+        prediction = np.empty((slide.n_spots, len(self.genes)), dtype=np.float32)
+        blocks = predict_blocks(
+            network, parts, rows, reference_features(bank, parts.nodes).to(target), prior, block_spots
+        )
+        for done, total, result in blocks:
+            if result is not None:
+                start, stop, genes = result
+                prediction[start:stop] = self.scale.inverse(genes.float().cpu().numpy())
+            yield Progress(done, total, f"{slide.slide_id}: block {done}/{total}")
         smoothing = self.config.graph.smoothing
         if smoothing:
             prediction = spatial_mix(
@@ -180,9 +207,31 @@ class SpaHGCPredictor:
         )
         return cls(network, bank, scale, embedding_scale, options, metadata, folder)
 
-    def check_compatible(self, encoder_name: str, weights_checksum: str | None = None) -> None:
-        """Refuse embeddings from another encoder (or other weights) than the model was trained on."""
+    def check_embeddings(self, encoder_info: dict) -> None:
+        """:meth:`check_compatible` with an encoder's info (``name``, ``weights_checksum``,
+        ``embedding_mode``) as embedding returns it."""
+        self.check_compatible(
+            encoder_info.get("name", ""),
+            encoder_info.get("weights_checksum"),
+            encoder_info.get("embedding_mode"),
+        )
+
+    def check_compatible(
+        self, encoder_name: str, weights_checksum: str | None = None, mode: str | dict | None = None
+    ) -> None:
+        """Refuse embeddings from another encoder (or other weights, or the other embedding mode:
+        dense and per-spot embeddings are different feature spaces) than the model was trained on."""
         trained = self.metadata.encoder
+        if (
+            isinstance(mode, str)
+            and isinstance(trained.get("embedding_mode"), str)
+            and mode != trained["embedding_mode"]
+        ):
+            raise InputError(
+                f"the model was trained on {trained['embedding_mode']} embeddings, not {mode} ones "
+                f"(use --mode {trained['embedding_mode']})",
+                self.folder,
+            )
         if trained.get("name") and trained["name"] != encoder_name:
             raise InputError(
                 f"the model was trained on {trained['name']!r} embeddings, not {encoder_name!r}", self.folder

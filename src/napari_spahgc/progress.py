@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -12,3 +16,12 @@ class Progress:
     done: int
     total: int
     text: str = ""
+
+
+def run_to_end(flow: Generator[Any, None, T]) -> T:
+    """Run a progress-yielding generator to its end; return what it returns."""
+    while True:
+        try:
+            next(flow)
+        except StopIteration as finished:
+            return finished.value

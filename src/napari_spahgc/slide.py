@@ -113,7 +113,7 @@ class SlideImage:
 
         fine_enough = [i for i, lvl in enumerate(self.levels) if max(lvl.shape[:2]) >= max_side]
         level = max(fine_enough, key=lambda i: self.downsamples[i]) if fine_enough else 0
-        pixels = np.asarray(self.levels[level][..., :3])
+        pixels = self.read_region(level, 0, 0, *self.levels[level].shape[:2])
         scale = 1.0 / self.downsamples[level]
         longest = max(pixels.shape[:2])
         if longest > max_side:

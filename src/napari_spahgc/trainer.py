@@ -16,9 +16,10 @@ from ._device import resolve_device
 from .batch import GraphBatch
 from .dataset import FeatureScale, SlideData
 from .errors import InputError
-from .graph import ReferenceBank, build_graph
+from .graph import ReferenceBank, build_graph, reference_features
 from .losses import bernoulli_mask, contrastive, masked, pearson_per_gene
 from .model import SpaHGC
+from .neighbours import spatial_blocks
 from .options import SpaHGCConfig
 from .predictor import ModelMetadata, SpaHGCPredictor
 from .selection import BestEpochs, choose_smoothing, nanmean_columns, validate, validation_groups
@@ -38,8 +39,9 @@ class Trainer:
 
     The slides are split (seeded) into ``members`` groups; member i holds group i out and chooses its
     epoch on it, training on the others. All members train at once in one batched network, each on
-    its own graphs: one gradient step per training slide and epoch (in a seeded random order), the
-    slide as target against a bank of the member's *other* training slides; every ``eval_every``
+    its own graphs: one gradient step per training slide (or per block of ``batch_spots`` spots of a
+    larger slide) and epoch, in a seeded random order, the slide as target against a bank of the
+    member's *other* training slides; every ``eval_every``
     epochs each member predicts its held-out slides against its training slides, and its best epoch's
     weights are kept. Prediction averages the members. With two slides there is a single member
     trained on both, with no validation (final epoch). The final bank holds every training slide.
@@ -79,6 +81,8 @@ class Trainer:
         )
         self.metadata.validation_slides = [[self.slides[i].slide_id for i in g] for g in self.held_out]
         self.result: SpaHGCPredictor | None = None
+        self._banks: dict[tuple[str, ...], tuple[ReferenceBank, np.ndarray]] = {}
+        self._features = reference_features(self.bank, np.arange(len(self.bank)))
 
     def steps(self) -> Iterator[TrainingProgress]:
         """Train; yields after every epoch. Stop iterating to cancel (``result`` stays None)."""
@@ -92,8 +96,12 @@ class Trainer:
             network.parameters(), lr=o.lr, weight_decay=o.weight_decay, fused=True
         )
         member_slides = [[s for i, s in enumerate(self.slides) if i not in group] for group in self.held_out]
-        graphs = [[self._graph(s, train, with_truth=True) for s in train] for train in member_slides]
+        graphs = [
+            [self._graph(block, train, with_truth=True) for s in train for block in self._blocks(s)]
+            for train in member_slides
+        ]
         validation = self._validation_rounds(member_slides)
+        self._banks.clear()  # the graphs hold what they need
         best = BestEpochs.start(network, self.model_options.members)
         for epoch in range(1, o.epochs + 1):
             loss = self._epoch(network, optimiser, graphs, best.active, generator, mask_rng, device)
@@ -193,11 +201,28 @@ class Trainer:
         optimiser.step()
         return float(loss.detach()) / len(prediction)
 
+    def _blocks(self, slide: SlideData) -> list[SlideData]:
+        """The slide's training blocks of at most ``batch_spots`` spots (the slide itself if small)."""
+        if slide.n_spots <= self.options.batch_spots:
+            return [slide]
+        return [slide.subset(rows) for rows in spatial_blocks(slide.coords, self.options.batch_spots)]
+
     def _graph(
         self, target: SlideData, references: Sequence[SlideData], with_truth: bool = False
     ) -> HeteroData:
-        others = [s for s in references if s.slide_id != target.slide_id]
-        graph = build_graph(target, ReferenceBank.from_slides(others, self.scale), self.graph_options)
+        others = tuple(s.slide_id for s in references if s.slide_id != target.slide_id)
+        if others not in self._banks:  # one bank per set of slides, shared by a slide's blocks
+            by_id = {s.slide_id: s for s in self.slides}
+            rows = np.concatenate([np.flatnonzero(self.bank.slide_ids == i) for i in others])
+            self._banks[others] = ReferenceBank.from_slides([by_id[i] for i in others], self.scale), rows
+        bank, rows = self._banks[others]
+        graph = build_graph(target, bank, self.graph_options)
+        # the graph keeps row numbers into one feature table of every training spot, not its own copy
+        reference = graph["reference"]
+        reference.num_nodes = reference.x.shape[0]
+        reference.bank_index = torch.from_numpy(rows[reference.bank_index.numpy()])
+        reference.bank_features = self._features
+        del reference.x
         if with_truth:
             graph["target"].y = torch.from_numpy(self.scale.transform(target.expression))
         return graph

@@ -10,11 +10,18 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from .._files import atomic_path, safe_name
+from ..expression import log_cpm
 from ..slide import Slide
 
 _THUMBNAIL_SIDE = 2000
+#: From this many values (spots × genes), measured values of sparse counts are kept as a sparse CSR
+#: layer: a Visium HD slide's 700k bins × 785 genes would be a second 2.2 GB dense array beside X.
+SPARSE_MEASURED_MIN_VALUES = 1 << 24
+#: Rows per block when per-gene correlations are computed over a large slide.
+_BLOCK_ROWS = 1 << 13
 
 
 def spot_anndata(
@@ -27,7 +34,9 @@ def spot_anndata(
     """AnnData with obs = the slide's spot ids, var = genes, X = values, full-resolution
     ``obsm['spatial']`` (x, y), ``uns['spatial'][library]`` (thumbnail + scalefactors; the library is the slide id's safe file-name
     form, the id itself is in its ``metadata``) and
-    ``uns['napari_spahgc']`` provenance."""
+    ``uns['napari_spahgc']`` provenance.
+
+    Nothing is copied that is already float32 (X and dense layers); sparse layers stay sparse (CSR)."""
     values = np.asarray(values, dtype=np.float32)
     if values.shape != (slide.n_spots, len(genes)):
         raise ValueError(f"values have shape {values.shape}, expected {(slide.n_spots, len(genes))}")
@@ -38,7 +47,11 @@ def spot_anndata(
     )
     adata.obsm["spatial"] = slide.centers_px.astype(np.float64)
     for name, layer in (layers or {}).items():
-        adata.layers[name] = np.asarray(layer, dtype=np.float32)
+        adata.layers[name] = (
+            sp.csr_matrix(layer, dtype=np.float32)
+            if sp.issparse(layer)
+            else np.asarray(layer, dtype=np.float32)
+        )
     adata.uns["spatial"] = {safe_name(slide.slide_id): _spatial_entry(slide)}  # h5py reads "/" as a path
     adata.uns["napari_spahgc"] = provenance_record(provenance or {}, slide)
     return adata
@@ -50,6 +63,64 @@ def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
     return path
+
+
+def measured_values(
+    counts: ad.AnnData, genes: Sequence[str], sparse: bool | None = None
+) -> np.ndarray | sp.csr_matrix:
+    """log1p(counts / spot total × 1e6) of ``genes`` (totals over all genes of the spot; NaN for genes
+    the counts lack), float32, in the spots' order. ``sparse=None``: a CSR matrix when the counts are
+    sparse and the result would hold at least :data:`SPARSE_MEASURED_MIN_VALUES` values, else dense.
+    A sparse result stores a lacking gene as explicit NaN entries. No dense copy of all genes is made."""
+    matrix = counts.X
+    if sparse is None:
+        sparse = sp.issparse(matrix) and counts.n_obs * len(genes) >= SPARSE_MEASURED_MIN_VALUES
+    columns = {g: i for i, g in enumerate(map(str, counts.var_names))}
+    present = [j for j, g in enumerate(genes) if g in columns]
+    if not sparse:
+        dense = np.full((counts.n_obs, len(genes)), np.nan, dtype=np.float32)
+        dense[:, present] = log_cpm(counts, [genes[j] for j in present]).X
+        return dense
+    totals = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
+    factor = np.divide(1e6, totals, out=np.zeros_like(totals), where=totals > 0)
+    chosen = sp.csr_matrix(matrix[:, [columns[genes[j]] for j in present]], dtype=np.float64)
+    scaled = sp.csr_matrix(sp.diags(factor) @ chosen)
+    scaled.data = np.log1p(scaled.data)
+    return _sparse_with_nan_columns(scaled.astype(np.float32), present, len(genes))
+
+
+def _sparse_with_nan_columns(part: sp.csr_matrix, present: list[int], n_genes: int) -> sp.csr_matrix:
+    """``part``'s columns placed at ``present`` of ``n_genes``; every other column explicit NaN."""
+    lacking = np.setdiff1d(np.arange(n_genes), present)
+    coo = part.tocoo()
+    rows = [coo.row, np.repeat(np.arange(part.shape[0]), len(lacking))]
+    cols = [np.asarray(present, dtype=np.int64)[coo.col], np.tile(lacking, part.shape[0])]
+    data = [coo.data, np.full(part.shape[0] * len(lacking), np.nan, dtype=np.float32)]
+    shape = (part.shape[0], n_genes)
+    return sp.csr_matrix((np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))), shape=shape)
+
+
+def blockwise_pcc(truth, prediction: np.ndarray, block_rows: int = _BLOCK_ROWS) -> np.ndarray:
+    """:func:`napari_spahgc.evaluate.gene_pcc` (per-gene Pearson, NaN where the truth is constant or
+    lacking, 0 where only the prediction is constant) over blocks of rows: ``truth`` dense or sparse,
+    no full-size temporary (gene_pcc makes three of the slide's size)."""
+    n = prediction.shape[0]
+    blocks = [slice(start, min(start + block_rows, n)) for start in range(0, n, block_rows)]
+
+    def rows(values, block):
+        part = values[block]
+        return (part.toarray() if sp.issparse(part) else np.asarray(part)).astype(np.float64)
+
+    t_mean = sum(rows(truth, b).sum(0) for b in blocks) / n
+    p_mean = sum(rows(prediction, b).sum(0) for b in blocks) / n
+    tt = pp = tp = 0.0
+    for block in blocks:
+        t, p = rows(truth, block) - t_mean, rows(prediction, block) - p_mean
+        tt, pp, tp = tt + (t * t).sum(0), pp + (p * p).sum(0), tp + (t * p).sum(0)
+    t_norm, p_norm = np.sqrt(tt), np.sqrt(pp)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pcc = np.where(p_norm > 1e-6, tp / (t_norm * p_norm), 0.0)
+    return np.where(t_norm > 1e-6, pcc, np.nan)
 
 
 def provenance_record(details: Mapping, slide: Slide | None = None) -> dict:

@@ -1,0 +1,277 @@
+"""Time and peak memory of each pipeline stage at Visium / Visium HD sizes (issue 15).
+
+    python benchmarks/bench_scale.py --sizes 5000 50000 --stages embed graph train predict --out scale.json
+
+Slides: ``scale_slides.make_hd`` bins over sections C2 (the target) and C3 (the second training
+slide), n bins each, made once in ``--work``. Embeddings for graph/train/predict are seeded random
+(``--dim``, 1280 as EfficientNet-Lite0) so those stages do not wait on embedding. Every stage of every
+size runs in its own subprocess; its peak RSS is that child's ``ru_maxrss`` (``os.wait4``), so peaks do
+not mix. Stages:
+
+- ``embed-spot``: per-spot patches (``embed_cohort`` as today) on a sample of ``--sample`` bins,
+  extrapolated linearly to n (said so in the table: ``extrapolated``);
+- ``embed-dense``: ``embed_cohort(..., mode="dense")`` over the whole slide;
+- ``graph``: ``graph.build_graph`` of the target against the training slides' reference bank;
+- ``train``: ``pipeline.make_trainer`` (1 member, ``--epochs``) and ``Trainer.steps``; per epoch and total,
+  in mini-batches of ``--batch-spots``;
+- ``predict``: ``SpaHGCPredictor.predict`` of the target in blocks of ``--block-spots`` by a default
+  ensemble (4 members, smoothing on) with a bank of ``--bank-spots`` (23,000: four Visium slides).
+
+The growth ratio is time(8n)/time(n) of a stage where both sizes were measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_spahgc.options import TrainOptions
+from napari_spahgc.predictor import BLOCK_SPOTS
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+STAGES = ("embed-spot", "embed-dense", "graph", "train", "predict")
+
+
+# ------------------------------------------------------------------------------------- worker side
+def _slides(work: Path, n: int, with_expression: bool = True):
+    from scale_slides import make_hd
+
+    from napari_spahgc.io.cohort import read_cohort
+
+    slides = []
+    for section in ("C2", "C3"):
+        table = work / f"{section}_hd{n}" / "cohort.csv"
+        if not table.is_file():
+            make_hd(section, table.parent, n)
+        slides.append(read_cohort(table)[0].load(with_expression))
+    return slides
+
+
+def _embeddings(slides, dim: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {s.slide_id: rng.standard_normal((s.n_spots, dim), dtype=np.float32) for s in slides}
+
+
+def _subset(slide, k: int):
+    """The first ``k`` spots of ``slide`` (same image, pixel size and counts)."""
+    from napari_spahgc.slide import Slide
+
+    keep = np.arange(min(k, slide.n_spots))
+    expression = slide.expression[keep].copy() if slide.expression is not None else None
+    return Slide(slide.slide_id, slide.spot_ids[keep], slide.centers_px[keep], image=slide.image,
+                 expression=expression, pixel_size_um=slide.pixel_size_um,
+                 spot_diameter_px=slide.spot_diameter_px)  # fmt: skip
+
+
+def _panel(n_genes: int) -> list[str]:
+    path = HERE.parent.parent / "shared" / "data" / "her2st" / "her2st_785_genes.txt"
+    return path.read_text().split()[:n_genes]
+
+
+def stage_embed_spot(work: Path, n: int, args) -> dict:
+    from napari_spahgc.embedding import embed_cohort
+    from napari_spahgc.encoders import LazyEncoder
+
+    target = _slides(work, n, with_expression=False)[0]
+    sample = _subset(target, args.sample)
+    encoder = LazyEncoder(device=args.device)
+    encoder.built()
+    with tempfile.TemporaryDirectory() as cache:
+        started = time.perf_counter()
+        for _ in embed_cohort([sample], encoder, cache, batch_size=64):
+            pass
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds * target.n_spots / sample.n_spots, "sample": sample.n_spots, "extrapolated": True,
+            "patches_per_s": sample.n_spots / seconds}  # fmt: skip
+
+
+def stage_embed_dense(work: Path, n: int, args) -> dict:
+    from napari_spahgc.embedding import embed_cohort
+    from napari_spahgc.encoders import LazyEncoder
+
+    target = _slides(work, n, with_expression=False)[0]
+    encoder = LazyEncoder(device=args.device)
+    encoder.built()
+    with tempfile.TemporaryDirectory() as cache:
+        started = time.perf_counter()
+        for _ in embed_cohort([target], encoder, cache, mode="dense"):
+            pass
+        return {"seconds": time.perf_counter() - started}
+
+
+def stage_graph(work: Path, n: int, args) -> dict:
+    from napari_spahgc.dataset import FeatureScale, slide_data
+    from napari_spahgc.graph import ReferenceBank, build_graph
+
+    slides = _slides(work, n)
+    embeddings, genes = _embeddings(slides, args.dim), _panel(args.genes)
+    data = [slide_data(s, embeddings[s.slide_id], genes) for s in slides]
+    bank = ReferenceBank.from_slides(data[1:], FeatureScale.fit(data[1:]))
+    started = time.perf_counter()
+    graph = build_graph(data[0], bank)
+    return {
+        "seconds": time.perf_counter() - started,
+        "edges": int(sum(e.num_edges for e in graph.edge_stores)),
+    }
+
+
+def stage_train(work: Path, n: int, args) -> dict:
+    from napari_spahgc.pipeline import make_trainer
+
+    slides = _slides(work, n)
+    options = {"epochs": args.epochs, "members": 1, "hold_out": False, "batch_spots": args.batch_spots}
+    started = time.perf_counter()
+    trainer = make_trainer(slides, _embeddings(slides, args.dim), panel=_panel(args.genes), preset="paper",
+                           device=args.device, **options)  # fmt: skip
+    setup, epochs, last = time.perf_counter() - started, [], time.perf_counter()
+    for _ in trainer.steps():
+        epochs.append(time.perf_counter() - last)
+        last = time.perf_counter()
+    return {"seconds": time.perf_counter() - started, "setup_s": setup, "epoch_s": epochs,
+            "batch_spots": options.get("batch_spots")}  # fmt: skip
+
+
+def stage_predict(work: Path, n: int, args) -> dict:
+    """Predict the target with a default-preset ensemble (4 members) and a bank of ``--bank-spots``
+    reference spots, as a model trained on four Visium slides has. The weights are a seeded random
+    initialisation: the cost of prediction does not depend on their values, only on the shapes."""
+    from napari_spahgc.dataset import FeatureScale, slide_data
+    from napari_spahgc.graph import ReferenceBank
+    from napari_spahgc.model import SpaHGC
+    from napari_spahgc.options import GraphOptions, SpaHGCConfig
+    from napari_spahgc.predictor import ModelMetadata, SpaHGCPredictor
+
+    target = _slides(work, n, with_expression=False)[0]
+    embeddings, genes = _embeddings([target], args.dim), _panel(args.genes)
+    rng = np.random.default_rng(1)
+    bank = ReferenceBank(
+        rng.standard_normal((args.bank_spots, args.dim), dtype=np.float32),
+        rng.standard_normal((args.bank_spots, len(genes)), dtype=np.float32),
+        np.full(args.bank_spots, "reference", dtype=object),
+    )
+    config = SpaHGCConfig(graph=GraphOptions(smoothing=0.25))
+    torch.manual_seed(0)
+    network = SpaHGC(args.dim, len(genes), config.model)
+    model = SpaHGCPredictor(network, bank, FeatureScale.identity(len(genes)), FeatureScale.identity(args.dim),
+                            config, ModelMetadata(genes=genes, embedding_dim=args.dim))  # fmt: skip
+    data = slide_data(target, embeddings[target.slide_id], None)
+    started = time.perf_counter()
+    values = model.predict(data, device=args.device, block_spots=args.block_spots)
+    return {"seconds": time.perf_counter() - started, "shape": list(values.shape),
+            "block_spots": args.block_spots, "bank_spots": args.bank_spots, "members": config.model.members}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------- parent side
+def run_stage(stage: str, n: int, args) -> dict:
+    """One stage at one size in a fresh child process: its result, wall time and peak RSS."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        result_file = Path(handle.name)
+    command = [sys.executable, __file__, "--worker", stage, "--size", str(n), "--result", str(result_file),
+               *_passed(args)]  # fmt: skip
+    started = time.perf_counter()
+    child = subprocess.Popen(command)
+    try:
+        _, status, usage = _wait(child, args.timeout)
+    except TimeoutError:
+        child.kill()
+        _, status, usage = os.wait4(child.pid, 0)
+        return {
+            "stage": stage,
+            "n": n,
+            "skipped": f"over {args.timeout} s",
+            "peak_rss_gb": usage.ru_maxrss / 1e6,
+        }
+    record = json.loads(result_file.read_text()) if status == 0 and result_file.stat().st_size else {}
+    result_file.unlink(missing_ok=True)
+    record.update(stage=stage, n=n, wall_s=time.perf_counter() - started, peak_rss_gb=usage.ru_maxrss / 1e6)
+    if status != 0:
+        record["skipped"] = f"failed (status {status})"
+    return record
+
+
+def _wait(child: subprocess.Popen, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if pid:
+            child.returncode = status
+            return pid, status, usage
+        time.sleep(0.2)
+    raise TimeoutError
+
+
+def _passed(args) -> list[str]:
+    names = ("work", "dim", "genes", "epochs", "sample", "device", "batch_spots", "block_spots", "bank_spots")
+    return [item for name in names for item in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
+
+
+def growth(records: list[dict]) -> list[dict]:
+    """time(8n)/time(n) for each stage where both n and 8n (±10 %) were measured."""
+    seconds = {(r["stage"], r["n"]): r["seconds"] for r in records if "seconds" in r}
+    out = []
+    for (stage, n), t in seconds.items():
+        for (other, m), u in seconds.items():
+            if other == stage and 7.2 * n <= m <= 8.8 * n:
+                out.append({"stage": stage, "n": n, "8n": m, "ratio": u / t})
+    return out
+
+
+def table(records: list[dict]) -> str:
+    lines = ["| stage | n | time s | peak RSS GB | note |", "|---|---|---|---|---|"]
+    for r in records:
+        time_s = f"{r['seconds']:.1f}" if "seconds" in r else "—"
+        note = r.get("skipped") or (f"extrapolated from {r['sample']} bins" if r.get("extrapolated") else "")
+        if r.get("epoch_s"):
+            note = f"setup {r['setup_s']:.1f} s, epochs " + ", ".join(f"{e:.1f}" for e in r["epoch_s"])
+        lines.append(f"| {r['stage']} | {r['n']:,} | {time_s} | {r['peak_rss_gb']:.2f} | {note} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[5_000, 50_000, 200_000, 700_000])
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--out", type=Path, default=Path("bench_scale.json"))
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "spahgc-scale-slides")
+    parser.add_argument("--dim", type=int, default=1280)
+    parser.add_argument("--genes", type=int, default=785)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--sample", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-spots", type=int, default=TrainOptions().batch_spots)
+    parser.add_argument("--block-spots", type=int, default=BLOCK_SPOTS)
+    parser.add_argument("--bank-spots", type=int, default=23_000)
+    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--worker", choices=STAGES)
+    parser.add_argument("--size", type=int)
+    parser.add_argument("--result", type=Path)
+    args = parser.parse_args(argv)
+    if args.worker:
+        stage = globals()[f"stage_{args.worker.replace('-', '_')}"]
+        args.result.write_text(json.dumps(stage(args.work, args.size, args)))
+        return
+    records = []
+    for n in args.sizes:
+        _slides(args.work, n)  # made once, outside the measured children
+        for stage in args.stages:
+            records.append(run_stage(stage, n, args))
+            print(table(records[-1:]).splitlines()[-1], flush=True)
+    report = {"records": records, "growth": growth(records), "settings": vars(args) | {"out": str(args.out)}}
+    args.out.write_text(json.dumps(report, indent=2, default=str))
+    print(table(records))
+    for g in report["growth"]:
+        print(f"{g['stage']}: time({g['8n']:,})/time({g['n']:,}) = {g['ratio']:.1f}")
+
+
+if __name__ == "__main__":
+    main()

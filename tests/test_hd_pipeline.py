@@ -1,0 +1,127 @@
+"""A Visium HD-style folder (8 µm bins over a 2× crop of a real HER2ST section, written by the test)
+through the real ``spahgc`` entry point — info, embed, train, predict — into an h5ad that keeps every
+bin and opens in a real napari viewer as a raster Image layer."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import signal
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from napari.layers import Image
+
+from conftest import HER2ST, REPO
+from napari_spahgc import cli, layers
+from napari_spahgc._qt._common import session_for
+from napari_spahgc._qt.genes import GenesWidget
+from napari_spahgc.embedding import cache_key, cache_path, embed_cohort
+from napari_spahgc.encoders import LazyEncoder
+from napari_spahgc.io.cohort import read_cohort
+from napari_spahgc.patches import PatchSpec
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from scale_slides import make_hd
+
+N_BINS = 900  # per slide: a 30 × 30 block of 8 µm bins, ≈ 1,450 × 1,450 px with its margin
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """``spahgc ARGS`` through the console entry point, in this process; (exit code, stdout, stderr)."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    patcher = pytest.MonkeyPatch()
+    patcher.setattr("sys.argv", ["spahgc", *map(str, args)])
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+    finally:
+        patcher.undo()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out, captured.err
+
+
+def _seed_cache(cohort, cache) -> None:
+    """Until dense embedding lands (``embed_cohort(mode=...)``), per-bin patches of thousands of bins
+    take minutes on CPU: the cache is filled, in its own format and key, with colour features of each
+    bin (its pixels at three pyramid levels), so ``spahgc embed`` finds it and the rest runs for real."""
+    encoder = LazyEncoder()
+    for entry in read_cohort(cohort):
+        slide = entry.load(with_expression=False)
+        features = []
+        for level in range(min(3, slide.image.n_levels)):
+            pixels = np.asarray(slide.image.levels[level]).astype(np.float32) / 255
+            at = np.clip((slide.centers_px[:, ::-1] / slide.image.downsamples[level]).astype(int), 0, None)
+            at = np.minimum(at, np.array(pixels.shape[:2]) - 1)
+            features.append(pixels[at[:, 0], at[:, 1]])
+        key = cache_key(slide, encoder, PatchSpec())
+        path = cache_path(cache, slide, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, embeddings=np.concatenate(features, 1), spot_ids=slide.spot_ids.to_numpy(dtype=str),
+                 centers_px=slide.centers_px, key=json.dumps(key, sort_keys=True))  # fmt: skip
+
+
+def test_hd_folder_through_the_cli_into_napari(make_napari_viewer, tmp_path, capsys, monkeypatch):
+    if not HER2ST.is_dir():
+        pytest.skip("the HER2ST sections are not beside the checkout (../shared/data/her2st)")
+    tables = [make_hd(section, tmp_path / section, N_BINS) for section in ("C2", "C3")]
+    cohort = tmp_path / "cohort.csv"
+    pd.concat([pd.read_csv(t) for t in tables]).to_csv(cohort, index=False)
+    code, out, err = run_cli(["info", cohort, "--json"], capsys)
+    assert code == 0, err
+    info = {record["slide_id"]: record for record in json.loads(out)}
+    assert [info[s]["n_spots"] for s in ("C2_hd900", "C3_hd900")] == [N_BINS, N_BINS]
+    assert info["C2_hd900"]["pixel_size_um"] == pytest.approx(0.3675) and info["C2_hd900"]["n_levels"] >= 2
+
+    cache = tmp_path / "cache"
+    if "mode" not in inspect.signature(embed_cohort).parameters:
+        _seed_cache(cohort, cache)
+    code, _, err = run_cli(["embed", cohort, "--cache", cache], capsys)
+    assert code == 0, err
+    train = [
+        "train",
+        cohort,
+        "--out",
+        tmp_path / "model",
+        "--genes",
+        HER2ST / "her2st_785_genes.txt",
+        "--preset",
+        "paper",
+    ]
+    code, out, err = run_cli([*train, "--epochs", 2, "--set", "hidden=16", "--cache", cache], capsys)
+    assert code == 0, err
+    target = tmp_path / "target.csv"
+    pd.read_csv(tables[0]).to_csv(target, index=False)
+    code, out, err = run_cli(
+        ["predict", tmp_path / "model", target, "--out", tmp_path / "pred", "--cache", cache], capsys
+    )
+    assert code == 0, err
+    (path,) = (tmp_path / "pred").glob("*.h5ad")
+
+    bins = pd.read_parquet(tmp_path / "C2/binned_outputs/square_008um/spatial/tissue_positions.parquet")
+    back = ad.read_h5ad(path, backed="r")
+    assert list(back.obs_names) == list(bins["barcode"]) and back.n_vars > 0  # every bin kept, in order
+    np.testing.assert_allclose(back.obsm["spatial"], bins[["pxl_col_in_fullres", "pxl_row_in_fullres"]])
+    assert "measured" in back.layers and np.isfinite(back.X[:]).all()
+    back.file.close()
+
+    monkeypatch.setattr(layers, "RASTER_MIN_SPOTS", 500)  # real HD slides pass 50,000; this one has 900
+    viewer = make_napari_viewer(show=True)
+    viewer.window.add_dock_widget(GenesWidget(viewer))
+    slide = read_cohort(target)[0].load()
+    session = session_for(viewer)
+    session.add_slides([slide])
+    session.set_prediction(slide.slide_id, ad.read_h5ad(path))
+    rasters = [
+        layer for layer in viewer.layers if isinstance(layer, Image) and layer.name.endswith("predicted")
+    ]
+    assert len(rasters) == 1 and rasters[0].data.shape == (30, 30)  # one image pixel per bin
+    assert np.isfinite(rasters[0].data).sum() == N_BINS
+    np.testing.assert_allclose(rasters[0].scale, [8.0, 8.0], rtol=1e-3)  # µm per bin
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    assert shot[..., :3].std() > 5
