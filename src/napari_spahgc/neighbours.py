@@ -8,6 +8,7 @@ import torch
 from scipy.spatial import cKDTree
 
 _CHUNK = 2048  # rows (and key columns) per block of the similarity search
+_MIX_VALUES = 1 << 24  # gathered neighbour values per block of spatial_mix
 #: Weights of a spot's own value against its neighbours' mean that tuning chooses from (1: no mixing).
 SELF_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -73,8 +74,14 @@ def topk_cosine(queries: np.ndarray, keys: np.ndarray, k: int, exclude_self: boo
 
 
 def spatial_mix(values: np.ndarray, neighbours: np.ndarray, self_weight: float) -> np.ndarray:
-    """w · each spot's values + (1 − w) · the mean of its neighbours' (an ``(n, q)`` index table)."""
+    """w · each spot's values + (1 − w) · the mean of its neighbours' (an ``(n, q)`` index table),
+    computed in blocks of rows (no (n, q, genes) temporary)."""
     if neighbours.shape[1] == 0 or self_weight == 1.0:
         return values
-    mean = values[neighbours].mean(axis=1)
-    return (self_weight * values + (1 - self_weight) * mean).astype(np.float32)
+    mixed = np.empty(values.shape, dtype=np.float32)
+    rows = max(1, _MIX_VALUES // max(neighbours.shape[1] * values.shape[1], 1))
+    for start in range(0, len(values), rows):
+        block = slice(start, start + rows)
+        mean = values[neighbours[block]].mean(axis=1)
+        mixed[block] = self_weight * values[block] + (1 - self_weight) * mean
+    return mixed
