@@ -13,17 +13,17 @@ from napari_spahgc.dataset import FeatureScale
 from napari_spahgc.graph import ReferenceBank, build_graph, graph_parts, reference_features
 from napari_spahgc.inference import predict_blocks, row_blocks
 from napari_spahgc.model import SpaHGC
-from napari_spahgc.neighbours import spatial_blocks
+from napari_spahgc.neighbours import spatial_blocks, spatial_mix, spatial_neighbours
 from napari_spahgc.options import SpaHGCConfig
 from synthetic_slides import GENES, make_slides, make_trainer
 
 
-def _blocked(network, parts, slide, bank, block_spots) -> torch.Tensor:
+def _blocked(network, parts, slide, bank, block_spots, smoothing=None) -> torch.Tensor:
     x = torch.from_numpy(slide.embeddings)
     out = torch.full((slide.n_spots, len(GENES)), float("nan"))
     steps = predict_blocks(
         network, parts, lambda a, b: x[a:b], reference_features(bank, parts.nodes),
-        lambda a, b: parts.prior(bank, slice(a, b)), block_spots,
+        lambda rows: parts.prior(bank, rows), block_spots, smoothing,
     )  # fmt: skip
     for _, _, result in steps:
         if result is not None:
@@ -48,6 +48,10 @@ def test_blocked_prediction_equals_the_whole_graph(block_spots, prior_k, monkeyp
     parts = graph_parts(slides[0], bank, config.graph)
     blocked = _blocked(network, parts, slides[0], bank, block_spots)
     assert float((blocked - whole.mean(0)).abs().max()) <= 1e-5
+    neighbours = spatial_neighbours(slides[0].coords, 3)  # smoothing inside the blocks = afterwards
+    smoothed = _blocked(network, parts, slides[0], bank, block_spots, (neighbours, 0.25))
+    expected = spatial_mix(whole.mean(0).numpy(), neighbours, 0.75)
+    np.testing.assert_allclose(smoothed.numpy(), expected, atol=1e-5, rtol=0)
 
 
 def test_predictor_blocks_agree_and_cancel():

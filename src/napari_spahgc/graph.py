@@ -53,7 +53,7 @@ class GraphParts:
     edges: dict[tuple[str, str, str], torch.Tensor]
     prior_neighbours: np.ndarray | None = None
 
-    def prior(self, bank: ReferenceBank, rows: slice = slice(None)) -> torch.Tensor | None:
+    def prior(self, bank: ReferenceBank, rows: slice | np.ndarray = slice(None)) -> torch.Tensor | None:
         """The retrieval prior of targets ``rows``: their prior neighbours' mean expression."""
         if self.prior_neighbours is None:
             return None

@@ -22,7 +22,7 @@ from .graph import GraphParts
 from .model import NODE_TYPES, SpaHGC
 
 #: most incoming edges (over all relations) a block's messages are computed for at once
-EDGES_PER_BLOCK = 1 << 18
+EDGES_PER_BLOCK = 1 << 16
 
 
 class _Route:
@@ -70,15 +70,18 @@ def predict_blocks(
     parts: GraphParts,
     target_rows: Callable[[int, int], Tensor],
     reference_x: Tensor,
-    prior: Callable[[int, int], Tensor | None],
+    prior: Callable[[np.ndarray], Tensor | None],
     block_spots: int,
+    smoothing: tuple[np.ndarray, float] | None = None,
 ) -> Iterator[tuple[int, int, tuple[int, int, Tensor] | None]]:
     """The members' mean standardised genes of every target, block by block.
 
     Yields ``(blocks done, blocks in all, result)`` after every block of every stage; ``result`` is
     ``(start, stop, genes (stop − start, n_genes))`` for the final stage's blocks, else None.
-    ``target_rows(start, stop)`` gives those targets' (standardised) embeddings; ``prior(start, stop)``
-    their retrieval prior or None. Stop iterating to cancel.
+    ``target_rows(start, stop)`` gives those targets' (standardised) embeddings; ``prior(rows)`` the
+    retrieval prior of target rows ``rows`` or None. ``smoothing = (neighbours (n, q), s)`` mixes each
+    spot's genes with its neighbours' mean, (1 − s) · own + s · mean (the neighbours' genes are computed
+    with the block: no second slide-sized array). Stop iterating to cancel.
     """
     members = network.options.members
     n_rows = {"target": len(parts.retrieved), "reference": len(reference_x)}
@@ -96,7 +99,7 @@ def predict_blocks(
     stages = chain(
         _project_targets(network, h, target_rows, targets, n_rows["target"]),
         *(_layer(layer, h, routes, blocks) for layer in network.layers),
-        _predict_targets(network, h, parts.retrieved, prior, targets),
+        _predict_targets(network, h, parts.retrieved, prior, targets, smoothing),
     )
     for done, result in enumerate(stages, 1):
         yield done, total, result
@@ -124,15 +127,32 @@ def _layer(layer, h: dict, routes: dict, blocks: dict) -> Iterator[None]:
     h.update(new)
 
 
-def _predict_targets(network: SpaHGC, h: dict, retrieved, prior, blocks) -> Iterator[tuple[int, int, Tensor]]:
-    """CNAP and the head per block of targets: ``(start, stop, the members' mean genes)``."""
+def _predict_targets(
+    network: SpaHGC, h: dict, retrieved, prior, blocks, smoothing
+) -> Iterator[tuple[int, int, Tensor]]:
+    """CNAP and the head per block of targets: ``(start, stop, the members' mean genes)``, smoothed
+    with the block's neighbours when ``smoothing`` is given."""
     members, n_references = network.options.members, h["reference"].shape[1]
-    shift = (torch.arange(members, device=h["reference"].device) * n_references).view(-1, 1, 1)
-    retrieved = torch.from_numpy(retrieved).to(h["reference"].device)
+    device = h["reference"].device
+    shift = (torch.arange(members, device=device) * n_references).view(-1, 1, 1)
+    retrieved = torch.from_numpy(retrieved).to(device)
     for start, stop in blocks:
-        table = retrieved[start:stop].unsqueeze(0) + shift
-        genes = network.predict_genes(h["target"][:, start:stop], h["reference"], table, prior(start, stop))
-        yield start, stop, genes.mean(0)
+        rows = np.arange(start, stop)
+        if smoothing is not None:
+            near = smoothing[0][start:stop]
+            rows, position = np.unique(np.concatenate([rows, near.ravel()]), return_inverse=True)
+        index = torch.from_numpy(rows).to(device)
+        table = retrieved.index_select(0, index).unsqueeze(0) + shift
+        genes = network.predict_genes(h["target"].index_select(1, index), h["reference"], table, prior(rows))
+        genes = genes.mean(0)
+        if smoothing is not None:
+            own, around = (
+                torch.from_numpy(position[: stop - start]),
+                torch.from_numpy(position[stop - start :]),
+            )
+            mean = genes.index_select(0, around.to(device)).view(stop - start, near.shape[1], -1).mean(1)
+            genes = (1 - smoothing[1]) * genes.index_select(0, own.to(device)) + smoothing[1] * mean
+        yield start, stop, genes
 
 
 def _blocks(routes: list[_Route], n_rows: int, block_spots: int) -> list[tuple[int, int]]:

@@ -33,7 +33,7 @@ from .model_folder import (
     typed,
     verified_tensors,
 )
-from .neighbours import spatial_mix, spatial_neighbours
+from .neighbours import spatial_neighbours
 from .options import GraphOptions, ModelOptions, SpaHGCConfig, TrainOptions
 from .progress import Progress, run_to_end
 from .weights import sha256
@@ -121,27 +121,32 @@ class SpaHGCPredictor:
         network = self.network.to(target).eval()
         parts.edges = {edge_type: e.to(target) for edge_type, e in parts.edges.items()}
 
-        def rows(start: int, stop: int) -> torch.Tensor:
+        def embeddings(start: int, stop: int) -> torch.Tensor:
             return torch.from_numpy(self.embedding_scale.transform(slide.embeddings[start:stop])).to(target)
 
-        def prior(start: int, stop: int) -> torch.Tensor | None:
-            values = parts.prior(bank, slice(start, stop))
+        def prior(rows: np.ndarray) -> torch.Tensor | None:
+            values = parts.prior(bank, rows)
             return None if values is None else values.to(target)
+
+        q, smoothing = self.config.graph.q, self.config.graph.smoothing
+        neighbours = spatial_neighbours(slide.coords, q) if smoothing else np.empty((slide.n_spots, 0))
+        mix = (neighbours, smoothing) if neighbours.shape[1] else None
 
         prediction = np.empty((slide.n_spots, len(self.genes)), dtype=np.float32)
         blocks = predict_blocks(
-            network, parts, rows, reference_features(bank, parts.nodes).to(target), prior, block_spots
+            network,
+            parts,
+            embeddings,
+            reference_features(bank, parts.nodes).to(target),
+            prior,
+            block_spots,
+            mix,
         )
         for done, total, result in blocks:
             if result is not None:
                 start, stop, genes = result
                 prediction[start:stop] = self.scale.inverse(genes.float().cpu().numpy())
             yield Progress(done, total, f"{slide.slide_id}: block {done}/{total}")
-        smoothing = self.config.graph.smoothing
-        if smoothing:
-            prediction = spatial_mix(
-                prediction, spatial_neighbours(slide.coords, self.config.graph.q), 1 - smoothing
-            )
         return prediction
 
     def save(self, folder: str | Path) -> Path:
