@@ -14,8 +14,10 @@ not mix. Stages:
 - ``graph``: ``graph.build_graph`` of the target against the training slides' reference bank;
 - ``train``: ``pipeline.make_trainer`` (1 member, ``--epochs``) and ``Trainer.steps``; per epoch and total,
   in mini-batches of ``--batch-spots``;
-- ``predict``: ``SpaHGCPredictor.predict`` of the target in blocks of ``--block-spots`` by a default
-  ensemble (4 members, smoothing on) with a bank of ``--bank-spots`` (23,000: four Visium slides).
+- ``predict``: ``spahgc predict``'s path (``pipeline.write_predictions``: the target, with its counts,
+  predicted in blocks of ``predictor.BLOCK_SPOTS`` and streamed into an h5ad with its measured layer and
+  per-gene PCC) by a default ensemble (4 members, smoothing on) with a bank of ``--bank-spots``
+  (23,000: four Visium slides).
 
 The growth ratio is time(8n)/time(n) of a stage where both sizes were measured.
 """
@@ -43,13 +45,13 @@ STAGES = ("embed-spot", "embed-dense", "graph", "train", "predict")
 
 
 # ------------------------------------------------------------------------------------- worker side
-def _slides(work: Path, n: int, with_expression: bool = True):
+def _slides(work: Path, n: int, with_expression: bool = True, sections=("C2", "C3")):
     from scale_slides import make_hd
 
     from napari_spahgc.io.cohort import read_cohort
 
     slides = []
-    for section in ("C2", "C3"):
+    for section in sections:
         table = work / f"{section}_hd{n}" / "cohort.csv"
         if not table.is_file():
             make_hd(section, table.parent, n)
@@ -57,9 +59,16 @@ def _slides(work: Path, n: int, with_expression: bool = True):
     return slides
 
 
-def _embeddings(slides, dim: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return {s.slide_id: rng.standard_normal((s.n_spots, dim), dtype=np.float32) for s in slides}
+def _embeddings(slides, dim: int, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Seeded random embeddings, made 65,536 rows at a time (float16: as dense embedding stores them)."""
+    rng, embeddings = np.random.default_rng(0), {}
+    for s in slides:
+        values = np.empty((s.n_spots, dim), dtype=dtype)
+        for start in range(0, s.n_spots, 1 << 16):
+            rows = min(1 << 16, s.n_spots - start)
+            values[start : start + rows] = rng.standard_normal((rows, dim), dtype=np.float32)
+        embeddings[s.slide_id] = values
+    return embeddings
 
 
 def _subset(slide, k: int):
@@ -144,15 +153,19 @@ def stage_train(work: Path, n: int, args) -> dict:
 def stage_predict(work: Path, n: int, args) -> dict:
     """Predict the target with a default-preset ensemble (4 members) and a bank of ``--bank-spots``
     reference spots, as a model trained on four Visium slides has. The weights are a seeded random
-    initialisation: the cost of prediction does not depend on their values, only on the shapes."""
-    from napari_spahgc.dataset import FeatureScale, slide_data
+    initialisation: the cost of prediction does not depend on their values, only on the shapes; the
+    embeddings are float16, as dense embedding (the mode of HD bins) stores them."""
+    import anndata as ad
+
+    from napari_spahgc.dataset import FeatureScale
     from napari_spahgc.graph import ReferenceBank
     from napari_spahgc.model import SpaHGC
     from napari_spahgc.options import GraphOptions, SpaHGCConfig
+    from napari_spahgc.pipeline import write_predictions
     from napari_spahgc.predictor import ModelMetadata, SpaHGCPredictor
 
-    target = _slides(work, n, with_expression=False)[0]
-    embeddings, genes = _embeddings([target], args.dim), _panel(args.genes)
+    (target,) = _slides(work, n, sections=("C2",))
+    embeddings, genes = _embeddings([target], args.dim, np.float16), _panel(args.genes)  # HD: dense
     rng = np.random.default_rng(1)
     bank = ReferenceBank(
         rng.standard_normal((args.bank_spots, args.dim), dtype=np.float32),
@@ -164,11 +177,15 @@ def stage_predict(work: Path, n: int, args) -> dict:
     network = SpaHGC(args.dim, len(genes), config.model)
     model = SpaHGCPredictor(network, bank, FeatureScale.identity(len(genes)), FeatureScale.identity(args.dim),
                             config, ModelMetadata(genes=genes, embedding_dim=args.dim))  # fmt: skip
-    data = slide_data(target, embeddings[target.slide_id], None)
-    started = time.perf_counter()
-    values = model.predict(data, device=args.device, block_spots=args.block_spots)
-    return {"seconds": time.perf_counter() - started, "shape": list(values.shape),
-            "block_spots": args.block_spots, "bank_spots": args.bank_spots, "members": config.model.members}  # fmt: skip
+    with tempfile.TemporaryDirectory(dir=work) as out:
+        started = time.perf_counter()
+        (path,) = write_predictions(model, [target], embeddings, out, args.device)
+        seconds = time.perf_counter() - started
+        written = ad.read_h5ad(path, backed="r")
+        shape, kept = list(written.shape), bool((written.obs_names == target.spot_ids).all())
+        written.file.close()
+    return {"seconds": seconds, "shape": shape, "every_bin_id_kept": kept, "block_spots": BLOCK_SPOTS,
+            "bank_spots": args.bank_spots, "members": config.model.members}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------- parent side
@@ -211,7 +228,7 @@ def _wait(child: subprocess.Popen, timeout: float):
 
 
 def _passed(args) -> list[str]:
-    names = ("work", "dim", "genes", "epochs", "sample", "device", "batch_spots", "block_spots", "bank_spots")
+    names = ("work", "dim", "genes", "epochs", "sample", "device", "batch_spots", "bank_spots")
     return [item for name in names for item in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
 
 
@@ -249,7 +266,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample", type=int, default=256)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-spots", type=int, default=TrainOptions().batch_spots)
-    parser.add_argument("--block-spots", type=int, default=BLOCK_SPOTS)
     parser.add_argument("--bank-spots", type=int, default=23_000)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--worker", choices=STAGES)

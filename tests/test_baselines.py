@@ -95,3 +95,23 @@ def test_tuning_never_reads_the_test_slide(name):
     assert tuned.chosen and set(tuned.inner_pcc)  # it did choose among candidates
     truth_pcc = np.corrcoef(tuned.prediction.ravel(), test.expression.ravel())[0, 1]
     assert truth_pcc > 0.5  # and predicts the learnable signal
+
+
+def test_shared_candidates_give_the_same_results_computed_once(monkeypatch):
+    *train, test = _cohort(seed=2)
+    sharing = [name for name in BASELINES if name != "mlp"]  # the MLP probe shares nothing
+    alone = {name: BASELINES[name](train, test) for name in sharing}
+    calls = []
+    svd = np.linalg.svd
+    monkeypatch.setattr(np.linalg, "svd", lambda *a, **k: calls.append(1) or svd(*a, **k))
+    with baselines.shared_candidates():
+        shared = {name: BASELINES[name](train, test) for name in sharing}
+        assert ridge_grid(train, test) is ridge_grid(train, test)
+        svds = len(calls)
+    assert ridge_grid(train, test) is not ridge_grid(train, test)  # nothing kept outside the block
+    for name in sharing:
+        assert shared[name].chosen == alone[name].chosen and shared[name].inner_pcc == alone[name].inner_pcc
+        np.testing.assert_array_equal(shared[name].prediction, alone[name].prediction)
+    # ridge's path: one SVD per (inner training, validation slide) and one for the test slide, for
+    # ridge, ridge_spatial and blend_spatial together
+    assert svds == len(inner_folds(train)) + 1

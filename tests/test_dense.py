@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from napari_spahgc import Slide, read_cohort
+from napari_spahgc.dataset import slide_data
 from napari_spahgc.dense import DenseGrid, dense_embeddings
 from napari_spahgc.embedding import cache_key, embed_cohort, load_embeddings, resolve_mode
 from napari_spahgc.encoders import REGISTRY, Encoder, create_encoder
@@ -101,6 +102,8 @@ def test_dense_mode_embeds_every_spot_once_in_order_and_caches_apart(tmp_path, b
     assert done == sorted(done) and done[-1] == 9
     embeddings, spot_ids, key = load_embeddings(progress[-1].path)
     assert list(spot_ids) == list(block.spot_ids) and embeddings.shape == (9, 1280)
+    assert embeddings.dtype == np.float16  # stored as the float16 cells they average: half the memory
+    assert slide_data(block, embeddings, None).embeddings.dtype == np.float16  # and kept so
     assert key == dense_key and np.isfinite(embeddings).all()
     assert len({row.tobytes() for row in embeddings}) == 9  # nine different spots, nine embeddings
     again = list(embed_cohort([block], encoder, tmp_path, mode="dense"))

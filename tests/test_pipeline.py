@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from napari_spahgc import InputError, Slide
-from napari_spahgc.pipeline import make_trainer, predict_slide, write_predictions
+from napari_spahgc.pipeline import make_trainer, predict_slide, write_prediction_steps, write_predictions
 from napari_spahgc.predictor import SpaHGCPredictor
 
 N_GENES, DIM = 30, 12
@@ -57,7 +57,33 @@ def test_train_then_predict_to_h5ad(tmp_path):
     reloaded = SpaHGCPredictor.load(folder)
     (path,) = write_predictions(reloaded, [test], embeddings, tmp_path / "pred")
     assert path.name == "S4.h5ad"
-    np.testing.assert_array_equal(ad.read_h5ad(path).X, adata.X)  # saved model predicts the same
+    _assert_same_prediction(ad.read_h5ad(path), adata)  # streamed to disk, by the reloaded model
+    backed = ad.read_h5ad(path, backed="r")
+    np.testing.assert_array_equal(backed.X[3:9], adata.X[3:9])
+    backed.file.close()
+
+
+def _assert_same_prediction(written: ad.AnnData, in_memory: ad.AnnData) -> None:
+    """The file :func:`write_predictions` streamed holds what :func:`predict_slide` returns."""
+    assert written.X.dtype == np.float32
+    np.testing.assert_array_equal(written.X, in_memory.X)
+    np.testing.assert_array_equal(written.layers["measured"], in_memory.layers["measured"])
+    pd.testing.assert_frame_equal(written.var, in_memory.var)
+    assert list(written.obs_names) == list(in_memory.obs_names)
+    np.testing.assert_array_equal(written.obsm["spatial"], in_memory.obsm["spatial"])
+    assert written.uns["napari_spahgc"]["kind"] == "SpaHGC prediction"
+
+
+def test_streamed_prediction_cancelled_leaves_no_file(tmp_path):
+    slides, embeddings = _cohort(4)
+    model = make_trainer(slides[:3], embeddings, n_hvg=10, epochs=1, hidden=16).fit()
+    target = tmp_path / "S3.h5ad"
+    steps = write_prediction_steps(model, slides[3], embeddings["S3"], target)
+    next(steps)
+    next(steps)  # part of the file is written
+    assert list(tmp_path.glob(".S3.h5ad.*.part"))
+    steps.close()  # cancel between blocks
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_panel_genes_and_missing_genes(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import anndata as ad
@@ -303,3 +304,45 @@ def test_failing_work_results_and_handlers_of_a_run_panel_are_notifications(
     messages = [str(n.message) for n in notifications]
     assert "Broken work failed: RuntimeError: the work broke" in messages
     assert any(m.startswith("Broken result failed: AttributeError: ") for m in messages)
+
+
+def test_embed_mode_combo_defaults_to_auto_and_a_scheduler_takes_auto_only(
+    make_napari_viewer, qtbot, notifications
+):
+    viewer = make_napari_viewer(show=True)
+    embed = _widgets(viewer)["Embed"]
+    _two_slides_embedded(session_for(viewer))
+    box = embed.mode
+    choices = [(box.itemText(i), box.itemData(i)) for i in range(box.count())]
+    assert choices == [("auto", "auto"), ("per-spot", "spot"), ("dense", "dense")]
+    assert box.currentData() == "auto" and "60 µm" in box.toolTip()
+    box.setCurrentText("dense")
+    assert "tissue tile" in box.toolTip()
+    embed.scheduler.setText("tcp://127.0.0.1:1")  # refused before any connection is tried
+    embed.panel.run_button.click()
+    assert not embed.panel.running
+    assert any("choose Mode auto" in str(n.message) for n in notifications)
+
+
+def test_the_chosen_embed_mode_reaches_the_embeddings_and_the_cache(
+    make_napari_viewer, qtbot, her2st_cohort, tmp_path, notifications
+):
+    from napari_spahgc.embedding import load_embeddings
+
+    c2 = read_cohort(her2st_cohort)[0].load(with_expression=False)
+    nine = np.argsort(np.linalg.norm(c2.centers_px - c2.centers_px[50], axis=1))[:9]  # a few tiles
+    block = dataclasses.replace(c2, spot_ids=c2.spot_ids[nine], centers_px=c2.centers_px[nine])
+    viewer = make_napari_viewer(show=True)
+    embed = _widgets(viewer)["Embed"]
+    session = session_for(viewer)
+    session.add_slides([block])
+    embed.cache.set_text(str(tmp_path / "embeddings"))
+    for label, mode in (("dense", "dense"), ("per-spot", "spot")):  # auto would be per-spot here
+        embed.mode.setCurrentText(label)
+        embed.run()
+        _finish(qtbot, embed.panel)
+        assert not notifications, [str(n.message) for n in notifications]
+        assert session.encoder["embedding_mode"] == mode
+        assert session.embeddings[c2.slide_id].shape == (9, 1280)
+    keys = [load_embeddings(path)[2]["mode"] for path in (tmp_path / "embeddings").iterdir()]
+    assert sorted(keys) == ["dense", "spot"]  # cached apart

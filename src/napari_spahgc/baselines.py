@@ -14,11 +14,17 @@ predicts the test slide. The test slide is only predicted: its expression is nev
   λ and w tuned.
 - ``mlp``: a one-hidden-layer MLP probe on the standardised embeddings; weight decay and the number
   of epochs (early stopping) tuned.
+
+Inside :func:`shared_candidates` (the benchmark enters it once per outer fold), ridge's and kNN's
+candidate predictions for a (training slides, slide) pair are computed once and reused by every
+baseline that needs them: the same values, without recomputing them up to three times.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +58,35 @@ class Tuned:
 
 
 Baseline = Callable[[Sequence[SlideData], SlideData], Tuned]
+
+_shared: dict | None = None  # the candidates of the current shared_candidates block; None outside one
+
+
+@contextmanager
+def shared_candidates() -> Iterator[None]:
+    """Within the block, each :func:`_shareable` grid is computed once per (training slides, slide)."""
+    global _shared
+    previous, _shared = _shared, {}
+    try:
+        yield
+    finally:
+        _shared = previous
+
+
+def _shareable(grid: Grid) -> Grid:
+    """``grid``, its results kept for the current :func:`shared_candidates` block (keyed by the slide
+    objects themselves, which the entry keeps alive, so a key can never name other data)."""
+
+    @functools.wraps(grid)
+    def shared(train: Sequence[SlideData], test: SlideData) -> dict[Setting, np.ndarray]:
+        if _shared is None:
+            return grid(train, test)
+        key = (grid.__name__, *map(id, train), id(test))
+        if key not in _shared:
+            _shared[key] = (list(train), test, grid(train, test))
+        return _shared[key][2]
+
+    return shared
 
 
 def inner_folds(train: Sequence[SlideData]) -> list[tuple[list[SlideData], list[SlideData]]]:
@@ -95,7 +130,9 @@ def _label(setting: Setting) -> str:
 
 
 def _pooled(train: Sequence[SlideData]) -> tuple[np.ndarray, np.ndarray]:
-    return np.concatenate([s.embeddings for s in train]), np.concatenate([s.expression for s in train])
+    """The training slides' embeddings (float32, whatever they are stored as) and expression, pooled."""
+    embeddings = np.concatenate([s.embeddings for s in train], dtype=np.float32)
+    return embeddings, np.concatenate([s.expression for s in train])
 
 
 def _reduced(train: Sequence[SlideData], test: SlideData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,9 +145,10 @@ def _reduced(train: Sequence[SlideData], test: SlideData) -> tuple[np.ndarray, n
     x, y = _pooled(train)
     reduce = make_pipeline(StandardScaler(), PCA(min(PCA_COMPONENTS, *x.shape), random_state=0))
     z = reduce.fit_transform(x).astype(np.float64)
-    return z, reduce.transform(test.embeddings).astype(np.float64), y
+    return z, reduce.transform(test.embeddings.astype(np.float32, copy=False)).astype(np.float64), y
 
 
+@_shareable
 def ridge_grid(train: Sequence[SlideData], test: SlideData) -> dict[Setting, np.ndarray]:
     """Ridge predictions for every α at once: standardise, PCA, then the ridge path from one SVD
     (coefficients V · s / (s² + α) · Uᵀ y on centred data, as ``sklearn.linear_model.Ridge``)."""
@@ -127,6 +165,7 @@ def ridge_grid(train: Sequence[SlideData], test: SlideData) -> dict[Setting, np.
     }
 
 
+@_shareable
 def knn_grid(train: Sequence[SlideData], test: SlideData) -> dict[Setting, np.ndarray]:
     """kNN predictions for every k at once: one top-max(k) search, then running sums over blocks of
     neighbours (memory: one block of neighbours' expression, not all max(k) of them)."""

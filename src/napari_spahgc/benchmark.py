@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import dataset
-from .baselines import BASELINES, Baseline
+from .baselines import BASELINES, Baseline, shared_candidates
 from .dataset import SlideData, make_folds
 from .errors import InputError
 from .evaluate import TOP_GENES, most_variable, score
@@ -138,12 +138,17 @@ def run_benchmark(
         top = most_variable([s.expression for s in train])
         for test in tests:
             n_genes[test.slide_id] = len(genes)
-            for method in methods:
-                record, per_gene = _score(method, train, test, top, Fold(genes, seed, device, spahgc_options))
-                results[method]["folds"][test.slide_id] = record
-                per_gene_rows += [(method, test.slide_id, g, v) for g, v in zip(genes, per_gene, strict=True)]
-                log(f"{test.slide_id}  {method:<14} PCC {record['pcc']:.4f}  top-{TOP_GENES} "
-                    f"{record[f'pcc_top{TOP_GENES}']:.4f}  RMSE {record['rmse']:.3f}  {record['seconds']:.1f} s")  # fmt: skip
+            with shared_candidates():
+                for method in methods:
+                    record, per_gene = _score(
+                        method, train, test, top, Fold(genes, seed, device, spahgc_options)
+                    )
+                    results[method]["folds"][test.slide_id] = record
+                    per_gene_rows += [
+                        (method, test.slide_id, g, v) for g, v in zip(genes, per_gene, strict=True)
+                    ]
+                    log(f"{test.slide_id}  {method:<14} PCC {record['pcc']:.4f}  top-{TOP_GENES} "
+                        f"{record[f'pcc_top{TOP_GENES}']:.4f}  RMSE {record['rmse']:.3f}  {record['seconds']:.1f} s")  # fmt: skip
     for summary in results.values():
         _summarise(summary)
     report = {

@@ -186,7 +186,7 @@ def predict(
         slides, name, weights, device, batch_size, cache, load=True, mode=mode
     )
     model.check_embeddings(model_encoder)
-    for path in write_predictions(model, slides, embeddings, out):
+    for path in write_predictions(model, slides, embeddings, out, device):
         typer.echo(str(path))
 
 

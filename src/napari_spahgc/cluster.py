@@ -20,7 +20,6 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._files import slide_file
 from .errors import InputError, describe
 from .progress import Progress
 from .slide import Slide
@@ -126,8 +125,7 @@ def embed_task(slide: Slide, settings: EmbedSettings) -> SlideResult:
 def predict_task(slide: Slide, model_dir: str, settings: EmbedSettings, out: str) -> SlideResult:
     """Embed one slide through the cache, predict it with the model folder, write ``SLIDE_ID.h5ad``."""
     from .embedding import embed_slide
-    from .io.export import write_h5ad
-    from .pipeline import predict_slide
+    from .pipeline import write_predictions
 
     try:
         with _local_reads():
@@ -135,8 +133,7 @@ def predict_task(slide: Slide, model_dir: str, settings: EmbedSettings, out: str
             encoder = _encoder(settings.encoder, settings.weights, settings.device)
             model.check_compatible(encoder.name, encoder.weights_checksum)
             embeddings, _ = embed_slide(slide, encoder, settings.cache, batch_size=settings.batch_size)
-            prediction = predict_slide(model, slide, embeddings)
-            path = write_h5ad(prediction, slide_file(out, slide.slide_id, ".h5ad"))
+            (path,) = write_predictions(model, [slide], {slide.slide_id: embeddings}, out)
     except InputError as err:
         return SlideResult(slide.slide_id, error=str(err), bad_input=True)
     return SlideResult(slide.slide_id, str(path))

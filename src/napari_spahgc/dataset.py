@@ -54,7 +54,9 @@ class FeatureScale:
 
     @classmethod
     def fit(cls, slides: Sequence[SlideData], field: str = "expression") -> FeatureScale:
-        values = np.concatenate([getattr(s, field) for s in slides])
+        values = np.concatenate(
+            [getattr(s, field) for s in slides], dtype=np.float32
+        )  # float16 dense embeddings too
         sd = values.std(axis=0)
         return cls(values.mean(axis=0).astype(np.float32), np.where(sd > 1e-6, sd, 1.0).astype(np.float32))
 
@@ -69,8 +71,13 @@ class FeatureScale:
         return (values * self.sd + self.mean).astype(np.float32)
 
 
+def _is_half(values) -> bool:
+    return isinstance(values, np.ndarray) and values.dtype == np.float16
+
+
 def slide_data(slide: Slide, embeddings: np.ndarray, genes: Sequence[str] | None) -> SlideData:
-    """Arrays of ``slide`` on ``genes`` (expression left out when the slide has no counts or no genes)."""
+    """Arrays of ``slide`` on ``genes`` (expression left out when the slide has no counts or no genes).
+    Embeddings stay float16 when they are (dense ones: half the memory), else become float32."""
     if len(embeddings) != slide.n_spots:
         raise ValueError(f"{slide.slide_id}: {len(embeddings)} embeddings for {slide.n_spots} spots")
     expression = None
@@ -79,7 +86,7 @@ def slide_data(slide: Slide, embeddings: np.ndarray, genes: Sequence[str] | None
     return SlideData(
         slide_id=slide.slide_id,
         spot_ids=slide.spot_ids.to_numpy(dtype=str),
-        embeddings=np.asarray(embeddings, dtype=np.float32),
+        embeddings=np.asarray(embeddings, dtype=np.float16 if _is_half(embeddings) else np.float32),
         coords=slide.centers_px.astype(np.float64),
         expression=expression,
         patient=slide.patient,

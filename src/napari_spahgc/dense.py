@@ -16,7 +16,9 @@ integral image (cumulative sums), so the cost follows the tissue area, not the s
   band and the two beside it are done, and bands no spot needs any more are dropped. Peak memory is
   about three bands, not the slide.
 - :func:`dense_embeddings` is a generator that yields :class:`DenseProgress` after each tile batch and
-  returns the (n_spots, dim) float32 embeddings in spot order.
+  returns the (n_spots, dim) embeddings in spot order, float16 like the grid cells they average (a
+  rounding of at most 2⁻¹² relative; half the memory and cache of float32: 1.8 GB, not 3.6 GB, for
+  700,000 bins × 1280). Every consumer standardises them to float32 block by block.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ def dense_embeddings(
     prefetch_depth: int = 1,
     tissue: TissueMask | bool | None = True,
 ) -> Generator[DenseProgress, None, np.ndarray]:
-    """Embed every spot of ``slide`` densely; yield progress per tile batch, return (n_spots, dim) float32.
+    """Embed every spot of ``slide`` densely; yield progress per tile batch, return (n_spots, dim) float16.
 
     ``tissue``: True detects it on the thumbnail; a :class:`TissueMask` is used as given; None or False
     encodes every tile a spot's field reaches, glass too. Stop iterating to cancel between tile batches.
@@ -145,7 +147,7 @@ def dense_embeddings(
     boxes = grid.spot_boxes(slide.centers_px, spec.size)
     home = grid.home_rows(slide.centers_px)
     tiles, encoded = needed_tiles(grid, boxes, tissue or None)
-    out = np.zeros((slide.n_spots, encoder.dim), dtype=np.float32)
+    out = np.zeros((slide.n_spots, encoder.dim), dtype=np.float16)
     if not tiles:
         return out
     glass = glass_feature(encoder, grid) if tiles - encoded else None

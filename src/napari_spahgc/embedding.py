@@ -1,7 +1,7 @@
 """Spot embeddings with an on-disk cache, as a generator that yields progress and can be cancelled.
 
 Cache format: one ``<slide_id>-<key>.npz`` (the id's safe file-name form, :func:`~napari_spahgc._files.safe_name`) per slide and setting in the cache folder, holding
-``embeddings`` (n_spots, dim) float32, ``spot_ids`` (str), ``centers_px`` (n, 2) and ``key`` (the JSON of
+``embeddings`` (n_spots, dim) float32 (float16 dense), ``spot_ids`` (str), ``centers_px`` (n, 2) and ``key`` (the JSON of
 what the embeddings depend on: image content fingerprint, spot ids and centres, encoder name and
 weights checksum, patch size and scale, and the embedding ``mode``: ``spot`` or ``dense`` with its grid).
 A file is written once, atomically, after its slide is
@@ -185,7 +185,7 @@ def _write(path: Path, slide: Slide, embeddings: np.ndarray, key: dict) -> None:
     with atomic_path(path) as tmp, tmp.open("wb") as handle:
         np.savez(
             handle,
-            embeddings=np.asarray(embeddings, dtype=np.float32),  # no copy of float32 (HD: 3.6 GB)
+            embeddings=embeddings,  # as computed: float32 per spot, float16 dense (no copy: HD 1.8 GB)
             spot_ids=slide.spot_ids.to_numpy(dtype=str),
             centers_px=slide.centers_px,
             key=json.dumps(key, sort_keys=True),
@@ -245,7 +245,7 @@ def embed_slide(
     batch_size: int = 64,
     mode: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(embeddings, spot_ids)`` of one slide: (n_spots, dim) float32 and its spot ids, through the cache."""
+    """``(embeddings, spot_ids)`` of one slide: (n_spots, dim) float32 (float16 dense) and its spot ids, through the cache."""
     *_, last = embed_cohort([slide], encoder, cache_dir, spec, batch_size, mode=mode)
     embeddings, spot_ids, _ = load_embeddings(last.path)
     return embeddings, spot_ids

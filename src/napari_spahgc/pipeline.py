@@ -19,11 +19,11 @@ from ._device import resolve_device
 from ._files import slide_file
 from .dataset import fold_data, slide_data
 from .errors import InputError
-from .io.export import blockwise_pcc, measured_values, spot_anndata, write_h5ad
+from .io.export import blockwise_pcc, measured_values, spot_anndata, stream_h5ad
 from .options import SpaHGCConfig
 from .patches import PatchSpec
 from .predictor import ModelMetadata, SpaHGCPredictor
-from .progress import Progress
+from .progress import Progress, run_to_end
 from .slide import Slide
 from .trainer import Trainer
 
@@ -75,8 +75,9 @@ def predict_slide_steps(
     return prediction_anndata(model, slide, prediction)
 
 
-def prediction_anndata(model: SpaHGCPredictor, slide: Slide, prediction: np.ndarray) -> AnnData:
-    """The AnnData of :func:`predict_slide` around a computed prediction."""
+def prediction_anndata(model: SpaHGCPredictor, slide: Slide, prediction: np.ndarray | None) -> AnnData:
+    """The AnnData of :func:`predict_slide` around a computed prediction (None: without X, and
+    without ``var['pcc']``, for :func:`write_prediction_steps` to stream in)."""
     layers = {}
     if slide.expression is not None:
         layers["measured"] = _measured(slide, model.genes)
@@ -99,9 +100,24 @@ def prediction_anndata(model: SpaHGCPredictor, slide: Slide, prediction: np.ndar
         adata.var["validation_pcc"] = np.array(
             [np.nan if v is None else v for v in validation_pcc], np.float32
         )
-    if "measured" in layers:
+    if "measured" in layers and prediction is not None:
         adata.var["pcc"] = blockwise_pcc(layers["measured"], adata.X).astype(np.float32)
     return adata
+
+
+def write_prediction_steps(
+    model: SpaHGCPredictor, slide: Slide, embeddings: np.ndarray, path: str | Path, device: str = "cpu"
+) -> Generator[Progress, None, Path]:
+    """:func:`predict_slide` written to ``path`` as it is computed: every block of predictions goes
+    straight into the file's X, so no slide-sized prediction is held in memory (a Visium HD slide's is
+    2.2 GB); ``var['pcc']`` is then computed from the file in row blocks. Stop iterating to cancel
+    (no file is left)."""
+    adata = prediction_anndata(model, slide, None)
+    with stream_h5ad(adata, path) as x:
+        yield from model.predict_steps(slide_data(slide, embeddings, None), device=device, out=x)
+        if "measured" in adata.layers:
+            adata.var["pcc"] = blockwise_pcc(adata.layers["measured"], x).astype(np.float32)
+    return Path(path)
 
 
 def write_predictions(
@@ -111,11 +127,13 @@ def write_predictions(
     out_dir: str | Path,
     device: str = "cpu",
 ) -> list[Path]:
-    """One ``SLIDE_ID.h5ad`` per slide in ``out_dir``."""
+    """One ``SLIDE_ID.h5ad`` per slide in ``out_dir`` (:func:`write_prediction_steps`)."""
     out_dir = Path(out_dir)
     return [
-        write_h5ad(
-            predict_slide(model, s, embeddings[s.slide_id], device), slide_file(out_dir, s.slide_id, ".h5ad")
+        run_to_end(
+            write_prediction_steps(
+                model, s, embeddings[s.slide_id], slide_file(out_dir, s.slide_id, ".h5ad"), device
+            )
         )
         for s in slides
     ]

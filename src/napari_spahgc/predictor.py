@@ -102,19 +102,17 @@ class SpaHGCPredictor:
         return run_to_end(self.predict_steps(slide, device, block_spots))
 
     def predict_steps(
-        self, slide: SlideData, device: str = "cpu", block_spots: int = BLOCK_SPOTS
+        self, slide: SlideData, device: str = "cpu", block_spots: int = BLOCK_SPOTS, out=None
     ) -> Generator[Progress, None, np.ndarray]:
         """:meth:`predict` as a generator: yields after every block (stop iterating to cancel),
-        returns the prediction."""
+        returns the prediction. ``out``: where the blocks go, anything that takes row-range
+        assignment (an array, or an h5py dataset to stream a large slide to disk); a new array if None."""
         if slide.embeddings.shape[1] != self.metadata.embedding_dim:
             raise InputError(
                 f"slide {slide.slide_id!r} has {slide.embeddings.shape[1]}-d embeddings but the model was "
                 f"trained on {self.metadata.embedding_dim}-d ({self.metadata.encoder.get('name', '?')})"
             )
-        bank = self.bank
-        if np.any(bank.slide_ids == slide.slide_id):  # never retrieve a slide's own spots
-            keep = bank.slide_ids != slide.slide_id
-            bank = ReferenceBank(bank.embeddings[keep], bank.expression[keep], bank.slide_ids[keep])
+        bank = self._bank_without(slide.slide_id)
         yield Progress(0, 1, f"{slide.slide_id}: retrieving references")
         parts = graph_parts(slide, bank, self.config.graph, self.embedding_scale)
         target = resolve_device(device)
@@ -132,7 +130,10 @@ class SpaHGCPredictor:
         neighbours = spatial_neighbours(slide.coords, q) if smoothing else np.empty((slide.n_spots, 0))
         mix = (neighbours, smoothing) if neighbours.shape[1] else None
 
-        prediction = np.empty((slide.n_spots, len(self.genes)), dtype=np.float32)
+        shape = (slide.n_spots, len(self.genes))
+        prediction = np.empty(shape, dtype=np.float32) if out is None else out
+        if tuple(prediction.shape) != shape:
+            raise ValueError(f"out has shape {tuple(prediction.shape)}, expected {shape}")
         blocks = predict_blocks(
             network,
             parts,
@@ -148,6 +149,14 @@ class SpaHGCPredictor:
                 prediction[start:stop] = self.scale.inverse(genes.float().cpu().numpy())
             yield Progress(done, total, f"{slide.slide_id}: block {done}/{total}")
         return prediction
+
+    def _bank_without(self, slide_id: str) -> ReferenceBank:
+        """The reference bank without ``slide_id``'s spots: a slide never retrieves its own spots."""
+        bank = self.bank
+        if not np.any(bank.slide_ids == slide_id):
+            return bank
+        keep = bank.slide_ids != slide_id
+        return ReferenceBank(bank.embeddings[keep], bank.expression[keep], bank.slide_ids[keep])
 
     def save(self, folder: str | Path) -> Path:
         """Write ``model.safetensors`` (weights, bank, scales; the header records config.json's digest),
@@ -234,7 +243,7 @@ class SpaHGCPredictor:
         ):
             raise InputError(
                 f"the model was trained on {trained['embedding_mode']} embeddings, not {mode} ones "
-                f"(use --mode {trained['embedding_mode']})",
+                f"(embed with --mode {trained['embedding_mode']}, or that Mode in the Embed widget)",
                 self.folder,
             )
         if trained.get("name") and trained["name"] != encoder_name:

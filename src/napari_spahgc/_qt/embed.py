@@ -1,16 +1,36 @@
-"""Embed widget: embed every loaded slide's spot patches with an encoder, in a worker process."""
+"""Embed widget: every loaded slide's spots through an encoder, per spot or densely, in a worker process."""
 
 from __future__ import annotations
 
 import napari
 from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLineEdit, QSpinBox
 
 from .._files import cache_dir, prepare_output_folder
 from ..child import run_in_child
-from ..embedding import load_embeddings
+from ..embedding import DENSE_BELOW_PITCH_UM, load_embeddings
 from ..encoders import DEFAULT_ENCODER, REGISTRY, list_encoders  # torch-free: torch loads only to build
+from ..errors import InputError
 from ._common import DEVICES, PathField, RunPanel, SessionWidget
+
+#: The Mode choices: (label, ``embed_flow`` mode, what it means).
+MODES = (
+    ("auto", "auto", f"dense below a {DENSE_BELOW_PITCH_UM:g} µm spot pitch (Visium HD bins), else per spot"),
+    ("per-spot", "spot", "one 224 px patch per spot through the encoder: its cost grows with the spots"),
+    ("dense", "dense", "one encoder pass per tissue tile, spot fields averaged: cost follows the tissue"),
+)
+
+
+def mode_box() -> QComboBox:
+    """The Mode combo box: auto (the default) / per-spot / dense, each with its meaning as tooltip."""
+    box = QComboBox()
+    for index, (label, mode, meaning) in enumerate(MODES):
+        box.addItem(label, mode)
+        box.setItemData(index, meaning, Qt.ItemDataRole.ToolTipRole)
+    box.currentIndexChanged.connect(lambda i: box.setToolTip(box.itemData(i, Qt.ItemDataRole.ToolTipRole)))
+    box.setToolTip(MODES[0][2])
+    return box
 
 
 class EmbedWidget(SessionWidget):
@@ -27,6 +47,7 @@ class EmbedWidget(SessionWidget):
         self.device = QComboBox()
         self.device.addItems(DEVICES)
         self.batch_size = QSpinBox(minimum=1, maximum=4096, value=64)
+        self.mode = mode_box()
         self.cache = PathField("folder", "Embedding cache folder")
         self.cache.set_text(str(cache_dir("embeddings")))
         self.scheduler = QLineEdit()
@@ -37,6 +58,7 @@ class EmbedWidget(SessionWidget):
         form.addRow("Weights", self.weights)
         form.addRow("Device", self.device)
         form.addRow("Batch size", self.batch_size)
+        form.addRow("Mode", self.mode)
         form.addRow("Cache", self.cache)
         form.addRow("Dask scheduler", self.scheduler)
         form.addRow(self.panel)
@@ -48,17 +70,20 @@ class EmbedWidget(SessionWidget):
         self.weights.setEnabled(REGISTRY[name].takes_weights_file)
 
     def run(self):
-        """Embed all loaded slides in a worker process (or, with a scheduler address, one task per slide
-        on that Dask cluster); the embeddings join the session when every slide is done."""
+        """Embed all loaded slides in a worker process, in the chosen mode (or, with a scheduler address,
+        one task per slide on that Dask cluster, mode auto); the embeddings join the session when every
+        slide is done."""
         slides = list(self.session.slides.values())
         if not slides:
             show_error("Open slides first (Slide widget).")
             return None
+        scheduler, mode = self.scheduler.text().strip(), self.mode.currentData()
+        if scheduler and mode != "auto":
+            raise InputError("on a Dask scheduler each task resolves the mode per slide: choose Mode auto")
         weights = (self.weights.text or None) if self.weights.isEnabled() else None  # packaged: ships its own
         prepare_output_folder(self.cache.text, "cache folder")
         settings = (self.encoder.currentText(), weights, self.device.currentText(), self.batch_size.value(),
                     self.cache.text)  # fmt: skip
-        scheduler = self.scheduler.text().strip()
 
         def work(cancel):
             if scheduler:
@@ -66,7 +91,9 @@ class EmbedWidget(SessionWidget):
 
                 flow = embed_flow_on_cluster(slides, EmbedSettings(*settings), scheduler, cancel)
             else:
-                flow = run_in_child("napari_spahgc.embedding:embed_flow", slides, *settings, cancel=cancel)
+                flow = run_in_child(
+                    "napari_spahgc.embedding:embed_flow", slides, *settings, mode, cancel=cancel
+                )
             encoder, paths = yield from flow
             return encoder, {slide_id: load_embeddings(path)[0] for slide_id, path in paths.items()}
 

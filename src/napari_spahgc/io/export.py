@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from anndata.io import write_elem
 
 from .._files import atomic_path, safe_name
 from ..expression import log_cpm
@@ -26,7 +29,7 @@ _BLOCK_ROWS = 1 << 13
 
 def spot_anndata(
     slide: Slide,
-    values: np.ndarray,
+    values: np.ndarray | None,
     genes: Sequence[str],
     layers: Mapping[str, np.ndarray] | None = None,
     provenance: Mapping | None = None,
@@ -36,10 +39,12 @@ def spot_anndata(
     form, the id itself is in its ``metadata``) and
     ``uns['napari_spahgc']`` provenance.
 
-    Nothing is copied that is already float32 (X and dense layers); sparse layers stay sparse (CSR)."""
-    values = np.asarray(values, dtype=np.float32)
-    if values.shape != (slide.n_spots, len(genes)):
-        raise ValueError(f"values have shape {values.shape}, expected {(slide.n_spots, len(genes))}")
+    Nothing is copied that is already float32 (X and dense layers); sparse layers stay sparse (CSR).
+    ``values=None`` leaves X out (:func:`stream_h5ad` writes it block by block)."""
+    if values is not None:
+        values = np.asarray(values, dtype=np.float32)
+        if values.shape != (slide.n_spots, len(genes)):
+            raise ValueError(f"values have shape {values.shape}, expected {(slide.n_spots, len(genes))}")
     adata = ad.AnnData(
         X=values,
         obs=pd.DataFrame(index=pd.Index(slide.spot_ids, name=None)),
@@ -63,6 +68,23 @@ def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
     return path
+
+
+@contextmanager
+def stream_h5ad(adata: ad.AnnData, path: str | Path) -> Iterator[h5py.Dataset]:
+    """Write ``adata`` (without X) to ``path`` and yield its X, an empty float32 (n_obs, n_vars) h5py
+    dataset to fill by row blocks; columns of ``adata.var`` added inside the block are written at the
+    end. Atomic as :func:`write_h5ad`: the file appears, complete, only when the block succeeds."""
+    if adata.X is not None:
+        raise ValueError("stream_h5ad writes X itself: pass AnnData without X")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        adata.write_h5ad(tmp)
+        with h5py.File(tmp, "r+") as file:
+            x = file.create_dataset("X", shape=adata.shape, dtype=np.float32)
+            x.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+            yield x
+            write_elem(file, "var", adata.var)
 
 
 def measured_values(
