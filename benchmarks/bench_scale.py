@@ -195,36 +195,33 @@ def run_stage(stage: str, n: int, args) -> dict:
         result_file = Path(handle.name)
     command = [sys.executable, __file__, "--worker", stage, "--size", str(n), "--result", str(result_file),
                *_passed(args)]  # fmt: skip
-    started = time.perf_counter()
-    child = subprocess.Popen(command)
-    try:
-        _, status, usage = _wait(child, args.timeout)
-    except TimeoutError:
-        child.kill()
-        _, status, usage = os.wait4(child.pid, 0)
-        return {
-            "stage": stage,
-            "n": n,
-            "skipped": f"over {args.timeout} s",
-            "peak_rss_gb": usage.ru_maxrss / 1e6,
-        }
+    status, measured = run_child(command, args.timeout)
     record = json.loads(result_file.read_text()) if status == 0 and result_file.stat().st_size else {}
     result_file.unlink(missing_ok=True)
-    record.update(stage=stage, n=n, wall_s=time.perf_counter() - started, peak_rss_gb=usage.ru_maxrss / 1e6)
-    if status != 0:
-        record["skipped"] = f"failed (status {status})"
+    record.update(stage=stage, n=n, **measured)
     return record
 
 
-def _wait(child: subprocess.Popen, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-        if pid:
-            child.returncode = status
-            return pid, status, usage
+def run_child(command: list[str], timeout: float, **popen) -> tuple[int | None, dict]:
+    """Run ``command``; its exit status (None: killed after ``timeout`` s) and its wall time and peak
+    RSS (``os.wait4``: that child's own ``ru_maxrss``), with ``skipped`` saying why it has no result."""
+    started = time.perf_counter()
+    child = subprocess.Popen(command, **popen)
+    deadline, killed = time.monotonic() + timeout, False
+    while not (done := os.wait4(child.pid, os.WNOHANG))[0]:
+        if time.monotonic() > deadline:
+            child.kill()
+            done, killed = os.wait4(child.pid, 0), True
+            break
         time.sleep(0.2)
-    raise TimeoutError
+    status = None if killed else os.waitstatus_to_exitcode(done[1])
+    child.returncode = status
+    measured = {"wall_s": time.perf_counter() - started, "peak_rss_gb": done[2].ru_maxrss / 1e6}
+    if status is None:
+        measured["skipped"] = f"over {timeout} s"
+    elif status != 0:
+        measured["skipped"] = f"failed (status {status})"
+    return status, measured
 
 
 def _passed(args) -> list[str]:

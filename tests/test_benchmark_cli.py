@@ -86,6 +86,38 @@ def test_every_method_records_what_each_fold_chose(three_sections, tmp_path, mon
     assert report["protocol"]["tuning"]["knn k"][:2] == [5, 10]
 
 
+def test_worker_processes_give_the_serial_results(three_sections, tmp_path):
+    """``jobs=2``: the units run in two spawned single-threaded processes; every fold's record and the
+    per-gene table come back in fold order and agree with the serial run (up to the float rounding
+    one thread instead of two may change)."""
+    from napari_spahgc.benchmark import run_benchmark
+    from napari_spahgc.embedding import cohort_embeddings
+    from napari_spahgc.encoders import LazyEncoder
+    from napari_spahgc.expression import read_gene_panel
+    from napari_spahgc.io.cohort import load_cohort
+    from napari_spahgc.patches import PatchSpec
+
+    slides = load_cohort(three_sections)
+    embeddings = cohort_embeddings(slides, LazyEncoder("efficientnet-lite0"), tmp_path / "cache", PatchSpec())
+    options = {"panel": read_gene_panel(PANEL), "methods": ["spahgc", "ridge", "blend_spatial"],
+               "device": "cpu", "log": lambda _: None, "epochs": 2}  # fmt: skip
+    reports = {
+        jobs: run_benchmark(slides, embeddings, tmp_path / f"jobs{jobs}", jobs=jobs, **options)
+        for jobs in (1, 2)
+    }
+    assert reports[2]["jobs"] == 2 and reports[2]["peak_worker_memory_mb"] > 100
+    for name, serial in reports[1]["methods"].items():
+        parallel = reports[2]["methods"][name]
+        assert list(parallel["folds"]) == ["C2", "C3", "C4"]
+        tolerance = 2e-3 if name == "spahgc" else 1e-5
+        for fold, record in serial["folds"].items():
+            assert parallel["folds"][fold]["pcc"] == pytest.approx(record["pcc"], abs=tolerance)
+            if name != "spahgc":
+                assert parallel["folds"][fold]["chosen"] == record["chosen"]
+    tables = [pd.read_csv(tmp_path / f"jobs{jobs}" / "per_gene.csv") for jobs in (1, 2)]
+    assert tables[0][["method", "fold", "gene"]].equals(tables[1][["method", "fold", "gene"]])
+
+
 def test_spahgc_options_need_the_spahgc_method_and_methods_must_exist(three_sections, tmp_path):
     result = _spahgc(
         "benchmark", str(three_sections), "--out", str(tmp_path), "--methods", "ridge", "--set", "q=3"

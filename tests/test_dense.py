@@ -88,6 +88,9 @@ def test_dense_mode_embeds_every_spot_once_in_order_and_caches_apart(tmp_path, b
     assert resolve_mode(block) == "spot"  # legacy ST, 200 µm pitch
     hd = dataclasses.replace(block, centers_px=block.centers_px[:1] + np.arange(9)[:, None] * 11.0)
     assert resolve_mode(hd) == "dense"  # 8 µm bins
+    for pitch_um, mode in ((100, "dense"), (120, "spot")):  # Visium's 100 µm: fields of 112 µm overlap
+        grid = block.centers_px[:1] + np.arange(9)[:, None] * [pitch_um / block.pixel_size_um, 0]
+        assert resolve_mode(dataclasses.replace(block, centers_px=grid)) == mode
     spot_key, dense_key = (
         cache_key(block, encoder, PatchSpec(), "spot"),
         cache_key(block, encoder, PatchSpec(), "dense"),

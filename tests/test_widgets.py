@@ -315,7 +315,7 @@ def test_embed_mode_combo_defaults_to_auto_and_a_scheduler_takes_auto_only(
     box = embed.mode
     choices = [(box.itemText(i), box.itemData(i)) for i in range(box.count())]
     assert choices == [("auto", "auto"), ("per-spot", "spot"), ("dense", "dense")]
-    assert box.currentData() == "auto" and "60 µm" in box.toolTip()
+    assert box.currentData() == "auto" and "112 µm" in box.toolTip()
     box.setCurrentText("dense")
     assert "tissue tile" in box.toolTip()
     embed.scheduler.setText("tcp://127.0.0.1:1")  # refused before any connection is tried

@@ -9,9 +9,11 @@ chooses its members' epochs on held-out training slides; the report records what
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import resource
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,39 +127,111 @@ def run_benchmark(
     device: str = "auto",
     protocol: Mapping | None = None,
     log: Callable[[str], None] = print,
+    jobs: int = 1,
     **spahgc_options,
 ) -> dict:
     """Run every fold and method; write ``report.json``, ``report.md``, ``per_gene.csv`` and
-    ``pcc_per_fold.png`` to ``out_dir``; return the report."""
+    ``pcc_per_fold.png`` to ``out_dir``; return the report.
+
+    ``jobs`` > 1: the work runs in that many single-threaded worker processes, one unit at a time
+    each (a SpaHGC method on one held-out slide, or every baseline on it, which share candidates);
+    the genes, data and leakage check of each fold are made here first, as with ``jobs`` 1."""
     check_methods(methods, spahgc_options)
     scheme, folds = make_folds(slides)
-    results: dict[str, dict] = {m: {"folds": {}} for m in methods}
-    per_gene_rows, n_genes = [], {}
+    units, test_genes = [], {}
     for held_out in folds:
         genes, train, tests = fold_data(slides, embeddings, held_out, panel, n_hvg)
         top = most_variable([s.expression for s in train])
         for test in tests:
-            n_genes[test.slide_id] = len(genes)
-            with shared_candidates():
-                for method in methods:
-                    record, per_gene = _score(
-                        method, train, test, top, Fold(genes, seed, device, spahgc_options)
-                    )
-                    results[method]["folds"][test.slide_id] = record
-                    per_gene_rows += [
-                        (method, test.slide_id, g, v) for g, v in zip(genes, per_gene, strict=True)
-                    ]
-                    log(f"{test.slide_id}  {method:<14} PCC {record['pcc']:.4f}  top-{TOP_GENES} "
-                        f"{record[f'pcc_top{TOP_GENES}']:.4f}  RMSE {record['rmse']:.3f}  {record['seconds']:.1f} s")  # fmt: skip
-    for summary in results.values():
-        _summarise(summary)
+            test_genes[test.slide_id] = genes
+            fold = Fold(genes, seed, device, spahgc_options)
+            units += [(group, train, test, top, fold) for group in _unit_methods(methods)]
+    outcomes = {}
+    for test_id, method, record, per_gene in _run_units(units, jobs):
+        outcomes[method, test_id] = record, per_gene
+        log(f"{test_id}  {method:<14} PCC {record['pcc']:.4f}  top-{TOP_GENES} "
+            f"{record[f'pcc_top{TOP_GENES}']:.4f}  RMSE {record['rmse']:.3f}  {record['seconds']:.1f} s")  # fmt: skip
+    results, per_gene_rows = _tabulate(outcomes, test_genes, methods)
+    n_genes = {test_id: len(genes) for test_id, genes in test_genes.items()}
     report = {
         "methods": results,
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "protocol": _protocol(scheme, folds, panel, n_hvg, n_genes, seed, spahgc_options, protocol),
     }
+    if jobs > 1:
+        worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        report.update(jobs=jobs, peak_worker_memory_mb=round(worker_peak, 1))
     write_benchmark_report(Path(out_dir), report, per_gene_rows)
     return report
+
+
+def _tabulate(outcomes: dict, test_genes: dict, methods: Sequence[str]) -> tuple[dict, list]:
+    """Per method its folds' records (folds in order, whatever order they finished in) and summary;
+    and the per-gene rows (method, held-out slide, gene, PCC)."""
+    results: dict[str, dict] = {m: {"folds": {}} for m in methods}
+    per_gene_rows = []
+    for test_id, genes in test_genes.items():
+        for method in methods:
+            record, per_gene = outcomes[method, test_id]
+            results[method]["folds"][test_id] = record
+            per_gene_rows += [(method, test_id, g, v) for g, v in zip(genes, per_gene, strict=True)]
+    for summary in results.values():
+        _summarise(summary)
+    return results, per_gene_rows
+
+
+def default_jobs(device: str) -> int:
+    """Worker processes for :func:`run_benchmark`: one per core this process may use on CPU (SpaHGC's
+    small graphs train as fast on one thread as on two), one with CUDA (the GPU is shared)."""
+    from ._device import default_threads, resolve_device
+
+    return 1 if resolve_device(device).type == "cuda" else default_threads()
+
+
+def _unit_methods(methods: Sequence[str]) -> list[tuple[str, ...]]:
+    """The methods as units of work for one held-out slide, longest first: each SpaHGC method alone,
+    the baselines together (they share ridge's and kNN's candidates)."""
+    spahgc = sorted((m for m in methods if m.startswith("spahgc")), key=lambda m: m != "spahgc_paper")
+    baselines = tuple(m for m in methods if not m.startswith("spahgc"))
+    return [(m,) for m in spahgc] + ([baselines] if baselines else [])
+
+
+def _run_units(units: list, jobs: int) -> Iterator[tuple[str, str, dict, np.ndarray]]:
+    """(held-out slide, method, record, per-gene PCC) of every method of every unit, as they finish:
+    here one by one, or in ``jobs`` spawned single-threaded processes (all stopped if this stops)."""
+    if jobs <= 1:
+        for unit in units:
+            yield from _run_unit(unit)
+        return
+    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(units)), initializer=_single_threaded)
+    try:
+        for outcomes in pool.imap_unordered(_run_unit_list, units):
+            yield from outcomes
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _run_unit(unit) -> Iterator[tuple[str, str, dict, np.ndarray]]:
+    methods, train, test, top, fold = unit
+    with shared_candidates():
+        for method in methods:
+            yield (test.slide_id, method, *_score(method, train, test, top, fold))
+
+
+def _run_unit_list(unit) -> list[tuple[str, str, dict, np.ndarray]]:
+    return list(_run_unit(unit))
+
+
+def _single_threaded() -> None:
+    """A worker process's set-up: one thread for torch and for numpy's BLAS and OpenMP pools."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    threadpool_limits(1)
 
 
 def check_methods(methods: Sequence[str], spahgc_options: Mapping) -> None:

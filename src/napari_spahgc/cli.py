@@ -21,6 +21,8 @@ from .cli_options import (
     EpochsOpt,
     GenesOpt,
     HvgOpt,
+    JobsOpt,
+    MethodsOpt,
     ModeOpt,
     PresetOpt,
     RetriesOpt,
@@ -200,12 +202,7 @@ def benchmark(
     weights: WeightsOpt = None,
     genes: GenesOpt = None,
     n_hvg: HvgOpt = None,
-    methods: Annotated[
-        str,
-        typer.Option(
-            "--methods", help="Comma-separated subset (default: every method: spahgc, ridge, knn, …)."
-        ),
-    ] = "",
+    methods: MethodsOpt = "",
     epochs: TrainEpochsOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -213,10 +210,11 @@ def benchmark(
     cache: CacheOpt = None,
     settings: SetOpt = None,
     mode: ModeOpt = "auto",
+    jobs: JobsOpt = 0,
 ) -> None:
     """Leave-one-slide-out (or -patient-out) benchmark of SpaHGC (ours and the paper's configuration)
     and tuned baselines on the same embeddings; --set and --epochs apply to the 'spahgc' method."""
-    from .benchmark import METHODS, check_methods, run_benchmark
+    from .benchmark import METHODS, check_methods, default_jobs, run_benchmark
     from .patches import PatchSpec
     from .report import report_table
 
@@ -232,7 +230,7 @@ def benchmark(
     report = run_benchmark(
         slides, embeddings, out, panel=panel, n_hvg=n_hvg, methods=chosen, seed=seed, device=device,
         protocol={"encoder": model_encoder, "patch": PatchSpec().to_dict(), "cohort": str(cohort)},
-        log=_to_stderr, **options,
+        log=_to_stderr, jobs=jobs or default_jobs(device), **options,
     )  # fmt: skip
     typer.echo(report_table(report))
     typer.echo(f"report: {out / 'report.json'}")

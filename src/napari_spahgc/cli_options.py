@@ -29,7 +29,7 @@ ModeOpt = Annotated[
     typer.Option(
         "--mode",
         help="Embedding: spot (one patch per spot), dense (one pass per tissue tile, fields averaged), "
-        "auto (dense below a 60 µm spot pitch, i.e. Visium HD; else spot). predict: the model's mode.",
+        "auto (dense below a 112 µm spot pitch, the patch field: Visium, Visium HD; else spot). predict: the model's mode.",
     ),
 ]
 SchedulerOpt = Annotated[
@@ -57,6 +57,16 @@ PresetOpt = Annotated[
     str,
     typer.Option(
         "--preset", help="SpaHGC configuration to start from: default, or paper (the published one)."
+    ),
+]
+MethodsOpt = Annotated[
+    str,
+    typer.Option("--methods", help="Comma-separated subset (default: every method: spahgc, ridge, knn, …)."),
+]
+JobsOpt = Annotated[
+    int,
+    typer.Option(
+        "--jobs", min=0, help="Worker processes, one thread each (0: one per CPU core; 1 with CUDA)."
     ),
 ]
 SetOpt = Annotated[

@@ -29,9 +29,11 @@ from .slide import Slide, spot_pitch
 
 #: ``spot``: one 224 px patch per spot through the encoder; ``dense``: one encoder pass per tissue tile,
 #: each spot's field averaged from the feature map (:mod:`~napari_spahgc.dense`); ``auto``: dense when
-#: the spot pitch is below :data:`DENSE_BELOW_PITCH_UM` (Visium HD bins), else per spot.
+#: the spot pitch is below :data:`DENSE_BELOW_PITCH_UM` (Visium and Visium HD), else per spot.
 MODES = ("auto", "spot", "dense")
-DENSE_BELOW_PITCH_UM = 60.0
+#: the patch field (224 px at 0.5 µm/px): below it neighbouring spots' fields overlap, so per-spot
+#: patches would encode the same tissue more than once
+DENSE_BELOW_PITCH_UM = PatchSpec().size * PatchSpec().um_per_px
 
 
 @dataclass
@@ -50,8 +52,8 @@ class EmbeddingProgress:
 
 def resolve_mode(slide: Slide, mode: str = "auto") -> str:
     """``spot`` or ``dense`` for ``slide``: ``auto`` is dense when the median nearest-spot distance is
-    below :data:`DENSE_BELOW_PITCH_UM` µm (Visium HD's 2–16 µm bins), per spot otherwise (Visium 100 µm,
-    legacy ST 200 µm)."""
+    below :data:`DENSE_BELOW_PITCH_UM` µm (Visium's 100 µm, Visium HD's 2–16 µm bins), per spot
+    otherwise (legacy ST's 200 µm)."""
     if mode not in MODES:
         raise InputError(f"unknown embedding mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode != "auto":

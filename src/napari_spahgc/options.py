@@ -65,7 +65,9 @@ class TrainOptions:
     Mini-batches: a training slide with more than ``batch_spots`` spots is split into spatially
     compact blocks (:func:`~napari_spahgc.neighbours.spatial_blocks`), each its own graph against the
     member's bank and its own gradient step; TS edges stay inside a block. Memory is bounded by the
-    block, whatever the slide size.
+    block, whatever the slide size. A step runs the members in groups whose padded graphs hold at most
+    ``step_nodes`` nodes together (at least one member a group) and sums their gradients before the
+    optimiser steps: the same step as all members at once, with one group's working set.
 
     Early stopping, member by member: every ``eval_every`` epochs each member still training predicts
     its held-out slides; a member stops once ``patience`` epochs pass without a better validation PCC
@@ -87,6 +89,7 @@ class TrainOptions:
     con_target_weight: float = 1.0
     con_reference_weight: float = 1.0
     batch_spots: int = 4096
+    step_nodes: int = 16384
     eval_every: int = 5
     patience: int | None = 15
     hold_out: bool = True

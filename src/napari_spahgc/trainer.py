@@ -132,10 +132,16 @@ class Trainer:
         n_steps = max(len(g) for g in graphs)
         orders = [_order(len(g), n_steps, generator) for g in graphs]
         losses = []
-        with network.members_only(active):
-            for step in range(n_steps):
-                batch = GraphBatch.from_graphs([graphs[m][orders[m][step]] for m in active], device)
-                losses.append(self._step(network, optimiser, batch, mask_rng))
+        for step in range(n_steps):
+            chosen = {m: graphs[m][orders[m][step]] for m in active}
+            optimiser.zero_grad()
+            loss = 0.0
+            for group in member_groups(chosen, self.options.step_nodes):
+                with network.members_only(group):
+                    batch = GraphBatch.from_graphs([chosen[m] for m in group], device)
+                    loss += self._backward(network, batch, mask_rng)
+            optimiser.step()
+            losses.append(loss / len(active))
         return float(np.mean(losses))
 
     def _finish(
@@ -176,10 +182,10 @@ class Trainer:
             network.cpu().eval(), self.bank, self.scale, self.embedding_scale, config, self.metadata
         )
 
-    def _step(self, network: SpaHGC, optimiser, batch: GraphBatch, mask_rng: np.random.Generator) -> float:
-        """One gradient step of every member on its graph: supervised + contrastive loss on two
-        masked views. The loss is the sum of the members' losses, so each member's gradient is the
-        one it would get trained alone."""
+    def _backward(self, network: SpaHGC, batch: GraphBatch, mask_rng: np.random.Generator) -> float:
+        """Back-propagate the loss of every member in ``batch`` on its graph: supervised + contrastive
+        loss on two masked views. The loss is the sum of the members' losses, so each member's gradient
+        is the one it would get trained alone. Returns that sum."""
         o = self.options
         views = self._views(batch.target_x, batch.reference_x, mask_rng)
         target, reference = network.encode(views[0], views[1], batch.edges)
@@ -196,10 +202,8 @@ class Trainer:
                 reference, reference_2, batch.reference_mask.squeeze(-1)
             )
         loss = loss.sum()
-        optimiser.zero_grad()
         loss.backward()
-        optimiser.step()
-        return float(loss.detach()) / len(prediction)
+        return float(loss.detach())
 
     def _blocks(self, slide: SlideData) -> list[SlideData]:
         """The slide's training blocks of at most ``batch_spots`` spots (the slide itself if small)."""
@@ -265,6 +269,20 @@ class Trainer:
             views.append((masked(x, first, keep), masked(x, second, 1 - keep)))
         (t1, t2), (r1, r2) = views
         return t1, r1, t2, r2
+
+
+def member_groups(graphs: dict[int, HeteroData], step_nodes: int) -> list[list[int]]:
+    """The members of one step (``graphs``: member → its graph) in consecutive groups whose padded
+    batch (members × (the group's most targets + most references)) holds at most ``step_nodes``
+    nodes; a member whose graph alone is larger forms its own group."""
+    groups: list[tuple[list[int], np.ndarray]] = []
+    for member, graph in graphs.items():
+        size = np.array([graph["target"].num_nodes, graph["reference"].num_nodes])
+        if groups and (len(groups[-1][0]) + 1) * np.maximum(groups[-1][1], size).sum() <= step_nodes:
+            groups[-1] = (groups[-1][0] + [member], np.maximum(groups[-1][1], size))
+        else:
+            groups.append(([member], size))
+    return [members for members, _ in groups]
 
 
 def _order(n_graphs: int, n_steps: int, generator: torch.Generator) -> list[int]:

@@ -16,7 +16,11 @@ from ._common import DEVICES, PathField, RunPanel, SessionWidget
 
 #: The Mode choices: (label, ``embed_flow`` mode, what it means).
 MODES = (
-    ("auto", "auto", f"dense below a {DENSE_BELOW_PITCH_UM:g} µm spot pitch (Visium HD bins), else per spot"),
+    (
+        "auto",
+        "auto",
+        f"dense below a {DENSE_BELOW_PITCH_UM:g} µm spot pitch (Visium, Visium HD), else per spot",
+    ),
     ("per-spot", "spot", "one 224 px patch per spot through the encoder: its cost grows with the spots"),
     ("dense", "dense", "one encoder pass per tissue tile, spot fields averaged: cost follows the tissue"),
 )
