@@ -33,7 +33,7 @@ from .slide import Slide, spot_pitch
 MODES = ("auto", "spot", "dense")
 #: the patch field (224 px at 0.5 µm/px): below it neighbouring spots' fields overlap, so per-spot
 #: patches would encode the same tissue more than once
-DENSE_BELOW_PITCH_UM = PatchSpec().size * PatchSpec().um_per_px
+DENSE_BELOW_PITCH_UM = PatchSpec().field_um
 
 
 @dataclass
