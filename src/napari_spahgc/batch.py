@@ -57,27 +57,31 @@ class GraphBatch:
             # padded targets point at the member's first reference; never scored
             retrieved[m] = offset["reference"]
             retrieved[m, : g["target"].num_nodes] = g[CS].edge_index[0].view(-1, k) + offset["reference"]
-        has_truth = all("y" in g["target"] for g in graphs)
+        has_truth = all(_has(g["target"], "y") for g in graphs)
         has_prior = all("prior" in g["target"] for g in graphs)
         return cls(
-            target_x=_pad([g["target"].x for g in graphs], n_t).to(device),
-            reference_x=_pad([_reference_x(g) for g in graphs], n_r).to(device),
+            target_x=_pad([_rows(g["target"], "x") for g in graphs], n_t).to(device),
+            reference_x=_pad([_rows(g["reference"], "x") for g in graphs], n_r).to(device),
             edges={relation: torch.cat(e, dim=1).to(device) for relation, e in edges.items()},
             retrieved=retrieved.to(device),
             n_targets=[g["target"].num_nodes for g in graphs],
             target_mask=_pad([torch.ones(g["target"].num_nodes, 1) for g in graphs], n_t).to(device),
             reference_mask=_pad([torch.ones(g["reference"].num_nodes, 1) for g in graphs], n_r).to(device),
-            truth=_pad([g["target"].y for g in graphs], n_t).to(device) if has_truth else None,
+            truth=_pad([_rows(g["target"], "y") for g in graphs], n_t).to(device) if has_truth else None,
             prior=_pad([g["target"].prior for g in graphs], n_t).to(device) if has_prior else None,
         )
 
 
-def _reference_x(graph: HeteroData) -> Tensor:
-    """A graph's reference features: its own, or its rows of a shared table (``bank_features``)."""
-    reference = graph["reference"]
-    if "x" in reference:
-        return reference.x
-    return reference.bank_features.index_select(0, reference.bank_index)
+def _has(store, name: str) -> bool:
+    return name in store or f"shared_{name}" in store
+
+
+def _rows(store, name: str) -> Tensor:
+    """A node store's ``name``: its own tensor, or its rows (``bank_index``) of a shared table
+    (``shared_<name>``)."""
+    if name in store:
+        return store[name]
+    return store[f"shared_{name}"].index_select(0, store.bank_index)
 
 
 def _pad(tensors: Sequence[Tensor], rows: int) -> Tensor:

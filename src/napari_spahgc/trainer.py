@@ -81,8 +81,12 @@ class Trainer:
         )
         self.metadata.validation_slides = [[self.slides[i].slide_id for i in g] for g in self.held_out]
         self.result: SpaHGCPredictor | None = None
-        self._banks: dict[tuple[str, ...], tuple[ReferenceBank, np.ndarray]] = {}
+        self._bank: tuple[tuple[str, ...], ReferenceBank, np.ndarray] | None = None  # the last one built
         self._features = reference_features(self.bank, np.arange(len(self.bank)))
+        sizes = [s.n_spots for s in self.slides]
+        self._first_row = dict(
+            zip((s.slide_id for s in self.slides), np.cumsum([0, *sizes[:-1]]), strict=True)
+        )
 
     def steps(self) -> Iterator[TrainingProgress]:
         """Train; yields after every epoch. Stop iterating to cancel (``result`` stays None)."""
@@ -97,11 +101,11 @@ class Trainer:
         )
         member_slides = [[s for i, s in enumerate(self.slides) if i not in group] for group in self.held_out]
         graphs = [
-            [self._graph(block, train, with_truth=True) for s in train for block in self._blocks(s)]
+            [self._graph(s, train, rows, with_truth=True) for s in train for rows in self._blocks(s)]
             for train in member_slides
         ]
         validation = self._validation_rounds(member_slides)
-        self._banks.clear()  # the graphs hold what they need
+        self._bank = None  # the graphs hold what they need
         best = BestEpochs.start(network, self.model_options.members)
         for epoch in range(1, o.epochs + 1):
             loss = self._epoch(network, optimiser, graphs, best.active, generator, mask_rng, device)
@@ -205,30 +209,35 @@ class Trainer:
         loss.backward()
         return float(loss.detach())
 
-    def _blocks(self, slide: SlideData) -> list[SlideData]:
-        """The slide's training blocks of at most ``batch_spots`` spots (the slide itself if small)."""
+    def _blocks(self, slide: SlideData) -> list[np.ndarray | None]:
+        """The slide's training blocks of at most ``batch_spots`` spots as row arrays (None: the whole
+        slide, when small)."""
         if slide.n_spots <= self.options.batch_spots:
-            return [slide]
-        return [slide.subset(rows) for rows in spatial_blocks(slide.coords, self.options.batch_spots)]
+            return [None]
+        return spatial_blocks(slide.coords, self.options.batch_spots)
 
     def _graph(
-        self, target: SlideData, references: Sequence[SlideData], with_truth: bool = False
+        self,
+        target: SlideData,
+        references: Sequence[SlideData],
+        rows: np.ndarray | None = None,
+        with_truth: bool = False,
     ) -> HeteroData:
+        """The graph of training slide ``target`` (its spots ``rows``; None: all) against the other
+        ``references``. Its nodes keep row numbers into one table of every training spot (``_features``:
+        embedding ‖ standardised expression, the target's truth) instead of copies of their features."""
         others = tuple(s.slide_id for s in references if s.slide_id != target.slide_id)
-        if others not in self._banks:  # one bank per set of slides, shared by a slide's blocks
+        if self._bank is None or self._bank[0] != others:  # a slide's blocks come in a row: one bank
             by_id = {s.slide_id: s for s in self.slides}
-            rows = np.concatenate([np.flatnonzero(self.bank.slide_ids == i) for i in others])
-            self._banks[others] = ReferenceBank.from_slides([by_id[i] for i in others], self.scale), rows
-        bank, rows = self._banks[others]
-        graph = build_graph(target, bank, self.graph_options)
-        # the graph keeps row numbers into one feature table of every training spot, not its own copy
-        reference = graph["reference"]
-        reference.num_nodes = reference.x.shape[0]
-        reference.bank_index = torch.from_numpy(rows[reference.bank_index.numpy()])
-        reference.bank_features = self._features
-        del reference.x
-        if with_truth:
-            graph["target"].y = torch.from_numpy(self.scale.transform(target.expression))
+            bank_rows = np.concatenate([np.flatnonzero(self.bank.slide_ids == i) for i in others])
+            self._bank = others, ReferenceBank.from_slides([by_id[i] for i in others], self.scale), bank_rows
+        _, bank, bank_rows = self._bank
+        own = np.arange(target.n_spots) if rows is None else rows
+        graph = build_graph(target if rows is None else target.subset(rows), bank, self.graph_options)
+        d = self.metadata.embedding_dim
+        truth = {"y": self._features[:, d:]} if with_truth else {}
+        _share_rows(graph["target"], self._first_row[target.slide_id] + own, x=self._features[:, :d], **truth)
+        _share_rows(graph["reference"], bank_rows[graph["reference"].bank_index.numpy()], x=self._features)
         return graph
 
     def _validation_rounds(self, member_slides) -> list[list[tuple[HeteroData, np.ndarray | None]]]:
@@ -269,6 +278,17 @@ class Trainer:
             views.append((masked(x, first, keep), masked(x, second, 1 - keep)))
         (t1, t2), (r1, r2) = views
         return t1, r1, t2, r2
+
+
+def _share_rows(store, rows: np.ndarray, **tables: Tensor) -> None:
+    """Replace a node store's features by its row numbers (``bank_index``) into shared tables
+    (``shared_<name>``), read by :class:`~napari_spahgc.batch.GraphBatch`."""
+    store.num_nodes = len(rows)
+    store.bank_index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+    for name, table in tables.items():
+        if name in store:
+            del store[name]
+        store[f"shared_{name}"] = table
 
 
 def member_groups(graphs: dict[int, HeteroData], step_nodes: int) -> list[list[int]]:
