@@ -9,7 +9,7 @@
   ``filtered_feature_bc_matrix.h5``; the image is the section's own JPEG (named in ``cohort.csv``).
 - ``hd``: the section upscaled 2× (0.3675 µm/px), written tile by tile as a tiled JPEG pyramid TIFF
   (``image.tif``; one band of tiles in memory), with 8 µm square bins over it (≈ 775,000 for a whole
-  section, or a centred crop holding ``--spots`` bins): ``binned_outputs/square_008um/`` with
+  section, or a crop holding ``--spots`` bins centred on the spot nearest the tissue centre): ``binned_outputs/square_008um/`` with
   ``spatial/tissue_positions.parquet`` and scalefactors carrying ``bin_size_um`` and ``microns_per_pixel``.
 
 Counts: each synthetic spot takes the nearest real ST spot's profile (cKDTree); its total is the real
@@ -224,7 +224,9 @@ def make_hd(section: str, out: Path, n: int | None = None, seed: int = 0, margin
     full = (real.image.shape[0] * 2, real.image.shape[1] * 2)
     n_rows, n_cols, n = bin_grid(full, pitch, n)
     extent = np.array([n_rows, n_cols]) * pitch
-    centre = real.centers_px.mean(axis=0)[::-1] * 2  # tissue centre, (row, col) at 2×
+    mean = real.centers_px.mean(axis=0)  # the spot nearest the spots' mean: on tissue, which the mean
+    nearest = real.centers_px[np.argmin(((real.centers_px - mean) ** 2).sum(axis=1))]  # may not be (C3)
+    centre = nearest[::-1] * 2  # (row, col) at 2×
     origin = np.clip(centre - extent / 2, 0, np.array(full) - extent)  # of the bins, 2× px
     crop0 = np.maximum(np.floor((origin - margin_px) / 2).astype(int), 0)  # source px
     crop1 = np.minimum(np.ceil((origin + extent + margin_px) / 2).astype(int), real.image.shape)

@@ -6,12 +6,14 @@ import dataclasses
 
 import numpy as np
 import pytest
+import tifffile
 
 from napari_spahgc import Slide, read_cohort
 from napari_spahgc.dataset import slide_data
 from napari_spahgc.dense import DenseGrid, dense_embeddings
 from napari_spahgc.embedding import cache_key, embed_cohort, load_embeddings, resolve_mode
 from napari_spahgc.encoders import REGISTRY, Encoder, create_encoder
+from napari_spahgc.io.images import open_image
 from napari_spahgc.patches import PatchSpec, patch_batches
 from napari_spahgc.tissue import TISSUE_METHOD, detect_tissue
 
@@ -82,6 +84,17 @@ def test_tissue_mask_on_a_real_section(c2):
     assert not tissue.contains(0, 0, 400, 400)  # a corner, in full-resolution px
     x, y = c2.centers_px[50]
     assert tissue.contains(y - 50, x - 50, 100, 100)
+
+
+def test_an_image_that_tissue_fills_is_all_tissue(c2, tmp_path):
+    """A 1.5 mm crop inside C2's tissue has no glass: Otsu alone would split the tissue in two and call
+    the paler half glass (such crops of HD bins were embedded as glass); all of it is tissue."""
+    xy = c2.centers_px
+    x, y = xy[np.argmin(((xy - xy.mean(axis=0)) ** 2).sum(axis=1))].astype(int)  # a spot amid the tissue
+    tifffile.imwrite(tmp_path / "crop.tif", c2.image.read_region(0, y - 1000, x - 1000, 2000, 2000))
+    tissue = detect_tissue(open_image(tmp_path / "crop.tif"), pixel_size_um=c2.pixel_size_um)
+    inside = xy[(np.abs(xy - [x, y]) < 1000).all(axis=1)] - [x - 1000, y - 1000]
+    assert tissue.fraction > 0.9 and len(inside) > 40 and tissue.at(inside).all()
 
 
 def test_dense_mode_embeds_every_spot_once_in_order_and_caches_apart(tmp_path, block, encoder):

@@ -21,8 +21,12 @@ from .slide import SlideImage
 THUMBNAIL_SIDE = 2048
 #: Saturation (0–1) below which a pixel is never tissue, whatever Otsu's threshold says (blank slides).
 MIN_SATURATION = 0.05
+#: Median saturation above which the pixels under Otsu's threshold are not glass but paler tissue: an
+#: image that tissue fills (a crop, a core) has no glass class, and all of it above MIN_SATURATION is
+#: tissue. HER2ST's glass has medians 0.02–0.08; its tissue ≈ 0.33.
+MAX_GLASS_SATURATION = 0.12
 #: Names the detector and its settings in dense embedding cache keys (change it when they change).
-TISSUE_METHOD = "otsu-saturation-2048-v1"
+TISSUE_METHOD = "otsu-saturation-2048-v2"
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,8 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
 
 def detect_tissue(image: SlideImage, max_side: int = THUMBNAIL_SIDE, min_area_um2: float = 2e4,
                   pixel_size_um: float | None = None) -> TissueMask:  # fmt: skip
-    """The tissue mask of ``image``: Otsu on the thumbnail's saturation, cleaned up.
+    """The tissue mask of ``image``: Otsu on the thumbnail's saturation (or, when the pixels under
+    Otsu's threshold are too saturated to be glass, everything above ``MIN_SATURATION``), cleaned up.
 
     Objects smaller than ``min_area_um2`` (default 0.02 mm², about a 140 µm square) are dropped when the
     pixel size is known (``pixel_size_um``, else the image's own); holes inside tissue are filled.
@@ -72,6 +77,8 @@ def detect_tissue(image: SlideImage, max_side: int = THUMBNAIL_SIDE, min_area_um
     pixels, scale = image.thumbnail(max_side)
     sat = saturation(pixels)
     threshold = max(_otsu(sat), MIN_SATURATION)
+    if np.median(sat[sat <= threshold]) > MAX_GLASS_SATURATION:  # no glass: Otsu split the tissue
+        threshold = MIN_SATURATION
     mask = sat > threshold
     mask = ndimage.binary_closing(mask, structure=np.ones((3, 3)), iterations=2)
     mask = ndimage.binary_opening(mask, structure=np.ones((3, 3)))
