@@ -307,6 +307,7 @@ CASES = [
     Case("unknown method", lambda b: b.command("benchmark", "--methods", "nonsense"), r"unknown method\(s\) nonsense", None),
     Case("--set unknown option", lambda b: b.command("train", "--set", "colour=blue"), r"colour", None),
     Case("--set bad value", lambda b: b.command("train", "--set", "hidden=abc"), r"hidden", None),
+    Case("--set value out of range", lambda b: b.command("train", "--set", "masking=foo"), r"masking must be one of", None),
     Case("--set without spahgc", lambda b: b.command("benchmark", "--methods", "ridge", "--set", "k=3"), r"apply to the 'spahgc' method", None),
     Case("--genes and --n-hvg", lambda b: b.command("train", "--genes", str(b.root / "spots.csv")), r"exactly one of --genes", None),
     Case("unknown preset", lambda b: b.command("train", "--preset", "fastest"), r"fastest", None),

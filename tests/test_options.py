@@ -66,3 +66,13 @@ def test_the_paper_preset_is_exactly_the_papers_configuration():
     assert SpaHGCConfig.from_options(preset="default") == SpaHGCConfig()
     with pytest.raises(InputError, match="unknown preset 'papr'; known: default, paper"):
         SpaHGCConfig.from_options(preset="papr")
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [("masking=foo", "masking must be one of"), ("training_bank=test", "training_bank must be one of"),
+     ("reference_nodes=all", "reference_nodes must be one of"), ("alpha=1.5", "strictly between 0 and 1")],
+)  # fmt: skip
+def test_values_out_of_range_are_input_errors(pair, message):
+    with pytest.raises(InputError, match=message):
+        SpaHGCConfig.from_options(parse_settings([pair]))

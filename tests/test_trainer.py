@@ -188,3 +188,20 @@ def test_members_in_groups_train_as_one_batch():
     assert member_groups(graphs, 4 * size) == [[0, 1, 2, 3]]
     assert member_groups(graphs, 1) == [[0], [1], [2], [3]]
     assert all(len(group) <= 2 for group in member_groups(graphs, 2 * size))
+
+
+@pytest.mark.parametrize("training_bank", ["member", "all"])
+def test_training_bank_holds_the_members_slides_or_every_other_training_slide(training_bank):
+    trainer = make_trainer(make_slides(n_slides=4), training_bank=training_bank)
+    owner = np.concatenate([np.full(s.n_spots, s.slide_id) for s in trainer.slides])  # shared table rows
+    every = {s.slide_id for s in trainer.slides}
+    member_slides = trainer.member_slides()
+    member_graphs = trainer._training_graphs(member_slides)
+    for group, train, graphs in zip(trainer.held_out, member_slides, member_graphs, strict=True):
+        held_out = {trainer.slides[i].slide_id for i in group}
+        bank = every if training_bank == "all" else {s.slide_id for s in train}
+        for graph in graphs:
+            (target,) = set(owner[graph["target"].bank_index.numpy()])
+            assert target not in held_out
+            # references: 3 other slides with "all" (the held-out one too), 2 with "member"
+            assert set(owner[graph["reference"].bank_index.numpy()]) == bank - {target}

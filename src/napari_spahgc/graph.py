@@ -95,10 +95,8 @@ def graph_parts(
     if options.reference_nodes == "retrieved":
         nodes, local = np.unique(retrieved, return_inverse=True)
         local = local.reshape(retrieved.shape)
-    elif options.reference_nodes == "bank":
+    else:  # "bank"
         nodes, local = np.arange(len(bank)), retrieved
-    else:
-        raise ValueError(f"reference_nodes must be 'retrieved' or 'bank', not {options.reference_nodes!r}")
     inputs = GraphInputs(target.coords, bank.embeddings[nodes], bank.expression[nodes], local, options)
     edges = {relation.edge_type: _edges(relation.neighbours(inputs)) for relation in relations.RELATIONS}
     prior = nearest_references(target.embeddings, bank, options.prior_k, scale) if options.prior_k else None

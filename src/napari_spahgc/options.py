@@ -12,6 +12,8 @@ from typing import Any
 from .errors import InputError
 
 MASKINGS = ("complementary", "random", "none")
+TRAINING_BANKS = ("member", "all")
+REFERENCE_NODES = ("retrieved", "bank")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class GraphOptions:
     standardize_embeddings: bool = True
     smoothing: float = 0.0
     prior_k: int = 0
+
+    def __post_init__(self) -> None:
+        if self.reference_nodes not in REFERENCE_NODES:
+            raise InputError(f"reference_nodes must be one of {REFERENCE_NODES}")
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,11 @@ class TrainOptions:
     epochs and keeps its final epoch (the paper's protocol). ``tune_smoothing``: after training, the
     members' held-out slides choose the prediction smoothing (``GraphOptions.smoothing``) among
     ``neighbours.SELF_WEIGHTS``; without held-out slides it stays as given.
+
+    ``training_bank``: the references of a member's training graphs. ``"member"``: the member's other
+    training slides; ``"all"``: every other training slide, the member's held-out slides included (their
+    expression as references only, never as targets), so members train against the bank they predict
+    with. Validation graphs always use the member's training slides alone.
     """
 
     epochs: int = 200
@@ -89,19 +100,22 @@ class TrainOptions:
     con_target_weight: float = 1.0
     con_reference_weight: float = 1.0
     batch_spots: int = 4096
-    step_nodes: int = 16384
+    step_nodes: int = 8192
     eval_every: int = 5
     patience: int | None = 15
     hold_out: bool = True
     tune_smoothing: bool = True
+    training_bank: str = "member"
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.masking not in MASKINGS:
-            raise ValueError(f"masking must be one of {MASKINGS}")
+            raise InputError(f"masking must be one of {MASKINGS}")
+        if self.training_bank not in TRAINING_BANKS:
+            raise InputError(f"training_bank must be one of {TRAINING_BANKS}")
         if not (0 < self.alpha < 1 and 0 < self.beta < 1):
-            raise ValueError("alpha and beta must lie strictly between 0 and 1")
+            raise InputError("alpha and beta must lie strictly between 0 and 1")
 
 
 @dataclass(frozen=True)

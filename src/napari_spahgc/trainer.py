@@ -99,11 +99,8 @@ class Trainer:
         optimiser = torch.optim.AdamW(  # fused: one kernel per weight on CPU and CUDA
             network.parameters(), lr=o.lr, weight_decay=o.weight_decay, fused=True
         )
-        member_slides = [[s for i, s in enumerate(self.slides) if i not in group] for group in self.held_out]
-        graphs = [
-            [self._graph(s, train, rows, with_truth=True) for s in train for rows in self._blocks(s)]
-            for train in member_slides
-        ]
+        member_slides = self.member_slides()
+        graphs = self._training_graphs(member_slides)
         validation = self._validation_rounds(member_slides)
         self._bank = None  # the graphs hold what they need
         best = BestEpochs.start(network, self.model_options.members)
@@ -126,6 +123,10 @@ class Trainer:
             pass
         assert self.result is not None
         return self.result
+
+    def member_slides(self) -> list[list[SlideData]]:
+        """Each member's training slides: every training slide but the ones it holds out."""
+        return [[s for i, s in enumerate(self.slides) if i not in group] for group in self.held_out]
 
     # ----------------------------------------------------------------------------------------- internals
 
@@ -209,6 +210,19 @@ class Trainer:
         loss.backward()
         return float(loss.detach())
 
+    def _training_graphs(self, member_slides: list[list[SlideData]]) -> list[list[HeteroData]]:
+        """Each member's training graphs: every block of its training slides, against the member's
+        training slides or, with ``training_bank="all"``, every training slide (the target's excepted)."""
+        every = self.options.training_bank == "all"
+        return [
+            [
+                self._graph(s, self.slides if every else train, rows, True)
+                for s in train
+                for rows in self._blocks(s)
+            ]
+            for train in member_slides
+        ]
+
     def _blocks(self, slide: SlideData) -> list[np.ndarray | None]:
         """The slide's training blocks of at most ``batch_spots`` spots as row arrays (None: the whole
         slide, when small)."""
@@ -242,8 +256,7 @@ class Trainer:
 
     def _validation_rounds(self, member_slides) -> list[list[tuple[HeteroData, np.ndarray | None]]]:
         """Validation rounds: in round r each member predicts its r-th held-out slide (graph, truth, spot
-        coordinates);
-        members with fewer held-out slides repeat their last one, unscored (truth None)."""
+        coordinates); members with fewer held-out slides repeat their last one, unscored (truth None)."""
         if not any(self.held_out):
             return []
         rounds = []
