@@ -3,15 +3,21 @@
     python benchmarks/bench_scale.py --sizes 5000 50000 --stages embed graph train predict --out scale.json
 
 Slides: ``scale_slides.make_hd`` bins over sections C2 (the target) and C3 (the second training
-slide), n bins each, made once in ``--work``. Embeddings for graph/train/predict are seeded random
-(``--dim``, 1280 as EfficientNet-Lite0) so those stages do not wait on embedding. Every stage of every
+slide), n bins each, made once in ``--work``. Graph and train use the slides' real dense embeddings
+(offline encoder; embedded once into ``--work``/cache, unmeasured) or, with ``--embeddings random``,
+seeded random ones (``--dim``): random embeddings retrieve almost no reference twice, the worst case
+for a graph's reference count. Predict uses random ones (its bank is random too). Every stage of every
 size runs in its own subprocess; its peak RSS is that child's ``ru_maxrss`` (``os.wait4``), so peaks do
 not mix. Stages:
 
 - ``embed-spot``: per-spot patches (``embed_cohort`` as today) on a sample of ``--sample`` bins,
   extrapolated linearly to n (said so in the table: ``extrapolated``);
-- ``embed-dense``: ``embed_cohort(..., mode="dense")`` over the whole slide;
-- ``graph``: ``graph.build_graph`` of the target against the training slides' reference bank;
+- ``embed-dense``: ``embed_cohort(..., mode="dense")`` over the whole slide. Both embed with
+  ``--encoder`` (UNI and UNI2-h with random weights) on ``--device`` with ``--batch-size``; on CUDA
+  (bf16) the record has the GPU and its peak memory. The GPU check of an HD slide:
+  ``--stages embed-dense --sizes 700000 --device cuda --encoder uni --batch-size 256``;
+- ``graph``: the target's training graphs (``graph.build_graph`` per block of ``--batch-spots`` spots)
+  against the other slide's reference bank;
 - ``train``: ``pipeline.make_trainer`` (1 member, ``--epochs``) and ``Trainer.steps``; per epoch and total,
   in mini-batches of ``--batch-spots``;
 - ``predict``: ``spahgc predict``'s path (``pipeline.write_predictions``: the target, with its counts,
@@ -19,12 +25,14 @@ not mix. Stages:
   per-gene PCC) by a default ensemble (4 members, smoothing on) with a bank of ``--bank-spots``
   (23,000: four Visium slides).
 
-The growth ratio is time(8n)/time(n) of a stage where both sizes were measured.
+The growth ratio is time(8n)/time(n) of a stage, from the log-log slope between consecutive measured
+sizes (8 means linear, 64 quadratic).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -71,6 +79,26 @@ def _embeddings(slides, dim: int, dtype=np.float32) -> dict[str, np.ndarray]:
     return embeddings
 
 
+def _stage_embeddings(work: Path, slides, args) -> dict[str, np.ndarray]:
+    """The slides' embeddings for graph / train: their real dense embeddings (offline encoder, from
+    the cache :func:`embed_slides` filled) or, with ``--embeddings random``, seeded random ones."""
+    if args.embeddings == "random":
+        return _embeddings(slides, args.dim)
+    from napari_spahgc.embedding import cohort_embeddings
+    from napari_spahgc.encoders import LazyEncoder
+
+    return cohort_embeddings(slides, LazyEncoder(device=args.device), work / "cache", mode="dense")
+
+
+def embed_slides(work: Path, n: int) -> None:
+    """Dense-embed the size-``n`` slides into ``work/cache`` with ``spahgc embed`` (once, unmeasured)."""
+    spahgc = str(Path(sys.executable).with_name("spahgc"))
+    for section in ("C2", "C3"):
+        table = work / f"{section}_hd{n}" / "cohort.csv"
+        subprocess.run([spahgc, "embed", str(table), "--cache", str(work / "cache"), "--mode", "dense"],
+                       check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+
+
 def _subset(slide, k: int):
     """The first ``k`` spots of ``slide`` (same image, pixel size and counts)."""
     from napari_spahgc.slide import Slide
@@ -87,51 +115,74 @@ def _panel(n_genes: int) -> list[str]:
     return path.read_text().split()[:n_genes]
 
 
-def stage_embed_spot(work: Path, n: int, args) -> dict:
-    from napari_spahgc.embedding import embed_cohort
-    from napari_spahgc.encoders import LazyEncoder
+def _encoder(args):
+    """The offline encoder with its real weights; UNI or UNI2-h with random weights (their speed and
+    memory do not depend on the values: the gated weights cannot be downloaded here)."""
+    from bench_embed import random_weights_encoder
 
-    target = _slides(work, n, with_expression=False)[0]
-    sample = _subset(target, args.sample)
-    encoder = LazyEncoder(device=args.device)
-    encoder.built()
+    from napari_spahgc.encoders import DEFAULT_ENCODER, LazyEncoder
+
+    if args.encoder == DEFAULT_ENCODER:
+        return LazyEncoder(device=args.device).built()
+    return random_weights_encoder(args.encoder, args.device)
+
+
+def _embed(slide, args, mode: str) -> dict:
+    """``embed_cohort`` of ``slide`` in ``mode`` into a scratch cache: seconds, the encoder, the batch
+    size and, on CUDA, the GPU and its peak memory."""
+    from napari_spahgc.embedding import embed_cohort
+
+    encoder = _encoder(args)
+    cuda = encoder.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as cache:
         started = time.perf_counter()
-        for _ in embed_cohort([sample], encoder, cache, batch_size=64):
+        for _ in embed_cohort([slide], encoder, cache, batch_size=args.batch_size, mode=mode):
             pass
         seconds = time.perf_counter() - started
-    return {"seconds": seconds * target.n_spots / sample.n_spots, "sample": sample.n_spots, "extrapolated": True,
-            "patches_per_s": sample.n_spots / seconds}  # fmt: skip
+    record = {"seconds": seconds, "encoder": args.encoder, "batch_size": args.batch_size}
+    if cuda:
+        record.update(
+            gpu=torch.cuda.get_device_name(), peak_gpu_gib=torch.cuda.max_memory_allocated() / 2**30
+        )
+    return record
+
+
+def stage_embed_spot(work: Path, n: int, args) -> dict:
+    target = _slides(work, n, with_expression=False)[0]
+    record = _embed(_subset(target, args.sample), args, "spot")
+    seconds = record["seconds"]
+    return record | {"seconds": seconds * target.n_spots / args.sample, "sample": args.sample,
+                     "extrapolated": True, "patches_per_s": args.sample / seconds}  # fmt: skip
 
 
 def stage_embed_dense(work: Path, n: int, args) -> dict:
-    from napari_spahgc.embedding import embed_cohort
-    from napari_spahgc.encoders import LazyEncoder
-
-    target = _slides(work, n, with_expression=False)[0]
-    encoder = LazyEncoder(device=args.device)
-    encoder.built()
-    with tempfile.TemporaryDirectory() as cache:
-        started = time.perf_counter()
-        for _ in embed_cohort([target], encoder, cache, mode="dense"):
-            pass
-        return {"seconds": time.perf_counter() - started}
+    return _embed(_slides(work, n, with_expression=False)[0], args, "dense")
 
 
 def stage_graph(work: Path, n: int, args) -> dict:
+    """The target's graphs as training builds them: one per spatial block of ``--batch-spots`` spots
+    (``neighbours.spatial_blocks``), each against the other slide's reference bank. (One graph of a
+    whole HD slide is quadratic: its RS edges are searched among every reference any bin retrieved.)"""
     from napari_spahgc.dataset import FeatureScale, slide_data
     from napari_spahgc.graph import ReferenceBank, build_graph
+    from napari_spahgc.neighbours import spatial_blocks
 
     slides = _slides(work, n)
-    embeddings, genes = _embeddings(slides, args.dim), _panel(args.genes)
+    embeddings, genes = _stage_embeddings(work, slides, args), _panel(args.genes)
     data = [slide_data(s, embeddings[s.slide_id], genes) for s in slides]
+    embedding_scale = FeatureScale.fit(data, "embeddings")  # as the trainer standardises them
+    data = [d.standardised(embedding_scale) for d in data]
     bank = ReferenceBank.from_slides(data[1:], FeatureScale.fit(data[1:]))
-    started = time.perf_counter()
-    graph = build_graph(data[0], bank)
-    return {
-        "seconds": time.perf_counter() - started,
-        "edges": int(sum(e.num_edges for e in graph.edge_stores)),
-    }
+    started, edges, references = time.perf_counter(), 0, []
+    blocks = spatial_blocks(data[0].coords, args.batch_spots)
+    for rows in blocks:
+        graph = build_graph(data[0].subset(rows), bank)
+        edges += int(sum(e.num_edges for e in graph.edge_stores))
+        references.append(graph["reference"].num_nodes)
+    return {"seconds": time.perf_counter() - started, "graphs": len(blocks), "edges": edges,
+            "references_per_graph": float(np.mean(references)), "batch_spots": args.batch_spots}  # fmt: skip
 
 
 def stage_train(work: Path, n: int, args) -> dict:
@@ -140,7 +191,7 @@ def stage_train(work: Path, n: int, args) -> dict:
     slides = _slides(work, n)
     options = {"epochs": args.epochs, "members": 1, "hold_out": False, "batch_spots": args.batch_spots}
     started = time.perf_counter()
-    trainer = make_trainer(slides, _embeddings(slides, args.dim), panel=_panel(args.genes), preset="paper",
+    trainer = make_trainer(slides, _stage_embeddings(work, slides, args), panel=_panel(args.genes), preset="paper",
                            device=args.device, **options)  # fmt: skip
     setup, epochs, last = time.perf_counter() - started, [], time.perf_counter()
     for _ in trainer.steps():
@@ -225,18 +276,24 @@ def run_child(command: list[str], timeout: float, **popen) -> tuple[int | None, 
 
 
 def _passed(args) -> list[str]:
-    names = ("work", "dim", "genes", "epochs", "sample", "device", "batch_spots", "bank_spots")
+    names = ("work", "dim", "genes", "epochs", "sample", "device", "encoder", "batch_size", "batch_spots",
+             "bank_spots", "embeddings")  # fmt: skip
     return [item for name in names for item in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
 
 
 def growth(records: list[dict]) -> list[dict]:
-    """time(8n)/time(n) for each stage where both n and 8n (±10 %) were measured."""
-    seconds = {(r["stage"], r["n"]): r["seconds"] for r in records if "seconds" in r}
+    """time(8n)/time(n) of each stage between consecutive measured sizes n < m: 8^b, with b the
+    log-log slope log(t_m / t_n) / log(m / n) (the measured ratio itself when m = 8n; 8 when linear)."""
+    seconds: dict[str, dict[int, float]] = {}
+    for r in records:
+        if "seconds" in r:
+            seconds.setdefault(r["stage"], {})[r["n"]] = r["seconds"]
     out = []
-    for (stage, n), t in seconds.items():
-        for (other, m), u in seconds.items():
-            if other == stage and 7.2 * n <= m <= 8.8 * n:
-                out.append({"stage": stage, "n": n, "8n": m, "ratio": u / t})
+    for stage, by_size in seconds.items():
+        sizes = sorted(by_size)
+        for n, m in itertools.pairwise(sizes):
+            slope = np.log(by_size[m] / by_size[n]) / np.log(m / n)
+            out.append({"stage": stage, "n": n, "m": m, "exponent": float(slope), "ratio": float(8**slope)})
     return out
 
 
@@ -245,6 +302,10 @@ def table(records: list[dict]) -> str:
     for r in records:
         time_s = f"{r['seconds']:.1f}" if "seconds" in r else "—"
         note = r.get("skipped") or (f"extrapolated from {r['sample']} bins" if r.get("extrapolated") else "")
+        if "graphs" in r:
+            note = f"{r['graphs']} graphs of ≤ {r['batch_spots']:,} targets, {r['references_per_graph']:,.0f} references each"
+        if "peak_gpu_gib" in r:
+            note += f" {r['encoder']} on {r['gpu']}, batch {r['batch_size']}, peak GPU {r['peak_gpu_gib']:.1f} GiB"
         if r.get("epoch_s"):
             note = f"setup {r['setup_s']:.1f} s, epochs " + ", ".join(f"{e:.1f}" for e in r["epoch_s"])
         lines.append(f"| {r['stage']} | {r['n']:,} | {time_s} | {r['peak_rss_gb']:.2f} | {note} |")
@@ -257,11 +318,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--out", type=Path, default=Path("bench_scale.json"))
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "spahgc-scale-slides")
-    parser.add_argument("--dim", type=int, default=1280)
+    parser.add_argument("--dim", type=int, default=1280, help="random embeddings' width")
+    parser.add_argument("--embeddings", choices=("dense", "random"), default="dense", help="graph / train")
     parser.add_argument("--genes", type=int, default=785)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--sample", type=int, default=256)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--encoder", default="efficientnet-lite0", help="embed stages: uni / uni2-h random weights"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="embed stages: patches a batch (dense: as pixels)"
+    )
     parser.add_argument("--batch-spots", type=int, default=TrainOptions().batch_spots)
     parser.add_argument("--bank-spots", type=int, default=23_000)
     parser.add_argument("--timeout", type=float, default=1800)
@@ -276,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     records = []
     for n in args.sizes:
         _slides(args.work, n)  # made once, outside the measured children
+        if args.embeddings == "dense" and {"graph", "train"} & set(args.stages):
+            embed_slides(args.work, n)
         for stage in args.stages:
             records.append(run_stage(stage, n, args))
             print(table(records[-1:]).splitlines()[-1], flush=True)
@@ -283,7 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(json.dumps(report, indent=2, default=str))
     print(table(records))
     for g in report["growth"]:
-        print(f"{g['stage']}: time({g['8n']:,})/time({g['n']:,}) = {g['ratio']:.1f}")
+        span = f"{g['stage']} {g['n']:,} → {g['m']:,}"
+        print(f"{span}: time ∝ n^{g['exponent']:.2f}, time(8n)/time(n) = {g['ratio']:.1f}")
 
 
 if __name__ == "__main__":
