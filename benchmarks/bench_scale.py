@@ -50,10 +50,11 @@ from napari_spahgc.predictor import BLOCK_SPOTS
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 STAGES = ("embed-spot", "embed-dense", "graph", "train", "predict")
+SECTIONS = ("C2", "C3")  # the target, and the other slide: its bank, or its fellow training slide
 
 
 # ------------------------------------------------------------------------------------- worker side
-def _slides(work: Path, n: int, with_expression: bool = True, sections=("C2", "C3")):
+def _slides(work: Path, n: int, with_expression: bool = True, sections=SECTIONS):
     from scale_slides import make_hd
 
     from napari_spahgc.io.cohort import read_cohort
@@ -93,7 +94,7 @@ def _stage_embeddings(work: Path, slides, args) -> dict[str, np.ndarray]:
 def embed_slides(work: Path, n: int) -> None:
     """Dense-embed the size-``n`` slides into ``work/cache`` with ``spahgc embed`` (once, unmeasured)."""
     spahgc = str(Path(sys.executable).with_name("spahgc"))
-    for section in ("C2", "C3"):
+    for section in SECTIONS:
         table = work / f"{section}_hd{n}" / "cohort.csv"
         subprocess.run([spahgc, "embed", str(table), "--cache", str(work / "cache"), "--mode", "dense"],
                        check=True, stdout=subprocess.DEVNULL)  # fmt: skip
@@ -163,8 +164,8 @@ def stage_embed_dense(work: Path, n: int, args) -> dict:
 
 def stage_graph(work: Path, n: int, args) -> dict:
     """The target's graphs as training builds them: one per spatial block of ``--batch-spots`` spots
-    (``neighbours.spatial_blocks``), each against the other slide's reference bank. (One graph of a
-    whole HD slide is quadratic: its RS edges are searched among every reference any bin retrieved.)"""
+    (``neighbours.spatial_blocks``), each against the other slide's reference bank. Every block
+    searches the whole bank, so a slide's graphs cost O(n × bank): quadratic against an HD bank."""
     from napari_spahgc.dataset import FeatureScale, slide_data
     from napari_spahgc.graph import ReferenceBank, build_graph
     from napari_spahgc.neighbours import spatial_blocks
