@@ -36,8 +36,7 @@ class GraphOptions:
     prior_k: int = 0
 
     def __post_init__(self) -> None:
-        if self.reference_nodes not in REFERENCE_NODES:
-            raise InputError(f"reference_nodes must be one of {REFERENCE_NODES}")
+        _one_of("reference_nodes", self.reference_nodes, REFERENCE_NODES)
 
 
 @dataclass(frozen=True)
@@ -110,10 +109,8 @@ class TrainOptions:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.masking not in MASKINGS:
-            raise InputError(f"masking must be one of {MASKINGS}")
-        if self.training_bank not in TRAINING_BANKS:
-            raise InputError(f"training_bank must be one of {TRAINING_BANKS}")
+        _one_of("masking", self.masking, MASKINGS)
+        _one_of("training_bank", self.training_bank, TRAINING_BANKS)
         if not (0 < self.alpha < 1 and 0 < self.beta < 1):
             raise InputError("alpha and beta must lie strictly between 0 and 1")
 
@@ -165,6 +162,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "con_reference_weight": 1.0, "q": 5, "k": 7, "alpha": 0.8, "beta": 0.9,
     },
 }  # fmt: skip
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InputError(f"{name} must be one of {choices}")
 
 
 def _field_names(kind: type) -> set[str]:
