@@ -24,6 +24,7 @@ benchmark: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 install: $(VENV)/.installed
 

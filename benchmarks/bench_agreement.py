@@ -4,13 +4,14 @@
     python benchmarks/bench_agreement.py --all --out agreement.json   # every section held out in turn
 
 Per fold (one section of C2–C6 held out): one SpaHGC (default preset, the 785-gene panel) is trained on
-the other four sections' *dense* embeddings (EfficientNet-Lite0, ``embed_cohort(mode="dense")``); the
+the other four sections' *dense* embeddings (EfficientNet-Lite0, ``ns.EmbedRequest(mode="dense")``); the
 held-out section never enters training. Spot level: the model predicts the section's real spots from
 their dense embeddings. Bin level: the same image gets a slide of 8 µm bins, a square 8 µm grid (origin
 at pixel 0) keeping every bin whose centre lies within 50 µm of a real spot centre; the same model
 predicts the bins (dense embeddings) and each spot's bins are averaged (a row-normalised sparse
 assignment matrix). Both are scored against the spot's measured log1p-CPM with the project's
-``evaluate.score`` (mean per-gene PCC, a gene constant in the prediction scoring 0; RMSE).
+``base.metrics.score`` (mean per-gene PCC, a gene constant in the prediction scoring 0; RMSE). Each
+step is the package's public flow (``import napari_spahgc as ns``: embed, train, predict).
 Target: PCC(bins averaged) ≥ 0.85 × PCC(spot level).
 
 Predictions are log1p-CPM. ``log`` averages them as they are (the headline); ``expm1`` averages in CPM
@@ -35,7 +36,8 @@ import pandas as pd
 from scipy import sparse
 from scipy.spatial import cKDTree
 
-from napari_spahgc.slide import Slide
+import napari_spahgc as ns
+from napari_spahgc.io.slide import Slide
 
 REPO = Path(__file__).resolve().parents[1]
 HER2ST = REPO.parent / "shared" / "data" / "her2st"
@@ -103,59 +105,54 @@ def timed(timing: dict[str, float], name: str, run: Callable[..., Any], *args: A
     return result
 
 
-def embed_dense(slides: Sequence[Slide], encoder: Any, cache: Path) -> tuple[dict[str, np.ndarray], dict]:
-    """Dense embeddings of ``slides`` through the cache: ({slide id: (n, dim)}, {slide id: cached?})."""
-    from napari_spahgc.embedding import embed_cohort, load_embeddings
+def embed_dense(slides: Sequence[Slide], args) -> tuple[ns.Embeddings, dict]:
+    """Dense embeddings of ``slides`` through the cache, and {slide id: was it cached?}."""
+    request = ns.EmbedRequest(slides, device=args.device, cache=args.cache, mode="dense")
+    flow, cached = ns.embed(request), {}
+    while True:
+        try:
+            progress = next(flow)
+        except StopIteration as finished:
+            embeddings = finished.value
+            break
+        if "cached" in progress.values:
+            cached[progress.values["slide_id"]] = progress.values["cached"]
+    if set(embeddings.modes.values()) != {"dense"}:
+        raise RuntimeError(f"not dense embeddings: {embeddings.modes}")
+    return embeddings, cached
 
-    out, cached = {}, {}
-    for progress in embed_cohort(slides, encoder, cache, mode="dense"):
-        if progress.path is not None:
-            embeddings, spot_ids, key = load_embeddings(progress.path)
-            slide = next(s for s in slides if s.slide_id == progress.slide_id)
-            if key["mode"] != "dense" or list(spot_ids) != list(slide.spot_ids):
-                raise RuntimeError(f"{slide.slide_id}: cache file does not match the slide")
-            out[slide.slide_id], cached[slide.slide_id] = embeddings, progress.cached
-    return out, cached
 
-
-def train(training: Sequence[Slide], embeddings: dict, panel: list[str], info: dict, args) -> Any:
+def train(training: Sequence[Slide], embeddings: ns.Embeddings, genes: ns.GeneChoice, args) -> Any:
     """One SpaHGC (default preset) on ``training``, every 25th epoch logged."""
-    from napari_spahgc.patches import PatchSpec
-    from napari_spahgc.pipeline import make_trainer
-
-    trainer = make_trainer(
-        training, embeddings, panel=panel, encoder=info, patch=PatchSpec().to_dict(), seed=args.seed,
-        device=args.device, epochs=args.epochs,
-    )  # fmt: skip
-    for p in trainer.steps():
-        if p.epoch % 25 == 0 and p.validation_pcc is not None:
-            print(
-                f"    epoch {p.epoch}: loss {p.loss:.3f}, validation PCC {p.validation_pcc:.3f}", flush=True
-            )
-    return trainer.result
+    config = ns.SpaHGCConfig.from_options({"epochs": args.epochs}, seed=args.seed, device=args.device)
+    flow = ns.train(ns.TrainRequest(training, embeddings.only([s.slide_id for s in training]), genes, config))
+    while True:
+        try:
+            p = next(flow)
+        except StopIteration as finished:
+            return finished.value.model
+        if p.done % 25 == 0 and p.values.get("validation_pcc") is not None:
+            print(f"    {p.text}", flush=True)
 
 
-def predict(model: Any, slide: Slide, embeddings: np.ndarray, device: str) -> np.ndarray:
-    """The model's log1p-CPM prediction of every spot (or bin) of ``slide``."""
-    from napari_spahgc.dataset import slide_data
+def predict(model: Any, slide: Slide, embeddings: ns.Embeddings, device: str) -> Any:
+    """The model's log1p-CPM prediction of every spot (or bin) of ``slide`` (an AnnData: X, and the
+    measured values of a slide with counts); the flow checks the embeddings are the model's kind."""
+    request = ns.PredictRequest(model, [slide], embeddings.only([slide.slide_id]), device=device)
+    return ns.run_to_end(ns.predict(request)).predictions[slide.slide_id]
 
-    return model.predict(slide_data(slide, embeddings, None), device=device)
 
-
-def run_fold(slides: Sequence[Slide], test_id: str, panel: list[str], encoder: Any, args) -> dict:
+def run_fold(slides: Sequence[Slide], test_id: str, genes: ns.GeneChoice, args) -> dict:
     """Train without ``test_id``, predict its spots and its 8 µm bins, score both against the spots."""
-    info, timing = {**encoder.info(), "embedding_mode": "dense"}, {}
-    embeddings, cached = timed(timing, "embed_sections_s", embed_dense, slides, encoder, args.cache)
+    timing: dict[str, float] = {}
+    embeddings, cached = timed(timing, "embed_sections_s", embed_dense, slides, args)
     training = [s for s in slides if s.slide_id != test_id]
     test = next(s for s in slides if s.slide_id == test_id)
-    model = timed(timing, "train_s", train, training, embeddings, panel, info, args)
-    model.check_embeddings(info)  # dense-trained model, dense embeddings
-    spot = timed(timing, "predict_spots_s", predict, model, test, embeddings[test_id], args.device)
+    model = timed(timing, "train_s", train, training, embeddings, genes, args)
+    spot = timed(timing, "predict_spots_s", predict, model, test, embeddings, args.device)
     bins, assignment = timed(timing, "make_bins_s", bin_slide, test, args.bin_um, args.radius_um)
-    bin_embeddings, bins_cached = timed(timing, "embed_bins_s", embed_dense, [bins], encoder, args.cache)
-    bin_values = timed(
-        timing, "predict_bins_s", predict, model, bins, bin_embeddings[bins.slide_id], args.device
-    )
+    bin_embeddings, bins_cached = timed(timing, "embed_bins_s", embed_dense, [bins], args)
+    bin_values = timed(timing, "predict_bins_s", predict, model, bins, bin_embeddings, args.device).X
     averaged = timed(timing, "average_s", average_bins, assignment, bin_values)
     record = {
         "test_slide": test_id,
@@ -167,19 +164,18 @@ def run_fold(slides: Sequence[Slide], test_id: str, panel: list[str], encoder: A
         "validation": model.metadata.validation_summary(),
         "smoothing": model.config.graph.smoothing,
         "cached": {**cached, **bins_cached},
-        **_scores(test, embeddings[test_id], model.genes, spot, averaged),
+        **_scores(_dense(spot.layers["measured"]), spot.X, averaged),
         "embedding_cosine_spot_vs_bin_mean": _cosine(embeddings[test_id], assignment @ bin_embeddings[bins.slide_id]),
         "seconds": timing,
     }  # fmt: skip
     return record
 
 
-def _scores(test: Slide, embeddings: np.ndarray, genes: list[str], spot: np.ndarray, averaged: dict) -> dict:
-    """PCC / RMSE of the spot-level and bins-averaged predictions, their ratios, and how alike they are."""
-    from napari_spahgc.dataset import slide_data
-    from napari_spahgc.evaluate import score
+def _scores(truth: np.ndarray, spot: np.ndarray, averaged: dict) -> dict:
+    """PCC / RMSE of the spot-level and bins-averaged predictions against the spots' measured log1p-CPM
+    (``truth``), their ratios, and how alike they are."""
+    from napari_spahgc.base.metrics import score
 
-    truth = slide_data(test, embeddings, genes).expression
     spot_score = score(truth, spot)[0]
     record = {"spot": spot_score}
     for name, values in averaged.items():
@@ -187,6 +183,11 @@ def _scores(test: Slide, embeddings: np.ndarray, genes: list[str], spot: np.ndar
         record[f"ratio_{name}"] = record[f"bins_{name}"]["pcc"] / spot_score["pcc"]
     record["prediction_pcc_spot_vs_bins_log"] = score(spot, averaged["log"])[0]["pcc"]
     return record
+
+
+def _dense(values: Any) -> np.ndarray:
+    """A dense array of a (possibly sparse) layer."""
+    return values.toarray() if hasattr(values, "toarray") else np.asarray(values)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> dict:
@@ -251,17 +252,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the encoder sets torch's threads from it
     import torch
 
-    from napari_spahgc._files import cache_dir
-    from napari_spahgc.encoders import LazyEncoder
-    from napari_spahgc.expression import read_gene_panel
-    from napari_spahgc.io.cohort import load_cohort
-    from napari_spahgc.sample_data import her2st_cohort_table
+    from napari_spahgc.io.her2st import her2st_cohort_table
 
     torch.set_num_threads(args.threads)
-    args.cache = args.cache or cache_dir("embeddings")
-    slides = load_cohort(her2st_cohort_table(args.data))
-    panel, encoder = read_gene_panel(args.data / PANEL), LazyEncoder(device=args.device)
-    result = {"data": "HER2ST C2–C6 (Andersson et al., Nat. Commun. 2021)", "encoder": encoder.info(),
+    slides = ns.load_cohort(her2st_cohort_table(args.data))
+    genes = ns.GeneChoice.from_file(args.data / PANEL)
+    encoder = ns.EmbedRequest([], device=args.device).finished().encoder  # name, dim, weights checksum
+    result = {"data": "HER2ST C2–C6 (Andersson et al., Nat. Commun. 2021)", "encoder": dict(encoder),
               "mode": "dense", "preset": "default", "epochs": args.epochs, "seed": args.seed,
               "bin_um": args.bin_um, "radius_um": args.radius_um, "target_ratio": TARGET_RATIO,
               "averaging": "log: mean of log1p-CPM predictions; expm1: log1p of the mean CPM",
@@ -269,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     started = time.perf_counter()
     for test_id in SECTIONS if args.all else (args.test_slide,):
         print(f"fold: {test_id} held out", flush=True)
-        result["folds"].append(run_fold(slides, test_id, panel, encoder, args))
+        result["folds"].append(run_fold(slides, test_id, genes, args))
         print_fold(result["folds"][-1])
         result["summary"] = summary(result["folds"])
         result["total_s"] = round(time.perf_counter() - started, 1)

@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_spahgc import load_cohort
-from napari_spahgc._device import default_threads, resolve_device
-from napari_spahgc.embedding import embed_cohort
-from napari_spahgc.encoders import REGISTRY, Encoder, create_encoder
-from napari_spahgc.patches import PatchSpec, patch_batches
+import napari_spahgc as ns
+from napari_spahgc.embed.device import default_threads, resolve_device
+from napari_spahgc.embed.encoders import REGISTRY, Encoder, create_encoder
+from napari_spahgc.embed.patches import PatchSpec, patch_batches
 
 COHORT = Path(__file__).resolve().parents[1] / "examples" / "her2st_cohort.csv"
 
@@ -49,9 +48,11 @@ def end_to_end(
     if limit is not None:
         slides = [_first_spots(s, limit) for s in slides[:1]]
     with tempfile.TemporaryDirectory() as cache:
+        request = ns.EmbedRequest(
+            slides, encoder, batch_size=batch_size, cache=cache, prefetch_depth=prefetch_depth
+        )
         started = time.perf_counter()
-        for _ in embed_cohort(slides, encoder, cache, batch_size=batch_size, prefetch_depth=prefetch_depth):
-            pass
+        ns.run_to_end(ns.embed(request))
         seconds = time.perf_counter() - started
     print(f"{label:<40}{_rate(sum(s.n_spots for s in slides), seconds)}")
 
@@ -62,9 +63,7 @@ def random_weights_encoder(name: str, device: str) -> Encoder:
 
 
 def _first_spots(slide, n):
-    from napari_spahgc import Slide
-
-    return Slide(slide.slide_id, slide.spot_ids[:n], slide.centers_px[:n], image=slide.image,
+    return ns.Slide(slide.slide_id, slide.spot_ids[:n], slide.centers_px[:n], image=slide.image,
                  pixel_size_um=slide.pixel_size_um, sources=slide.sources)  # fmt: skip
 
 
@@ -87,7 +86,7 @@ def gpu_uni(batch_size: int = 256, batches: int = 20) -> None:
 def main() -> None:
     cohort = Path(sys.argv[1]) if len(sys.argv) > 1 else COHORT
     torch.set_num_threads(default_threads())
-    slides = load_cohort(cohort)
+    slides = ns.load_cohort(cohort)
     print(
         f"{len(slides)} slides, {sum(s.n_spots for s in slides)} spots; torch threads {torch.get_num_threads()}"
     )

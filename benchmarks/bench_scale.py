@@ -10,17 +10,17 @@ for a graph's reference count. Predict uses random ones (its bank is random too)
 size runs in its own subprocess; its peak RSS is that child's ``ru_maxrss`` (``os.wait4``), so peaks do
 not mix. Stages:
 
-- ``embed-spot``: per-spot patches (``embed_cohort`` as today) on a sample of ``--sample`` bins,
-  extrapolated linearly to n (said so in the table: ``extrapolated``);
-- ``embed-dense``: ``embed_cohort(..., mode="dense")`` over the whole slide. Both embed with
+- ``embed-spot``: per-spot patches (``ns.embed`` of an ``EmbedRequest(mode="spot")``) on a sample of
+  ``--sample`` bins, extrapolated linearly to n (said so in the table: ``extrapolated``);
+- ``embed-dense``: ``ns.embed`` of an ``EmbedRequest(mode="dense")`` over the whole slide. Both embed with
   ``--encoder`` (UNI and UNI2-h with random weights) on ``--device`` with ``--batch-size``; on CUDA
   (bf16) the record has the GPU and its peak memory. The GPU check of an HD slide:
   ``--stages embed-dense --sizes 700000 --device cuda --encoder uni --batch-size 256``;
 - ``graph``: the target's training graphs (``graph.build_graph`` per block of ``--batch-spots`` spots)
   against the other slide's reference bank;
-- ``train``: ``pipeline.make_trainer`` (1 member, ``--epochs``) and ``Trainer.steps``; per epoch and total,
-  in mini-batches of ``--batch-spots``;
-- ``predict``: ``spahgc predict``'s path (``pipeline.write_predictions``: the target, with its counts,
+- ``train``: what ``ns.train`` runs for a ``TrainRequest`` (1 member, ``--epochs``): its trainer's setup,
+  timed apart, then ``Trainer.steps``; per epoch and total, in mini-batches of ``--batch-spots``;
+- ``predict``: ``spahgc predict``'s path (``ns.predict`` with an output folder: the target, with its counts,
   predicted in blocks of ``predictor.BLOCK_SPOTS`` and streamed into an h5ad with its measured layer and
   per-gene PCC) by a default ensemble (4 members, smoothing on) with a bank of ``--bank-spots``
   (23,000: four Visium slides).
@@ -44,8 +44,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_spahgc.options import TrainOptions
-from napari_spahgc.predictor import BLOCK_SPOTS
+import napari_spahgc as ns
+from napari_spahgc.model.config import TrainOptions
+from napari_spahgc.model.predictor import BLOCK_SPOTS
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -57,18 +58,16 @@ SECTIONS = ("C2", "C3")  # the target, and the other slide: its bank, or its fel
 def _slides(work: Path, n: int, with_expression: bool = True, sections=SECTIONS):
     from scale_slides import make_hd
 
-    from napari_spahgc.io.cohort import read_cohort
-
     slides = []
     for section in sections:
         table = work / f"{section}_hd{n}" / "cohort.csv"
         if not table.is_file():
             make_hd(section, table.parent, n)
-        slides.append(read_cohort(table)[0].load(with_expression))
+        slides.append(ns.read_cohort(table)[0].load(with_expression))
     return slides
 
 
-def _embeddings(slides, dim: int, dtype=np.float32) -> dict[str, np.ndarray]:
+def _embeddings(slides, dim: int, dtype=np.float32) -> ns.Embeddings:
     """Seeded random embeddings, made 65,536 rows at a time (float16: as dense embedding stores them)."""
     rng, embeddings = np.random.default_rng(0), {}
     for s in slides:
@@ -77,18 +76,16 @@ def _embeddings(slides, dim: int, dtype=np.float32) -> dict[str, np.ndarray]:
             rows = min(1 << 16, s.n_spots - start)
             values[start : start + rows] = rng.standard_normal((rows, dim), dtype=np.float32)
         embeddings[s.slide_id] = values
-    return embeddings
+    return ns.Embeddings(arrays=embeddings)
 
 
-def _stage_embeddings(work: Path, slides, args) -> dict[str, np.ndarray]:
+def _stage_embeddings(work: Path, slides, args) -> ns.Embeddings:
     """The slides' embeddings for graph / train: their real dense embeddings (offline encoder, from
     the cache :func:`embed_slides` filled) or, with ``--embeddings random``, seeded random ones."""
     if args.embeddings == "random":
         return _embeddings(slides, args.dim)
-    from napari_spahgc.embedding import cohort_embeddings
-    from napari_spahgc.encoders import LazyEncoder
-
-    return cohort_embeddings(slides, LazyEncoder(device=args.device), work / "cache", mode="dense")
+    request = ns.EmbedRequest(slides, device=args.device, cache=work / "cache", mode="dense")
+    return ns.run_to_end(ns.embed(request))
 
 
 def embed_slides(work: Path, n: int) -> None:
@@ -102,7 +99,7 @@ def embed_slides(work: Path, n: int) -> None:
 
 def _subset(slide, k: int):
     """The first ``k`` spots of ``slide`` (same image, pixel size and counts)."""
-    from napari_spahgc.slide import Slide
+    from napari_spahgc.io.slide import Slide
 
     keep = np.arange(min(k, slide.n_spots))
     expression = slide.expression[keep].copy() if slide.expression is not None else None
@@ -121,7 +118,7 @@ def _encoder(args):
     memory do not depend on the values: the gated weights cannot be downloaded here)."""
     from bench_embed import random_weights_encoder
 
-    from napari_spahgc.encoders import DEFAULT_ENCODER, LazyEncoder
+    from napari_spahgc.embed.encoders import DEFAULT_ENCODER, LazyEncoder
 
     if args.encoder == DEFAULT_ENCODER:
         return LazyEncoder(device=args.device).built()
@@ -129,18 +126,16 @@ def _encoder(args):
 
 
 def _embed(slide, args, mode: str) -> dict:
-    """``embed_cohort`` of ``slide`` in ``mode`` into a scratch cache: seconds, the encoder, the batch
-    size and, on CUDA, the GPU and its peak memory."""
-    from napari_spahgc.embedding import embed_cohort
-
+    """``ns.embed`` of ``slide`` in ``mode`` into a scratch cache: seconds, the encoder, the batch size
+    and, on CUDA, the GPU and its peak memory."""
     encoder = _encoder(args)
     cuda = encoder.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as cache:
+        request = ns.EmbedRequest([slide], encoder, batch_size=args.batch_size, cache=cache, mode=mode)
         started = time.perf_counter()
-        for _ in embed_cohort([slide], encoder, cache, batch_size=args.batch_size, mode=mode):
-            pass
+        ns.run_to_end(ns.embed(request))
         seconds = time.perf_counter() - started
     record = {"seconds": seconds, "encoder": args.encoder, "batch_size": args.batch_size}
     if cuda:
@@ -166,9 +161,9 @@ def stage_graph(work: Path, n: int, args) -> dict:
     """The target's graphs as training builds them: one per spatial block of ``--batch-spots`` spots
     (``neighbours.spatial_blocks``), each against the other slide's reference bank. Every block
     searches the whole bank, so a slide's graphs cost O(n × bank): quadratic against an HD bank."""
-    from napari_spahgc.dataset import FeatureScale, slide_data
-    from napari_spahgc.graph import ReferenceBank, build_graph
-    from napari_spahgc.neighbours import spatial_blocks
+    from napari_spahgc.model.graph import ReferenceBank, build_graph
+    from napari_spahgc.model.neighbours import spatial_blocks
+    from napari_spahgc.model.slide_data import FeatureScale, slide_data
 
     slides = _slides(work, n)
     embeddings, genes = _stage_embeddings(work, slides, args), _panel(args.genes)
@@ -187,13 +182,17 @@ def stage_graph(work: Path, n: int, args) -> dict:
 
 
 def stage_train(work: Path, n: int, args) -> dict:
-    from napari_spahgc.pipeline import make_trainer
+    """The training flow's work, its setup timed apart from its epochs: ``ns.train`` runs the same trainer
+    (``train.flow._trainer``: genes, slide data, standardisation, the reference bank) and its steps."""
+    from napari_spahgc.train.flow import _trainer
 
     slides = _slides(work, n)
     options = {"epochs": args.epochs, "members": 1, "hold_out": False, "batch_spots": args.batch_spots}
+    config = ns.SpaHGCConfig.from_options(options, preset="paper", device=args.device)
     started = time.perf_counter()
-    trainer = make_trainer(slides, _stage_embeddings(work, slides, args), panel=_panel(args.genes), preset="paper",
-                           device=args.device, **options)  # fmt: skip
+    embeddings = _stage_embeddings(work, slides, args)
+    request = ns.TrainRequest(slides, embeddings, ns.GeneChoice(panel=tuple(_panel(args.genes))), config)
+    trainer = _trainer(request, embeddings)
     setup, epochs, last = time.perf_counter() - started, [], time.perf_counter()
     for _ in trainer.steps():
         epochs.append(time.perf_counter() - last)
@@ -209,12 +208,11 @@ def stage_predict(work: Path, n: int, args) -> dict:
     embeddings are float16, as dense embedding (the mode of HD bins) stores them."""
     import anndata as ad
 
-    from napari_spahgc.dataset import FeatureScale
-    from napari_spahgc.graph import ReferenceBank
-    from napari_spahgc.model import SpaHGC
-    from napari_spahgc.options import GraphOptions, SpaHGCConfig
-    from napari_spahgc.pipeline import write_predictions
-    from napari_spahgc.predictor import ModelMetadata, SpaHGCPredictor
+    from napari_spahgc.model.config import GraphOptions, SpaHGCConfig
+    from napari_spahgc.model.graph import ReferenceBank
+    from napari_spahgc.model.network import SpaHGC
+    from napari_spahgc.model.predictor import ModelMetadata, SpaHGCPredictor
+    from napari_spahgc.model.slide_data import FeatureScale
 
     (target,) = _slides(work, n, sections=("C2",))
     embeddings, genes = _embeddings([target], args.dim, np.float16), _panel(args.genes)  # HD: dense
@@ -230,8 +228,9 @@ def stage_predict(work: Path, n: int, args) -> dict:
     model = SpaHGCPredictor(network, bank, FeatureScale.identity(len(genes)), FeatureScale.identity(args.dim),
                             config, ModelMetadata(genes=genes, embedding_dim=args.dim))  # fmt: skip
     with tempfile.TemporaryDirectory(dir=work) as out:
+        request = ns.PredictRequest(model, [target], embeddings, out=out, device=args.device)
         started = time.perf_counter()
-        (path,) = write_predictions(model, [target], embeddings, out, args.device)
+        (path,) = ns.run_to_end(ns.predict(request)).files.values()
         seconds = time.perf_counter() - started
         written = ad.read_h5ad(path, backed="r")
         shape, kept = list(written.shape), bool((written.obs_names == target.spot_ids).all())

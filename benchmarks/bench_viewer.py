@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 from qtpy.QtWidgets import QApplication
 
+import napari_spahgc as ns
 from napari_spahgc._qt._common import session_for
 from napari_spahgc._qt.genes import GenesWidget
-from napari_spahgc.slide import Slide
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def grid_prediction(n_spots: int, n_genes: int, pitch_px: float, seed: int = 0):
     side = int(np.ceil(np.sqrt(n_spots)))
     rows, cols = np.divmod(np.arange(n_spots), side)
     centers = np.stack([cols, rows], axis=1) * pitch_px + 100.0
-    slide = Slide("bench", pd.Index([f"s{i}" for i in range(n_spots)]), centers, pixel_size_um=0.5,
+    slide = ns.Slide("bench", pd.Index([f"s{i}" for i in range(n_spots)]), centers, pixel_size_um=0.5,
                   spot_diameter_px=pitch_px)  # fmt: skip
     phase = rng.uniform(0, 2 * np.pi, size=(n_genes, 2))
     fields = [np.sin(cols / side * 6 + p[0]) + np.cos(rows / side * 4 + p[1]) for p in phase]
@@ -81,10 +81,9 @@ def time_gene_switch(n_spots: int, n_genes: int = 20, pitch_px: float = 16.0) ->
 
 def time_pyramid_open() -> dict:
     """Open a HER2ST section (cached pyramid) and draw its first frame."""
-    from napari_spahgc.io.cohort import read_cohort
-    from napari_spahgc.layers import image_layer
+    from napari_spahgc.view.layers import image_layer
 
-    entry = read_cohort(ROOT / "examples" / "her2st_cohort.csv")[0]
+    entry = ns.read_cohort(ROOT / "examples" / "her2st_cohort.csv")[0]
     entry.load()  # converts the JPEG once into the cached pyramid
     viewer = napari.Viewer(show=True)
     started = time.perf_counter()

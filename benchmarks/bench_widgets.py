@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 
-MODULES = ("napari_spahgc._qt.viewer", "napari_spahgc._reader", "napari_spahgc.sample_data")
+MODULES = ("napari_spahgc._qt.viewer", "napari_spahgc._reader", "napari_spahgc.view.sample_data")
 WIDGETS = ("Slide", "Embed", "Predict", "Genes", "Export")
 
 IMPORT = """
@@ -49,13 +49,14 @@ def _python(code: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _worker_start(target: str, *arguments) -> float:
-    """Seconds from asking for a worker process to its first item, for ``target(*arguments)``."""
+def _worker_start(flow: str, request: str) -> float:
+    """Seconds from asking for a worker process (``ns.WorkerProcess``, the widgets' runner) to the first
+    item of ``flow(request)`` (both Python expressions, ``ns`` being the package)."""
     code = textwrap.dedent(f"""
         import json, time
-        from napari_spahgc.child import run_in_child
+        import napari_spahgc as ns
         started = time.perf_counter()
-        next(run_in_child({target!r}, *{arguments!r}))
+        next(ns.WorkerProcess().run({flow}, {request}))
         print(json.dumps({{"s": time.perf_counter() - started}}))
     """)
     return _python(code)["s"]
@@ -80,12 +81,12 @@ def main() -> None:
         print(f"| click → docked: {name} (in the order listed) | {statistics.median(seconds):.2f} | "
               f"{min(seconds):.2f} | {max(seconds):.2f} | False |")  # fmt: skip
     tasks = {
-        "worker process start, trivial task": ("builtins:iter", [1]),
-        "worker process start + pipeline import (torch, PyG), first progress of embedding": (
-            "napari_spahgc.pipeline:embed_flow", [], "efficientnet-lite0", None, "cpu", 1, "unused"),
+        "worker process start, trivial task": ("iter", "[1]"),
+        "worker process start + embedding flow import, its first progress (the Embed widget's path)": (
+            "ns.embed", "ns.EmbedRequest([], device='cpu')"),
     }  # fmt: skip
-    for label, (target, *arguments) in tasks.items():
-        seconds = [_worker_start(target, *arguments) for _ in range(repeats)]
+    for label, (flow, request) in tasks.items():
+        seconds = [_worker_start(flow, request) for _ in range(repeats)]
         print(f"| {label} | {statistics.median(seconds):.2f} | {min(seconds):.2f} | "
               f"{max(seconds):.2f} | in the worker |")  # fmt: skip
 

@@ -18,15 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_spahgc import load_cohort
-from napari_spahgc._files import cache_dir
-from napari_spahgc.benchmark import make_folds
-from napari_spahgc.dataset import fold_data
-from napari_spahgc.embedding import cohort_embeddings
-from napari_spahgc.encoders import LazyEncoder
-from napari_spahgc.expression import read_gene_panel
-from napari_spahgc.options import SpaHGCConfig, parse_settings
-from napari_spahgc.trainer import Trainer
+import napari_spahgc as ns
+from napari_spahgc.model.config import parse_settings
+from napari_spahgc.model.slide_data import make_folds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,23 +37,27 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="JSON file for the results")
     args = parser.parse_args()
 
-    slides = load_cohort(args.cohort)
-    embeddings = cohort_embeddings(
-        slides, LazyEncoder("efficientnet-lite0", device="cpu"), cache_dir("embeddings")
-    )
-    panel = read_gene_panel(args.genes)
-    config = SpaHGCConfig.from_options(parse_settings(args.settings), seed=args.seed, device="cpu")
+    slides = ns.load_cohort(args.cohort)
+    embeddings = ns.run_to_end(ns.embed(ns.EmbedRequest(slides, "efficientnet-lite0", device="cpu")))
+    genes = ns.GeneChoice.from_file(args.genes)
+    config = ns.SpaHGCConfig.from_options(parse_settings(args.settings), seed=args.seed, device="cpu")
     wanted = {f for f in args.folds.split(",") if f}
     rows = []
     for held_out in make_folds(slides)[1]:
         if wanted and not wanted & set(held_out):
             continue
         training = [s for s in slides if s.slide_id not in held_out]  # the test section is not used
-        genes, train, _ = fold_data(training, embeddings, panel, None)
         started = time.perf_counter()
-        trainer = Trainer(train, genes, config)
-        history = [(p.epoch, p.member_pcc) for p in trainer.steps() if p.member_pcc is not None]
-        model = trainer.result
+        used = embeddings.only([s.slide_id for s in training])
+        history, flow = [], ns.train(ns.TrainRequest(training, used, genes, config))
+        while True:  # the genes are chosen, and the members validated, on the training sections only
+            try:
+                p = next(flow)
+            except StopIteration as finished:
+                model = finished.value.model
+                break
+            if p.values.get("member_pcc") is not None:
+                history.append((p.done, p.values["member_pcc"]))
         members = model.metadata.validation["members"]
         row = {
             "fold": "+".join(held_out),

@@ -33,9 +33,8 @@ import scipy.sparse as sp
 import tifffile
 from scipy.spatial import cKDTree
 
-from napari_spahgc._files import atomic_path
-from napari_spahgc.io.cohort import read_cohort
-from napari_spahgc.slide import Slide
+import napari_spahgc as ns
+from napari_spahgc.base.files import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_UM_PER_PX = 0.735
@@ -44,9 +43,9 @@ OFF_TISSUE = 0.05  # total-count factor beyond one ST pitch (272 px) of any real
 _TILE = 512
 
 
-def her2st_section(section: str) -> Slide:
+def her2st_section(section: str) -> ns.Slide:
     """One HER2ST section through the project's cohort reader (image pyramid, spots, counts)."""
-    entries = {e.slide_id: e for e in read_cohort(ROOT / "examples" / "her2st_cohort.csv")}
+    entries = {e.slide_id: e for e in ns.read_cohort(ROOT / "examples" / "her2st_cohort.csv")}
     return entries[section].load()
 
 
@@ -71,7 +70,7 @@ def bin_grid(shape_rc: tuple[int, int], pitch: float, n: int | None) -> tuple[in
 
 
 def synthetic_counts(
-    real: Slide, real_xy: np.ndarray, xy: np.ndarray, area_ratio: float, seed: int
+    real: ns.Slide, real_xy: np.ndarray, xy: np.ndarray, area_ratio: float, seed: int
 ) -> sp.csr_matrix:
     """Sparse UMI counts (spots × real genes) drawn from the nearest real spot's profile."""
     rng = np.random.default_rng(seed)
@@ -131,7 +130,7 @@ def write_spatial(folder: Path, positions: pd.DataFrame, factors: dict, hires: n
         Image.fromarray(hires).save(tmp, format="PNG")
 
 
-def hires_of(real: Slide, r0: int, c0: int, rows: int, cols: int, side: int = 2000):
+def hires_of(real: ns.Slide, r0: int, c0: int, rows: int, cols: int, side: int = 2000):
     """A thumbnail (≤ ``side``) of a source region, and its scale relative to the source pixels."""
     level = real.image.level_for_downsample(max(rows, cols) / side)
     step = real.image.downsamples[level]
@@ -173,7 +172,7 @@ def make_visium(section: str, out: Path, n: int | None = None, seed: int = 0) ->
     return write_cohort(out, f"{section}_visium", real.image.path, folder, SOURCE_UM_PER_PX)
 
 
-def write_upscaled_pyramid(path: Path, real: Slide, r0: int, c0: int, rows: int, cols: int) -> Path:
+def write_upscaled_pyramid(path: Path, real: ns.Slide, r0: int, c0: int, rows: int, cols: int) -> Path:
     """The source region (r0, c0, rows, cols) at 2× as a tiled JPEG pyramid TIFF, streamed by bands:
     level 0 repeats each source pixel 2 × 2; level k ≥ 1 is the source pyramid's level of downsample
     2^(k-1) (one band of ``_TILE`` output rows in memory)."""
@@ -193,7 +192,7 @@ def write_upscaled_pyramid(path: Path, real: Slide, r0: int, c0: int, rows: int,
     return path
 
 
-def _level_tiles(real: Slide, r0: int, c0: int, shape: tuple[int, int], index: int):
+def _level_tiles(real: ns.Slide, r0: int, c0: int, shape: tuple[int, int], index: int):
     """Row-major tiles of output level ``index`` (downsample 2^index of the 2× image)."""
     factor = 2.0 ** (index - 1)  # source pixels per output pixel
     level = real.image.level_for_downsample(max(factor, 1.0))

@@ -1,6 +1,6 @@
 """Regenerate the user-guide screenshots on the real HER2ST sections.
 
-    xvfb-run -a -s "-screen 0 1920x1200x24" python docs/make_screenshots.py [--epochs 200]
+    xvfb-run -a -s "-screen 0 1920x1200x24" python docs/make_screenshots.py [--epochs 200] [--out FOLDER]
 
 Opens napari with the five dock widgets, opens C2–C6, embeds them (offline encoder, cached), trains on
 C2–C5 and predicts C6, shows a gene, then saves the window, the canvas and each widget under
@@ -38,8 +38,10 @@ def main() -> None:
     parser.add_argument("--target", default="C6")
     parser.add_argument("--gene", default=None, help="gene to show (default: best by validation PCC)")
     parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=OUT, help="folder for the PNGs (default: docs/images)")
     args = parser.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
     os.chdir(ROOT)
 
     viewer = napari.Viewer(show=True)
@@ -70,13 +72,13 @@ def main() -> None:
     docks["predict"].raise_()
     QApplication.processEvents()
 
-    viewer.screenshot(str(OUT / "canvas.png"), canvas_only=True, flash=False)
-    viewer.screenshot(str(OUT / "window.png"), canvas_only=False, flash=False)
+    viewer.screenshot(str(out / "canvas.png"), canvas_only=True, flash=False)
+    viewer.screenshot(str(out / "window.png"), canvas_only=False, flash=False)
     for name, widget in widgets.items():
         docks[name].raise_()
         QApplication.processEvents()
-        widget.grab().save(str(OUT / f"widget-{name}.png"))
-    print(f"screenshots in {OUT} (gene {session.gene}, slide {session.current})")
+        widget.grab().save(str(out / f"widget-{name}.png"))
+    print(f"screenshots in {out} (gene {session.gene}, slide {session.current})")
     viewer.close()
 
 

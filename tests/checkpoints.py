@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import save_file
 
-from napari_spahgc.encoders import REGISTRY
+from napari_spahgc.embed.encoders import REGISTRY
 
 
 def random_state(name: str) -> dict[str, torch.Tensor]:

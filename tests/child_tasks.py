@@ -1,4 +1,5 @@
-"""Generator functions that ``test_child.py`` runs in worker processes (imported there by name)."""
+"""Generator functions that ``test_worker.py`` runs in worker processes: module-level, as
+:func:`~napari_spahgc.run.worker.run_in_child` requires (the child imports them by module and name)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import os
 import time
 from pathlib import Path
 
-from napari_spahgc.errors import InputError
-from napari_spahgc.progress import Progress
+from napari_spahgc.base.errors import InputError
+from napari_spahgc.base.progress import Progress
 
 
 def count(n: int, delay_s: float = 0.0, marker: str | None = None):
@@ -21,6 +22,11 @@ def count(n: int, delay_s: float = 0.0, marker: str | None = None):
     finally:
         if marker:
             Path(marker).write_text("finished")
+
+
+def ticks(n: int):
+    """``n`` steps 20 ms apart: a flow of one argument, as the WorkerProcess runner passes its request."""
+    return (yield from count(n, 0.02))
 
 
 def bad_input(path: str):

@@ -1,13 +1,15 @@
-"""Synthetic training slides and a small trainer, shared by the trainer, predictor, model and batch
-tests: expression is a smooth function of the embeddings, so there is something to learn."""
+"""Synthetic training slides and a small trainer, shared by the trainer, predictor, network, blocks,
+model-selection and batch tests: expression is a smooth function of the embeddings, so there is
+something to learn."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from napari_spahgc.dataset import SlideData
-from napari_spahgc.options import SpaHGCConfig
-from napari_spahgc.trainer import Trainer
+from napari_spahgc import SpaHGCPredictor
+from napari_spahgc.model.config import SpaHGCConfig
+from napari_spahgc.model.slide_data import SlideData
+from napari_spahgc.train.trainer import Trainer
 
 GENES = [f"G{i}" for i in range(5)]
 
@@ -26,8 +28,17 @@ def make_slides(n_slides: int = 4, n: int = 36, dim: int = 16, seed: int = 0) ->
     return slides
 
 
-def make_trainer(slides, **options) -> Trainer:
+def make_trainer(slides, preset: str = "default", **options) -> Trainer:
+    """A small trainer: ``options`` (flat option names) on top of small defaults and the ``preset``."""
     config = SpaHGCConfig.from_options(
-        {"epochs": 6, "eval_every": 2, "hidden": 32, "q": 3, "k": 4, **options}
+        {"epochs": 6, "eval_every": 2, "hidden": 32, "q": 3, "k": 4, **options}, preset=preset
     )
     return Trainer(slides, GENES, config)
+
+
+def fit(trainer: Trainer) -> SpaHGCPredictor:
+    """The trained model: :meth:`Trainer.steps` run to its end, as the training flow runs it."""
+    for progress in trainer.steps():
+        assert progress.stage == "train" and progress.values["loss"] > 0
+    assert trainer.result is not None
+    return trainer.result

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from bench_agreement import assignment_matrix, average_bins, bin_grid, bin_slide
 
-from napari_spahgc.slide import Slide
+from napari_spahgc.io.slide import Slide
 
 PX = 0.735  # µm per pixel, as HER2ST
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_spahgc import baselines
-from napari_spahgc.baselines import BASELINES, choose, inner_folds, knn_grid, ridge_grid
-from napari_spahgc.dataset import SlideData
+from napari_spahgc.evaluate import baselines
+from napari_spahgc.evaluate.baselines import BASELINES, choose, inner_folds, knn_grid, ridge_grid
+from napari_spahgc.model.slide_data import SlideData
 
 
 def _slide(name, embeddings, expression, coords=None, patient=None):

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from napari_spahgc import InputError
-from napari_spahgc.batch import GraphBatch
-from napari_spahgc.dataset import FeatureScale
-from napari_spahgc.graph import ReferenceBank, build_graph
-from napari_spahgc.options import GraphOptions
-from napari_spahgc.relations import CS
+from napari_spahgc.model.config import GraphOptions
+from napari_spahgc.model.graph import ReferenceBank, build_graph
+from napari_spahgc.model.relations import CS
+from napari_spahgc.model.slide_data import FeatureScale
+from napari_spahgc.train.batch import GraphBatch
 from synthetic_slides import make_slides
 
 

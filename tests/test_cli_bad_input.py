@@ -71,6 +71,12 @@ class Inputs:
         adata.write_h5ad(self.root / name)
         return self.info(spots=name, counts="", image="")
 
+    def truncated_h5ad(self, name: str) -> Path:
+        """A real predictions-like .h5ad cut short, as a copy interrupted mid-way leaves it."""
+        _h5ad(np.ones((4, 2))).write_h5ad(self.root / name)
+        data = (self.root / name).read_bytes()
+        return self.write(name, data[: len(data) // 3])
+
     def command(self, name: str, *extra: str) -> list[str]:
         cohort = str(self.table(self.row))
         return {
@@ -153,7 +159,10 @@ def _model_folder(b: Inputs, spoil: Callable[[Path], None]) -> list[str]:
 
 
 def _trained_model(folder: Path) -> Path:
-    model = make_trainer(make_slides(n_slides=2), epochs=2, members=2).fit()
+    trainer = make_trainer(make_slides(n_slides=2), epochs=2, members=2)
+    for _ in trainer.steps():
+        pass
+    model = trainer.result
     model.metadata.encoder = {"name": "efficientnet-lite0"}
     return model.save(folder)
 
@@ -244,10 +253,10 @@ CASES = [
     Case("microns_per_pixel 1e-6", lambda b: _spaceranger(b, _POSITIONS + "AAA-1,1,0,0,10,10\n", '{"microns_per_pixel": 1e-6}'), r"microns_per_pixel \(scalefactors_json\.json\)\) is outside the plausible range", "outs"),
     Case("outs without spatial", lambda b: (b.root / "outs2").mkdir() or b.info(spots="outs2", counts="", image=""), r"not a Space Ranger outs/ folder", "outs2"),
     Case("h5ad spatial (n, 1)", lambda b: b.h5ad("a.h5ad", _h5ad(np.ones((4, 1)))), r"obsm\['spatial'\] must have shape \(n_spots, 2\), not \(4, 1\)", "a.h5ad"),
-    Case("h5ad without spatial", lambda b: b.h5ad("a.h5ad", _h5ad()), r"h5ad has no spot coordinates", "a.h5ad"),
+    Case("h5ad without spatial", lambda b: b.h5ad("a.h5ad", _h5ad()), r"spot file has no spot coordinates", "a.h5ad"),
     Case("h5ad string spatial", lambda b: b.h5ad("a.h5ad", _h5ad(np.array([["a", "b"]] * 4))), r"obsm\['spatial'\] holds .* not numbers", "a.h5ad"),
     Case("h5ad string X", lambda b: b.h5ad("a.h5ad", _h5ad(np.ones((4, 2)), X=np.array([["a", "b"]] * 4, dtype=object))), r"counts are not numbers", "a.h5ad"),
-    Case("h5ad random bytes", lambda b: b.write("a.h5ad", bytes(range(256)) * 8) and b.info(spots="a.h5ad", counts="", image=""), r"cannot read h5ad", "a.h5ad"),
+    Case("h5ad random bytes", lambda b: b.write("a.h5ad", bytes(range(256)) * 8) and b.info(spots="a.h5ad", counts="", image=""), r"cannot read the spot file as \.h5ad", "a.h5ad"),
     Case("h5ad NaN spatial", lambda b: b.h5ad("a.h5ad", _h5ad(np.full((4, 2), np.nan))), r"NaN or infinite", "a.h5ad"),
     # counts
     Case("negative counts", lambda b: b.counts("c.tsv", "s0\t-1\t2\t3\n") and b.info(counts="c.tsv"), r"counts contain negative values", "c.tsv"),
@@ -275,6 +284,7 @@ CASES = [
     Case("panel missing", lambda b: [*b.command("train")[:4], "--genes", str(b.root / "p.txt"), "--cache", str(b.cache)], r"gene panel file not found", "p.txt"),
     Case("panel not UTF-8", lambda b: b.write("p.txt", b"ERBB2\n\xff\xfeX\n") and [*b.command("train")[:4], "--genes", str(b.root / "p.txt")], r"gene panel file is not UTF-8 text", "p.txt"),
     Case("panel empty", lambda b: b.write("p.txt", "# none\n\n") and [*b.command("train")[:4], "--genes", str(b.root / "p.txt")], r"gene panel file lists no genes", "p.txt"),
+    Case("panel shares no gene", lambda b: b.write("p.txt", "ERBB2\nCD74\n") and [*b.command("train")[:4], "--genes", str(b.root / "p.txt"), "--cache", str(b.cache)], r"no gene of the panel", "p.txt"),
     Case("panel is a folder", lambda b: [*b.command("train")[:4], "--genes", str(b.root)], r"is a directory, not a gene panel file", ""),
     # outputs are checked before any work
     Case("train --out is a file", lambda b: b.write("out", "x") and b.command("train"), r"is a file, not a folder", "out"),
@@ -285,6 +295,9 @@ CASES = [
     Case("embed --cache is a file", lambda b: b.write("cache", "x") and b.command("embed"), r"is a file, not a folder \(the cache folder", "cache"),
     Case("render predictions missing", lambda b: ["render", str(b.root / "p.h5ad"), "--gene", "G1", "--out", str(b.out / "g.png")], r"predictions file not found", "p.h5ad"),
     Case("render --out is a folder", lambda b: b.h5ad("p.h5ad", _h5ad(np.ones((4, 2)))) and ["render", str(b.root / "p.h5ad"), "--gene", "G1", "--out", str(b.root)], r"is a directory, not a file", ""),
+    Case("render predictions truncated", lambda b: b.truncated_h5ad("p.h5ad") and ["render", str(b.root / "p.h5ad"), "--gene", "G1", "--out", str(b.out / "g.png")], r"cannot read the predictions file as \.h5ad", "p.h5ad"),
+    Case("render predictions without coordinates", lambda b: b.h5ad("p.h5ad", _h5ad()) and ["render", str(b.root / "p.h5ad"), "--gene", "G1", "--out", str(b.out / "g.png")], r"predictions file has no spot coordinates", "p.h5ad"),
+    Case("render --out under /proc", lambda b: b.h5ad("p.h5ad", _h5ad(np.ones((4, 2)))) and ["render", str(b.root / "p.h5ad"), "--gene", "G1", "--out", "/proc/spahgc-test.png"], r"cannot write the PNG in /proc", "/proc/spahgc-test.png"),
     Case("demo --out is a file", lambda b: b.write("out", "x") and ["demo", "--out", str(b.out), "--no-viewer"], r"is a file, not a folder", "out"),
     # encoder weights
     Case("weights missing", lambda b: b.command("embed", "--weights", str(b.root / "w.pt")), r"weights file not found", "w.pt"),

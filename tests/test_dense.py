@@ -1,4 +1,5 @@
-"""Dense embedding (one encoder pass per tile) and tissue detection — on a real HER2ST section."""
+"""Dense embedding (one encoder pass per tile; embed/dense.py, and the embed flow's dense mode) and tissue
+detection — on a real HER2ST section."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_spahgc import Slide, read_cohort
-from napari_spahgc.dataset import slide_data
-from napari_spahgc.dense import DenseGrid, dense_embeddings
-from napari_spahgc.embedding import cache_key, embed_cohort, load_embeddings, resolve_mode
-from napari_spahgc.encoders import REGISTRY, Encoder, create_encoder
+from napari_spahgc import EmbedRequest, InputError, Slide, embed, read_cohort
+from napari_spahgc.embed.cache import cache_key, load_embeddings, resolve_mode
+from napari_spahgc.embed.dense import DenseGrid, dense_embeddings
+from napari_spahgc.embed.encoders import REGISTRY, Encoder, create_encoder
+from napari_spahgc.embed.patches import PatchSpec, patch_batches
+from napari_spahgc.embed.tissue import TISSUE_METHOD, detect_tissue
 from napari_spahgc.io.images import open_image
-from napari_spahgc.patches import PatchSpec, patch_batches
-from napari_spahgc.tissue import TISSUE_METHOD, detect_tissue
+from napari_spahgc.model.slide_data import slide_data
 
 #: Measured on these 9 C2 spots (efficientnet-lite0, CPU): median 0.50, 5th percentile 0.34 — a CNN's
 #: cells see more context in a tile than in an isolated 224 px patch (docs/embeddings.md).
@@ -69,9 +70,9 @@ def test_dense_agrees_with_per_spot(block, encoder):
     # each spot is nearer its own per-spot embedding than the other spots' on average
     others = (dense @ spot.T) / np.outer(np.linalg.norm(dense, axis=1), np.linalg.norm(spot, axis=1))
     assert np.mean(cosine) > np.mean(others[~np.eye(9, dtype=bool)])
-    tiles = [p.tiles_done for p in progress]
-    assert tiles == sorted(tiles) and progress[-1].tiles_done == progress[-1].tiles_total >= 1
-    assert progress[-1].spots_done == 9
+    tiles = [p.done for p in progress]
+    assert tiles == sorted(tiles) and progress[-1].done == progress[-1].total >= 1
+    assert progress[-1].values["spots_done"] == 9
 
 
 def test_tissue_mask_on_a_real_section(c2):
@@ -112,20 +113,29 @@ def test_dense_mode_embeds_every_spot_once_in_order_and_caches_apart(tmp_path, b
     assert dense_key["dense"] == {**DenseGrid.of(block, encoder).to_dict(), "tissue": TISSUE_METHOD}
     assert cache_key(block, encoder, PatchSpec()) == spot_key  # auto resolves to spot here
 
-    progress = list(embed_cohort([block], encoder, tmp_path, mode="dense"))
-    assert all(p.mode == "dense" for p in progress) and progress[-1].path is not None
+    request = EmbedRequest([block], encoder, cache=tmp_path, mode="dense")
+    result, progress = _run(embed(request))
+    assert result.modes == {"C2": "dense"} and result.info["embedding_mode"] == "dense"
+    (finished,) = [p.values for p in progress if p.values]
+    assert finished == {"slide_id": "C2", "path": result.files["C2"], "mode": "dense", "cached": False}
+    assert all("(efficientnet-lite0, dense)" in p.text for p in progress[1:])
     done = [p.done for p in progress]
-    assert done == sorted(done) and done[-1] == 9
-    embeddings, spot_ids, key = load_embeddings(progress[-1].path)
+    assert done == sorted(done) and done[-1] == progress[-1].total == 9 and len(progress) > 2
+    embeddings, spot_ids, key = load_embeddings(finished["path"])
     assert list(spot_ids) == list(block.spot_ids) and embeddings.shape == (9, 1280)
     assert embeddings.dtype == np.float16  # stored as the float16 cells they average: half the memory
+    assert result["C2"].dtype == np.float16  # and read back so
     assert slide_data(block, embeddings, None).embeddings.dtype == np.float16  # and kept so
     assert key == dense_key and np.isfinite(embeddings).all()
     assert len({row.tobytes() for row in embeddings}) == 9  # nine different spots, nine embeddings
-    again = list(embed_cohort([block], encoder, tmp_path, mode="dense"))
-    assert len(again) == 1 and again[0].cached
-    with pytest.raises(Exception, match="unknown embedding mode"):
+    _, again = _run(embed(request))
+    assert len(again) == 2 and again[-1].values["cached"]  # loading, then read: no tile computed
+    assert request.finished().files == result.files
+    assert EmbedRequest([block], encoder, cache=tmp_path).finished().files == {}  # auto is spot here
+    with pytest.raises(InputError, match="unknown embedding mode"):
         resolve_mode(block, "tiles")
+    with pytest.raises(InputError, match="unknown embedding mode 'tiles'; choose one of auto, spot, dense"):
+        _run(embed(EmbedRequest([block], encoder, cache=tmp_path, mode="tiles")))
 
 
 def _tiny_vit():

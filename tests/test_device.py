@@ -1,4 +1,4 @@
-"""Where torch runs (_device.py): ``auto``, an explicit device, ``cuda`` without a GPU; CPU threads."""
+"""Where torch runs (embed/device.py): ``auto``, an explicit device, ``cuda`` without a GPU; CPU threads."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from napari_spahgc import InputError
-from napari_spahgc._device import default_threads, resolve_device
+from napari_spahgc.embed.device import default_threads, resolve_device
 
 
 def test_auto_is_cuda_only_when_a_gpu_is_there(monkeypatch):

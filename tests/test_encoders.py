@@ -10,7 +10,7 @@ import torch
 
 from checkpoints import write_checkpoint
 from napari_spahgc import InputError
-from napari_spahgc.encoders import create_encoder, list_encoders
+from napari_spahgc.embed.encoders import create_encoder, list_encoders
 
 
 def test_registry():
@@ -52,7 +52,7 @@ def test_missing_uni_weights_say_how_to_get_them(monkeypatch):
 
 def test_real_her2st_patches_embed_deterministically(her2st_cohort):
     from napari_spahgc import read_cohort
-    from napari_spahgc.patches import patch_batches
+    from napari_spahgc.embed.patches import patch_batches
 
     slide = read_cohort(her2st_cohort)[0].load()
     batch = next(patch_batches(slide, batch_size=8))

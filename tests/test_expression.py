@@ -3,13 +3,15 @@ training slides."""
 
 from __future__ import annotations
 
+import re
+
 import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from napari_spahgc import InputError
-from napari_spahgc.expression import log_cpm, read_gene_panel, select_genes
+from napari_spahgc.io.expression import GeneChoice, log_cpm, read_gene_panel, select_genes
 
 
 def _counts(values, genes) -> ad.AnnData:
@@ -46,9 +48,23 @@ def test_genes_are_chosen_among_those_every_training_slide_measures():
     first = _counts([[1, 2, 3], [4, 5, 6]], ["A", "B", "C"])
     second = _counts([[1, 2, 3], [4, 5, 6]], ["B", "C", "D"])
     assert select_genes([first, second], panel=["D", "C", "A", "B", "NOPE"]) == ["C", "B"]
-    with pytest.raises(InputError, match="no genes are left after selection"):
+    with pytest.raises(InputError, match="no gene of the panel"):
         select_genes([first, second], panel=["A", "D"])
     with pytest.raises(ValueError, match="exactly one of panel or n_hvg"):
         select_genes([first], panel=["A"], n_hvg=10)
     with pytest.raises(ValueError, match="exactly one of panel or n_hvg"):
         select_genes([first])
+
+
+def test_a_panel_sharing_no_gene_names_its_file(tmp_path):
+    panel = tmp_path / "panel.txt"
+    panel.write_text("ERBB2\nCD74\n")
+    counts = _counts([[1, 2], [3, 4]], ["A", "B"])
+    with pytest.raises(
+        InputError, match=rf"^{re.escape(str(panel))}: no gene of the panel \(2 genes, e\.g\. ERBB2"
+    ):
+        GeneChoice.from_file(panel).select([counts])
+    assert GeneChoice.from_file(panel).describe() == "panel"
+    assert GeneChoice(n_hvg=2).select([counts]) == ["A", "B"]
+    with pytest.raises(InputError, match="exactly one of a gene panel"):
+        GeneChoice()

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from napari_spahgc import InputError
-from napari_spahgc._files import atomic_path, cache_dir, file_fingerprint
+from napari_spahgc.base.files import atomic_path, cache_dir, file_fingerprint
 
 
 def test_atomic_path_replaces_the_file_only_when_the_block_succeeds(tmp_path):
@@ -51,7 +51,7 @@ def test_cache_dir_honours_the_environment(tmp_path, monkeypatch):
 
 
 def test_safe_names_keep_good_ids_and_tame_the_rest(tmp_path):
-    from napari_spahgc._files import safe_name, slide_file
+    from napari_spahgc.base.files import safe_name, slide_file
 
     assert safe_name("C2") == "C2" and safe_name("P1 S1_a.b-c") == "P1 S1_a.b-c"
     for hostile in ("../../../x", "/etc/passwd", "P1/S1", "..", ".hidden", "a\\b", "a\x00b", "x" * 300, ""):
@@ -65,7 +65,7 @@ def test_stale_parts_of_dead_processes_are_removed(tmp_path):
     import subprocess
     import sys
 
-    from napari_spahgc._files import _HOST
+    from napari_spahgc.base.files import _HOST
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
@@ -82,7 +82,7 @@ def test_stale_parts_of_dead_processes_are_removed(tmp_path):
 
 
 def test_outputs_are_checked_before_work(tmp_path):
-    from napari_spahgc._files import prepare_output_file, prepare_output_folder, read_text, require_file
+    from napari_spahgc.base.files import prepare_output_file, prepare_output_folder, read_text, require_file
 
     assert prepare_output_folder(tmp_path / "a" / "b").is_dir()
     (tmp_path / "file").write_text("x")

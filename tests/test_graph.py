@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_spahgc.dataset import FeatureScale, SlideData
-from napari_spahgc.graph import GraphOptions, ReferenceBank, build_graph
-from napari_spahgc.neighbours import topk_cosine
-from napari_spahgc.relations import CS, RS, TS
+from napari_spahgc.model.graph import GraphOptions, ReferenceBank, build_graph
+from napari_spahgc.model.neighbours import topk_cosine
+from napari_spahgc.model.relations import CS, RS, TS
+from napari_spahgc.model.slide_data import FeatureScale, SlideData
 
 
 def _slide(slide_id: str, n: int, dim: int = 6, genes: int = 3, seed: int = 0) -> SlideData:

@@ -4,7 +4,6 @@ bin and opens in a real napari viewer as a raster Image layer."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import signal
 import sys
@@ -15,14 +14,12 @@ import pandas as pd
 import pytest
 from napari.layers import Image
 
+import napari_spahgc as ns
 from conftest import HER2ST, REPO
-from napari_spahgc import cli, layers
+from napari_spahgc import cli
 from napari_spahgc._qt._common import session_for
 from napari_spahgc._qt.genes import GenesWidget
-from napari_spahgc.embedding import cache_key, cache_path, embed_cohort
-from napari_spahgc.encoders import LazyEncoder
-from napari_spahgc.io.cohort import read_cohort
-from napari_spahgc.patches import PatchSpec
+from napari_spahgc.view import layers
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from scale_slides import make_hd
@@ -46,26 +43,6 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     return exited.value.code, captured.out, captured.err
 
 
-def _seed_cache(cohort, cache) -> None:
-    """Until dense embedding lands (``embed_cohort(mode=...)``), per-bin patches of thousands of bins
-    take minutes on CPU: the cache is filled, in its own format and key, with colour features of each
-    bin (its pixels at three pyramid levels), so ``spahgc embed`` finds it and the rest runs for real."""
-    encoder = LazyEncoder()
-    for entry in read_cohort(cohort):
-        slide = entry.load(with_expression=False)
-        features = []
-        for level in range(min(3, slide.image.n_levels)):
-            pixels = np.asarray(slide.image.levels[level]).astype(np.float32) / 255
-            at = np.clip((slide.centers_px[:, ::-1] / slide.image.downsamples[level]).astype(int), 0, None)
-            at = np.minimum(at, np.array(pixels.shape[:2]) - 1)
-            features.append(pixels[at[:, 0], at[:, 1]])
-        key = cache_key(slide, encoder, PatchSpec())
-        path = cache_path(cache, slide, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, embeddings=np.concatenate(features, 1), spot_ids=slide.spot_ids.to_numpy(dtype=str),
-                 centers_px=slide.centers_px, key=json.dumps(key, sort_keys=True))  # fmt: skip
-
-
 def test_hd_folder_through_the_cli_into_napari(make_napari_viewer, tmp_path, capsys, monkeypatch):
     if not HER2ST.is_dir():
         pytest.skip("the HER2ST sections are not beside the checkout (../shared/data/her2st)")
@@ -79,10 +56,13 @@ def test_hd_folder_through_the_cli_into_napari(make_napari_viewer, tmp_path, cap
     assert info["C2_hd900"]["pixel_size_um"] == pytest.approx(0.3675) and info["C2_hd900"]["n_levels"] >= 2
 
     cache = tmp_path / "cache"
-    if "mode" not in inspect.signature(embed_cohort).parameters:
-        _seed_cache(cohort, cache)
-    code, _, err = run_cli(["embed", cohort, "--cache", cache], capsys)
+    code, out, err = run_cli(["embed", cohort, "--cache", cache], capsys)
     assert code == 0, err
+    slides = ns.load_cohort(cohort)
+    embedded = ns.EmbedRequest(slides, cache=cache).finished()  # 8 µm bins: auto chose dense, and cached
+    assert embedded.modes == {"C2_hd900": "dense", "C3_hd900": "dense"}
+    assert all(f"{slide_id}: {path}" in out for slide_id, path in embedded.files.items())
+    assert [embedded[s].shape for s in ("C2_hd900", "C3_hd900")] == [(N_BINS, 1280)] * 2
     train = [
         "train",
         cohort,
@@ -95,6 +75,8 @@ def test_hd_folder_through_the_cli_into_napari(make_napari_viewer, tmp_path, cap
     ]
     code, out, err = run_cli([*train, "--epochs", 2, "--set", "hidden=16", "--cache", cache], capsys)
     assert code == 0, err
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["encoder"] == embedded.info  # the model records the dense embeddings it was trained on
     target = tmp_path / "target.csv"
     pd.read_csv(tables[0]).to_csv(target, index=False)
     code, out, err = run_cli(
@@ -113,7 +95,7 @@ def test_hd_folder_through_the_cli_into_napari(make_napari_viewer, tmp_path, cap
     monkeypatch.setattr(layers, "RASTER_MIN_SPOTS", 500)  # real HD slides pass 50,000; this one has 900
     viewer = make_napari_viewer(show=True)
     viewer.window.add_dock_widget(GenesWidget(viewer))
-    slide = read_cohort(target)[0].load()
+    slide = ns.read_cohort(target)[0].load()
     session = session_for(viewer)
     session.add_slides([slide])
     session.set_prediction(slide.slide_id, ad.read_h5ad(path))

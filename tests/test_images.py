@@ -10,7 +10,7 @@ import tifffile
 
 from conftest import write_ome_pyramid
 from napari_spahgc import InputError, open_image
-from napari_spahgc._files import cache_dir
+from napari_spahgc.base.files import cache_dir
 
 
 def _gradient(rows: int, cols: int) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_spahgc.losses import bernoulli_mask, contrastive, masked, pearson_per_gene
+from napari_spahgc.train.losses import bernoulli_mask, contrastive, masked, pearson_per_gene
 
 
 def test_loss_terms_on_known_inputs():

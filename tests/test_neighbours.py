@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import napari_spahgc.neighbours as neighbours_module
-from napari_spahgc.neighbours import spatial_mix, spatial_neighbours, topk_cosine
+import napari_spahgc.model.neighbours as neighbours_module
+from napari_spahgc.model.neighbours import spatial_mix, spatial_neighbours, topk_cosine
 
 
 def test_spatial_neighbours_on_a_grid():

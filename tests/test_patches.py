@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import tracemalloc
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 
 from conftest import write_ome_pyramid
 from napari_spahgc import Slide, open_image
-from napari_spahgc.patches import PatchSpec, patch_batches, prefetch, spot_patch
+from napari_spahgc.embed.patches import PatchSpec, patch_batches, prefetch, spot_patch
 
 PERIOD_UM = 20.0  # vertical stripes: dark for 10 µm, bright for 10 µm
 
@@ -75,3 +77,16 @@ def test_prefetch_keeps_order_and_stops_early():
     stream.close()
     assert len(produced) < 10  # the reader stopped instead of running ahead to the end
     assert [int(b[0]) for b in prefetch(iter([np.zeros(1), np.ones(1)]))] == [0, 1]
+
+
+def test_closing_after_the_reader_read_everything_returns_at_once():
+    """The reader has queued the last batches and waits to queue its end while the consumer stops (an
+    embedding cancelled near a slide's end): closing neither waits for it nor leaves it behind."""
+    before = threading.active_count()
+    stream = prefetch(iter([np.full(1, i) for i in range(3)]), depth=2)
+    assert int(next(stream)[0]) == 0
+    time.sleep(0.5)  # the reader queues batches 1 and 2, then waits for room for its end
+    started = time.perf_counter()
+    stream.close()
+    assert time.perf_counter() - started < 5  # was 60 s: the reader's join timed out
+    assert threading.active_count() == before

@@ -14,18 +14,18 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from napari_spahgc import InputError
-from napari_spahgc.model_folder import CONFIG_DIGEST_KEY, config_digest
-from napari_spahgc.predictor import SpaHGCPredictor
-from napari_spahgc.weights import sha256
-from synthetic_slides import GENES, make_slides, make_trainer
+from napari_spahgc.embed.weights import sha256
+from napari_spahgc.model.folder import CONFIG_DIGEST_KEY, config_digest
+from napari_spahgc.model.predictor import SpaHGCPredictor
+from synthetic_slides import GENES, fit, make_slides, make_trainer
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> tuple[Path, Path]:
     """Two small models, saved once; tests edit copies."""
     root = tmp_path_factory.mktemp("saved")
-    first = make_trainer(make_slides(), epochs=1).fit().save(root / "first")
-    other = make_trainer(make_slides(seed=3), epochs=1).fit().save(root / "other")
+    first = fit(make_trainer(make_slides(), epochs=1)).save(root / "first")
+    other = fit(make_trainer(make_slides(seed=3), epochs=1)).save(root / "other")
     return first, other
 
 
@@ -47,7 +47,7 @@ def reseal(folder: Path, config: dict, tensors: dict | None = None) -> None:
 
 def test_save_load_predict_round_trip(tmp_path):
     slides = make_slides()
-    model = make_trainer(slides).fit()
+    model = fit(make_trainer(slides))
     model.metadata.encoder = {"name": "efficientnet-lite0", "weights_checksum": "abc123"}
     test = make_slides(n_slides=1, seed=9)[0]
     expected = model.predict(test)
@@ -80,7 +80,7 @@ def test_save_load_predict_round_trip(tmp_path):
 
 
 def test_other_weights_and_other_folders_are_refused(tmp_path):
-    model = make_trainer(make_slides(), epochs=1).fit()
+    model = fit(make_trainer(make_slides(), epochs=1))
     model.metadata.encoder = {"name": "uni", "weights_checksum": "a" * 64}
     model.check_compatible("uni")  # no checksum given: the name decides
     model.check_compatible("uni", "a" * 64)
@@ -99,7 +99,7 @@ def test_other_weights_and_other_folders_are_refused(tmp_path):
 
 
 def test_weights_of_an_earlier_layout_are_refused_by_name(tmp_path):
-    folder = make_trainer(make_slides(), epochs=1).fit().save(tmp_path / "model")
+    folder = fit(make_trainer(make_slides(), epochs=1)).save(tmp_path / "model")
     tensors = load_file(str(folder / "model.safetensors"))
     old = {k.replace("operators.cs_reverse", "cnda_to_reference"): v for k, v in tensors.items()}
     reseal(folder, json.loads((folder / "config.json").read_text()), old)  # names before the relations table

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from napari_spahgc.progress import Progress
+from napari_spahgc.base.progress import Progress, run_to_end
 
 
 def test_progress_is_an_immutable_value():
@@ -18,3 +18,21 @@ def test_progress_is_an_immutable_value():
     with pytest.raises(dataclasses.FrozenInstanceError):
         progress.done = 4  # type: ignore[misc]
     assert len({progress, Progress(3, 10, "embedding C2")}) == 1
+    epoch = Progress(2, 5, "epoch 2/5", "train", {"loss": 0.5, "validation_pcc": 0.2})
+    assert pickle.loads(pickle.dumps(epoch)) == epoch  # a stage's values cross with it
+    assert epoch != Progress(2, 5, "epoch 2/5", "train", {"loss": 0.6, "validation_pcc": 0.2})
+    assert hash(epoch) == hash(
+        Progress(2, 5, "epoch 2/5", "train", {"loss": 0.6})
+    )  # values: compared, not hashed
+
+
+def test_run_to_end_returns_the_result_and_hands_on_every_record():
+    def flow():
+        yield Progress(0, 2, "start")
+        yield Progress(2, 2, "done", "embed", {"slide_id": "C2"})
+        return "result"
+
+    seen = []
+    assert run_to_end(flow(), seen.append) == "result"
+    assert [p.done for p in seen] == [0, 2] and seen[-1].values == {"slide_id": "C2"}
+    assert run_to_end(flow()) == "result"

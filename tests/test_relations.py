@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_spahgc import relations
-from napari_spahgc.batch import GraphBatch
-from napari_spahgc.dataset import FeatureScale, SlideData
-from napari_spahgc.graph import GraphOptions, ReferenceBank, build_graph
-from napari_spahgc.model import SpaHGC
-from napari_spahgc.neighbours import spatial_neighbours
-from napari_spahgc.options import ModelOptions
+from napari_spahgc.model.config import ModelOptions
+from napari_spahgc.model.graph import GraphOptions, ReferenceBank, build_graph
+from napari_spahgc.model.neighbours import spatial_neighbours
+from napari_spahgc.model.network import SpaHGC, relations
+from napari_spahgc.model.slide_data import FeatureScale, SlideData
+from napari_spahgc.train.batch import GraphBatch
 
 
 def _slide(slide_id: str, n: int, seed: int) -> SlideData:

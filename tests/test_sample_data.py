@@ -13,15 +13,15 @@ from napari.layers import Image, Points
 from conftest import HER2ST, REPO, SECTIONS
 from napari_spahgc import InputError
 from napari_spahgc.io.cohort import COHORT_COLUMNS
-from napari_spahgc.sample_data import (
+from napari_spahgc.io.her2st import (
     BASE_URL,
     REGISTRY,
-    her2st_all_sections,
     her2st_cohort_table,
     her2st_folder,
     her2st_slides,
     upstream_path,
 )
+from napari_spahgc.view.sample_data import her2st_all_sections
 
 UPSTREAM = {
     *(f"ST-cnts/{s}.tsv.gz" for s in SECTIONS),

@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from napari_spahgc.evaluate import gene_pcc
+from napari_spahgc.base.metrics import gene_pcc
 from napari_spahgc.io.export import (
     blockwise_pcc,
     measured_values,
     spot_anndata,
     write_h5ad,
 )
-from napari_spahgc.slide import Slide
+from napari_spahgc.io.slide import Slide
 
 N_SPOTS, N_GENES = 20_000, 50
 

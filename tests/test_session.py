@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_spahgc import InputError, Slide
-from napari_spahgc.session import Session, gene_scores
+from napari_spahgc import Embeddings, InputError, Slide
+from napari_spahgc.view.session import Session, gene_scores
 
 
 def _slide(slide_id: str, n: int = 3) -> Slide:
@@ -55,14 +55,19 @@ def test_what_was_derived_from_a_slide_goes_when_it_is_replaced_or_rescaled(even
     session, _ = events
     session.add_slides([_slide("A"), _slide("B")])
     lite0 = {"name": "efficientnet-lite0", "weights_checksum": "abc"}
-    session.set_embeddings(lite0, {"A": np.ones((3, 4)), "B": np.ones((3, 4))})
+    session.set_embeddings(Embeddings(lite0, arrays={"A": np.ones((3, 4)), "B": np.ones((3, 4))}))
     session.set_prediction("A", _prediction({"G1": 0.2, "G2": 0.7}))
     session.add_slides([_slide("A", n=4)])  # A again, from another file
     assert session.missing_embeddings(["A", "B"]) == ["A"] and "A" not in session.predictions
     session.set_pixel_size("B", 0.4)  # embeddings were made at another scale
     assert session.missing_embeddings(["A", "B"]) == ["A", "B"]
-    session.set_embeddings(lite0, {"A": np.ones((4, 4))})
-    session.set_embeddings({**lite0, "weights_checksum": "other"}, {"B": np.ones((3, 4))})
+    session.set_embeddings(Embeddings(lite0, arrays={"A": np.ones((4, 4))}))
+    assert session.missing_embeddings(["A", "B"]) == ["B"]  # the same encoder adds its slides
+    session.set_embeddings(Embeddings(lite0, arrays={"B": np.ones((3, 4))}, modes={"B": "dense"}))
+    assert list(session.embeddings) == ["B"]  # the other mode replaces every earlier embedding
+    session.set_embeddings(Embeddings(lite0, arrays={"A": np.ones((4, 4))}, modes={"A": "dense"}))
+    assert sorted(session.embeddings) == ["A", "B"]
+    session.set_embeddings(Embeddings({**lite0, "weights_checksum": "other"}, arrays={"B": np.ones((3, 4))}))
     assert list(session.embeddings) == ["B"]  # other weights replace every earlier embedding
 
 

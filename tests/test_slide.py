@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_spahgc.slide import DEFAULT_SPOT_PITCH, spot_pitch
+from napari_spahgc.io.slide import DEFAULT_SPOT_PITCH, spot_pitch
 
 
 def test_spot_pitch_is_the_median_nearest_neighbour_distance():

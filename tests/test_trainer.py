@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_spahgc.batch import GraphBatch
-from napari_spahgc.dataset import FeatureScale
-from napari_spahgc.graph import build_graph
-from napari_spahgc.trainer import fit_predict_fold
-from synthetic_slides import GENES, make_slides, make_trainer
+from napari_spahgc.model.graph import build_graph
+from napari_spahgc.model.slide_data import FeatureScale
+from napari_spahgc.train.batch import GraphBatch
+from synthetic_slides import GENES, fit, make_slides, make_trainer
 
 
 def test_complementary_masks():
@@ -35,8 +34,14 @@ def test_training_learns_and_selects_on_validation():
     slides = make_slides()
     trainer = make_trainer(slides, epochs=60, eval_every=5, lr=3e-3)
     progress = list(trainer.steps())
-    assert [p.epoch for p in progress] == list(range(1, 61))
-    assert progress[-1].loss < progress[0].loss
+    assert [(p.done, p.total, p.stage) for p in progress] == [(e, 60, "train") for e in range(1, 61)]
+    assert progress[-1].values["loss"] < progress[0].values["loss"]
+    evaluated = [p for p in progress if p.values["validation_pcc"] is not None]
+    assert [p.done for p in evaluated] == list(range(5, 61, 5))  # every eval_every epochs
+    assert evaluated[-1].text == (
+        f"epoch 60/60: loss {progress[-1].values['loss']:.3f}, "
+        f"validation PCC {evaluated[-1].values['validation_pcc']:.3f}"
+    )
     validation = trainer.result.metadata.validation
     assert len(validation["members"]) == 4 and validation["pcc"] > 0.5
     assert all(m["best_epoch"] % 5 == 0 and m["pcc"] > 0.4 for m in validation["members"])
@@ -50,12 +55,12 @@ def test_uneven_groups_and_two_slides():
     """Five slides, four members: one member holds two slides out (and trains on three, repeating one
     per epoch); two slides: a single member trained on both without validation."""
     trainer = make_trainer(make_slides(n_slides=5), epochs=4)
-    model = trainer.fit()
+    model = fit(trainer)
     members = model.metadata.validation["members"]
     assert sorted(len(m["validation_slides"]) for m in members) == [1, 1, 1, 2]
     assert all(np.isfinite(m["pcc"]) and m["best_epoch"] in (2, 4) for m in members)
     assert np.isfinite(model.predict(make_slides(n_slides=1, seed=3)[0])).all()
-    pair = make_trainer(make_slides(n_slides=2), epochs=3).fit()
+    pair = fit(make_trainer(make_slides(n_slides=2), epochs=3))
     assert pair.network.options.members == 1 and pair.metadata.validation == {"epochs_run": 3}
     assert "no validation slide" in pair.metadata.validation_summary()
 
@@ -74,9 +79,9 @@ def test_members_stop_early_one_by_one():
     summary = trainer.result.metadata.validation_summary()
     assert f"at epoch {members[0]['best_epoch']} of {members[0]['epochs_trained']}" in summary
     first_stop = min(m["epochs_trained"] for m in members)
-    assert progress[first_stop].member_pcc.count(None) >= 1  # stopped members are not evaluated
+    assert progress[first_stop].values["member_pcc"].count(None) >= 1  # stopped members are not evaluated
     for m, record in enumerate(members):  # the best score a member reported is what it keeps
-        history = [p.member_pcc[m] for p in progress if p.member_pcc[m] is not None]
+        history = [p.values["member_pcc"][m] for p in progress if p.values["member_pcc"][m] is not None]
         assert len(history) == record["epochs_trained"] and max(history) == pytest.approx(record["pcc"])
 
 
@@ -84,7 +89,7 @@ def test_cancel_between_epochs_leaves_no_model():
     trainer = make_trainer(make_slides(), epochs=50)
     steps = trainer.steps()
     for progress in steps:
-        if progress.epoch == 3:
+        if progress.done == 3:
             break
     steps.close()
     assert trainer.result is None
@@ -92,32 +97,38 @@ def test_cancel_between_epochs_leaves_no_model():
 
 def test_seeded_training_reproduces_exactly():
     slides = make_slides()
-    first = make_trainer(slides, seed=7).fit().predict(slides[0])
-    second = make_trainer(slides, seed=7).fit().predict(slides[0])
+    first = fit(make_trainer(slides, seed=7)).predict(slides[0])
+    second = fit(make_trainer(slides, seed=7)).predict(slides[0])
     np.testing.assert_array_equal(first, second)
-    other = make_trainer(slides, seed=8).fit().predict(slides[0])
+    other = fit(make_trainer(slides, seed=8)).predict(slides[0])
     assert not np.array_equal(first, other)
 
 
 def test_leakage_guards():
+    """A held-out slide among the training slides is refused (the benchmark's guard); a slide in the
+    bank never retrieves its own spots; a slide trained without is absent from the bank."""
+    from napari_spahgc.evaluate.benchmark import LeakageError, check_no_leakage
+
     slides = make_slides(n_slides=5)
-    with pytest.raises(ValueError, match="is among the training slides"):
-        fit_predict_fold(slides, slides[0], epochs=1)
-    model = make_trainer(slides[:4]).fit()
+    with pytest.raises(LeakageError, match=r"held-out slides \['S0'\] are in the training data"):
+        check_no_leakage(slides, [slides[0]], gene_slides=[])
+    model = fit(make_trainer(slides[:4]))
     # predicting a slide that is in the bank retrieves only other slides' spots
-    bank_spots = set(model.bank.slide_ids)
-    assert "S0" in bank_spots
+    assert "S0" in set(model.bank.slide_ids)
+    assert "S0" not in set(model._bank_without("S0").slide_ids)
+    assert len(model._bank_without("S0")) == len(model.bank) - slides[0].n_spots
     prediction = model.predict(slides[0])
     assert np.isfinite(prediction).all()
-    prediction, model = fit_predict_fold(slides[1:], slides[0], seed=0, device="cpu", epochs=2, hidden=32)
+    model = fit(make_trainer(slides[1:], device="cpu", epochs=2, hidden=32))
+    prediction = model.predict(slides[0], device="cpu")
     assert prediction.shape == slides[0].expression.shape and "S0" not in set(model.bank.slide_ids)
+    assert model.metadata.training_slides == ["S1", "S2", "S3", "S4"]
 
 
 def test_the_paper_preset_trains_one_model_on_every_slide_to_its_final_epoch():
     slides = make_slides(n_slides=4)
-    prediction, model = fit_predict_fold(
-        slides[1:], slides[0], device="cpu", preset="paper", epochs=3, hidden=32, q=3, k=4
-    )
+    model = fit(make_trainer(slides[1:], preset="paper", device="cpu", epochs=3, hidden=32, q=3, k=4))
+    prediction = model.predict(slides[0], device="cpu")
     assert model.config.model.members == 1 and model.metadata.validation == {"epochs_run": 3}
     assert model.metadata.validation_slides == [[]] and model.metadata.training_slides == ["S1", "S2", "S3"]
     assert np.isfinite(prediction).all()
@@ -129,7 +140,7 @@ def test_embeddings_are_standardised_on_the_training_slides_only():
         slide.embeddings = slide.embeddings * np.linspace(0.1, 3, 16, dtype=np.float32) + 2
     *slides, held_out = slides
     held_out.slide_id = "new"
-    model = make_trainer(slides, epochs=1, tune_smoothing=False).fit()  # the network's output alone
+    model = fit(make_trainer(slides, epochs=1, tune_smoothing=False))  # the network's output alone
     expected = FeatureScale.fit(slides, "embeddings")
     np.testing.assert_allclose(model.embedding_scale.mean, expected.mean)
     np.testing.assert_allclose(model.embedding_scale.sd, expected.sd)
@@ -143,7 +154,7 @@ def test_embeddings_are_standardised_on_the_training_slides_only():
     with torch.no_grad():
         direct = model.scale.inverse(model.network(*batch.inputs).mean(0).numpy())
     np.testing.assert_allclose(model.predict(held_out), direct, rtol=1e-5, atol=1e-5)
-    unscaled = make_trainer(slides, epochs=1, standardize_embeddings=False).fit()
+    unscaled = fit(make_trainer(slides, epochs=1, standardize_embeddings=False))
     np.testing.assert_array_equal(unscaled.bank.embeddings, raw)
     assert unscaled.metadata.preprocessing["embeddings"] == "as encoded"
 
@@ -155,13 +166,13 @@ def test_embeddings_are_standardised_on_the_training_slides_only():
 )  # fmt: skip
 def test_every_ablation_trains_and_predicts(ablation):
     slides = make_slides()
-    model = make_trainer(slides, epochs=2, **ablation).fit()
+    model = fit(make_trainer(slides, epochs=2, **ablation))
     assert np.isfinite(model.predict(slides[0])).all()
 
 
 def test_no_cs_edges_means_references_are_unused():
     slides = make_slides()
-    model = make_trainer(slides, epochs=2, use_cs=False).fit()
+    model = fit(make_trainer(slides, epochs=2, use_cs=False))
     before = model.predict(slides[0])
     model.bank.expression[:] = 0.0  # other reference expression changes nothing without CS edges
     np.testing.assert_array_equal(model.predict(slides[0]), before)
@@ -171,12 +182,12 @@ def test_members_in_groups_train_as_one_batch():
     """A step whose members run in groups of one (``step_nodes`` 1) sums the same gradients as all
     members at once: without masking and dropout (no random draws) the trained weights agree; the
     groups respect the node budget."""
-    from napari_spahgc.trainer import member_groups
+    from napari_spahgc.train.trainer import member_groups
 
     slides = make_slides()
     deterministic = {"epochs": 4, "masking": "none", "dropout": 0.0}
-    together = make_trainer(slides, **deterministic).fit()
-    alone = make_trainer(slides, **deterministic, step_nodes=1).fit()
+    together = fit(make_trainer(slides, **deterministic))
+    alone = fit(make_trainer(slides, **deterministic, step_nodes=1))
     grouped = alone.network.state_dict()
     for name, weights in together.network.state_dict().items():
         torch.testing.assert_close(weights, grouped[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 
 from checkpoints import random_state, write_checkpoint
 from napari_spahgc import InputError
-from napari_spahgc.encoders import REGISTRY, create_encoder
-from napari_spahgc.weights import efficientnet_lite0_key, read_state_dict, sha256
+from napari_spahgc.embed.encoders import REGISTRY, create_encoder
+from napari_spahgc.embed.weights import efficientnet_lite0_key, read_state_dict, sha256
 
 
 def test_every_package_tensor_has_its_own_timm_tensor(tmp_path):

@@ -15,9 +15,10 @@ from qtpy.QtWidgets import QPushButton
 from conftest import HER2ST
 from napari_spahgc._qt._common import session_for
 from napari_spahgc._qt.viewer import WIDGETS
+from napari_spahgc.base.progress import Progress
+from napari_spahgc.embed.flow import Embeddings
 from napari_spahgc.io.cohort import read_cohort
-from napari_spahgc.progress import Progress
-from napari_spahgc.slide import Slide
+from napari_spahgc.io.slide import Slide
 
 PLUGIN = "napari-spahgc"
 LONG = 300_000  # ms: generous for 2 busy cores
@@ -76,7 +77,10 @@ def test_full_flow_load_embed_train_predict_pick_gene_export(
     w["Embed"].batch_size.setValue(32)  # the run's shared cache: test_viewer_first may have filled it
     w["Embed"].run()
     _finish(qtbot, w["Embed"].panel)
-    assert set(session.embeddings) == {"C2", "C3", "C4"} and session.encoder["name"] == "efficientnet-lite0"
+    assert (
+        set(session.embeddings) == {"C2", "C3", "C4"}
+        and session.embeddings.info["name"] == "efficientnet-lite0"
+    )
     assert w["Embed"].panel.bar.value() == sum(s.n_spots for s in session.slides.values())
 
     w["Predict"].epochs.setValue(4)
@@ -225,14 +229,15 @@ def test_image_and_spot_table_without_pixel_size_take_the_users_value(make_napar
 def test_a_crashed_worker_process_is_a_notification_and_the_viewer_lives_on(
     make_napari_viewer, qtbot, notifications
 ):
-    from napari_spahgc.child import run_in_child
+    import child_tasks
+    from napari_spahgc.run.worker import run_in_child
 
     viewer = make_napari_viewer(show=True)
     panel = _widgets(viewer)["Embed"].panel
     results = []
 
     def work(cancel):
-        return (yield from run_in_child("child_tasks:crash", cancel=cancel))
+        return (yield from run_in_child(child_tasks.crash, cancel=cancel))
 
     panel.start(work, "Crash test", results.append)
     _finish(qtbot, panel)
@@ -251,7 +256,9 @@ def _two_slides_embedded(session) -> None:
         slides.append(Slide(slide_id, ids, np.arange(8.0).reshape(4, 2) * 100, expression=counts))
     session.add_slides(slides)
     session.set_current("target")
-    session.set_embeddings({"name": "test"}, {s.slide_id: np.zeros((4, 8), np.float32) for s in slides})
+    session.set_embeddings(
+        Embeddings({"name": "test"}, arrays={s.slide_id: np.zeros((4, 8), np.float32) for s in slides})
+    )
 
 
 def test_bad_fields_give_notifications_not_exceptions(make_napari_viewer, qtbot, tmp_path, notifications):
@@ -306,28 +313,35 @@ def test_failing_work_results_and_handlers_of_a_run_panel_are_notifications(
     assert any(m.startswith("Broken result failed: AttributeError: ") for m in messages)
 
 
-def test_embed_mode_combo_defaults_to_auto_and_a_scheduler_takes_auto_only(
+def test_embed_mode_combo_defaults_to_auto_and_an_unreachable_scheduler_is_a_notification(
     make_napari_viewer, qtbot, notifications
 ):
     viewer = make_napari_viewer(show=True)
     embed = _widgets(viewer)["Embed"]
-    _two_slides_embedded(session_for(viewer))
+    session = session_for(viewer)
+    _two_slides_embedded(session)
+    for slide_id in ("ref", "target"):
+        session.set_pixel_size(slide_id, 0.5)
     box = embed.mode
     choices = [(box.itemText(i), box.itemData(i)) for i in range(box.count())]
     assert choices == [("auto", "auto"), ("per-spot", "spot"), ("dense", "dense")]
     assert box.currentData() == "auto" and "112 µm" in box.toolTip()
-    box.setCurrentText("dense")
+    box.setCurrentText("dense")  # every mode runs on a cluster: the tasks run the same flow
     assert "tissue tile" in box.toolTip()
-    embed.scheduler.setText("tcp://127.0.0.1:1")  # refused before any connection is tried
+    embed.scheduler.setText("tcp://127.0.0.1:1")  # nothing listens there
     embed.panel.run_button.click()
+    _finish(qtbot, embed.panel)
     assert not embed.panel.running
-    assert any("choose Mode auto" in str(n.message) for n in notifications)
+    assert any(
+        str(n.message).startswith("Embedding failed: cannot reach the Dask scheduler at tcp://127.0.0.1:1")
+        for n in notifications
+    ), [str(n.message) for n in notifications]
 
 
 def test_the_chosen_embed_mode_reaches_the_embeddings_and_the_cache(
     make_napari_viewer, qtbot, her2st_cohort, tmp_path, notifications
 ):
-    from napari_spahgc.embedding import load_embeddings
+    from napari_spahgc.embed.cache import load_embeddings
 
     c2 = read_cohort(her2st_cohort)[0].load(with_expression=False)
     nine = np.argsort(np.linalg.norm(c2.centers_px - c2.centers_px[50], axis=1))[:9]  # a few tiles
@@ -342,7 +356,7 @@ def test_the_chosen_embed_mode_reaches_the_embeddings_and_the_cache(
         embed.run()
         _finish(qtbot, embed.panel)
         assert not notifications, [str(n.message) for n in notifications]
-        assert session.encoder["embedding_mode"] == mode
+        assert session.embeddings.info["embedding_mode"] == mode
         assert session.embeddings[c2.slide_id].shape == (9, 1280)
     keys = [load_embeddings(path)[2]["mode"] for path in (tmp_path / "embeddings").iterdir()]
     assert sorted(keys) == ["dense", "spot"]  # cached apart

@@ -1,13 +1,27 @@
 """napari-spahgc: predict spatial gene expression from H&E histology with SpaHGC.
 
-The package import stays light (napari reads the plugin manifest through it); the public API is
-loaded on first use.
+The public API, one flow per stage — each takes one typed request, yields
+:class:`Progress` and returns one typed result — with what they need around them::
+
+    import napari_spahgc as ns
+
+    slides = ns.load_cohort("examples/her2st_cohort.csv")
+    embedded = ns.run_to_end(ns.embed(ns.EmbedRequest(slides)))
+    genes = ns.GeneChoice.from_file("her2st_785_genes.txt")
+    trained = ns.run_to_end(ns.train(ns.TrainRequest(slides[:-1], embedded, genes, out="model")))
+    predicted = ns.run_to_end(ns.predict(ns.PredictRequest("model", slides[-1:], embedded)))
+
+A runner (:class:`InProcess`, :class:`WorkerProcess`, :class:`DaskCluster`) runs any flow elsewhere:
+``ns.run_to_end(ns.DaskCluster(workers=2).run(ns.embed, request))``. The package import stays light
+(napari reads the plugin manifest through it): every name is loaded on first use.
 """
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from types import ModuleType
 
 try:
     __version__ = version("napari-spahgc")
@@ -15,19 +29,44 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 _API = {
-    "InputError": "errors",
-    "Slide": "slide",
-    "SlideImage": "slide",
+    # base
+    "InputError": "base.errors",
+    "Progress": "base.progress",
+    "run_to_end": "base.progress",
+    # io
+    "Slide": "io.slide",
+    "SlideImage": "io.slide",
     "CohortEntry": "io.cohort",
     "build_slide": "io.cohort",
     "load_cohort": "io.cohort",
-    "open_slides": "io.cohort",
     "read_cohort": "io.cohort",
+    "open_slides": "io.cohort",
     "open_image": "io.images",
-    "read_counts": "io.spots",
     "read_spots": "io.spots",
+    "read_counts": "io.spots",
+    "GeneChoice": "io.expression",
     "spot_anndata": "io.export",
     "write_h5ad": "io.export",
+    # the four stages
+    "EmbedRequest": "embed.flow",
+    "Embeddings": "embed.flow",
+    "embed": "embed.flow",
+    "SpaHGCConfig": "model.config",
+    "SpaHGCPredictor": "model.predictor",
+    "TrainRequest": "train.flow",
+    "TrainResult": "train.flow",
+    "train": "train.flow",
+    "PredictRequest": "predict.flow",
+    "PredictResult": "predict.flow",
+    "predict": "predict.flow",
+    "load_model": "predict.flow",
+    "EvaluateRequest": "evaluate.benchmark",
+    "evaluate": "evaluate.benchmark",
+    # runners and figures
+    "InProcess": "run.runners",
+    "WorkerProcess": "run.runners",
+    "DaskCluster": "run.runners",
+    "render_gene": "view.figures",
 }
 
 __all__ = ["__version__", *_API]
@@ -37,3 +76,31 @@ def __getattr__(name: str):
     if name in _API:
         return getattr(import_module(f".{_API[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+def _flow(name: str) -> property:
+    """The stage flow ``name``, always: importing the stage's subpackage of the same name (``train/``,
+    ``predict/`` …) sets the package attribute to that module, which would hide the flow from the
+    second look-up on. The subpackage stays importable (``from napari_spahgc.train import trainer``)."""
+
+    def get(_package: ModuleType):
+        return getattr(import_module(f".{_API[name]}", __name__), name)
+
+    def keep_the_flow(_package: ModuleType, value: object) -> None:
+        if not isinstance(value, ModuleType):  # the import system records a subpackage: ignored
+            raise AttributeError(f"{__name__}.{name} is the {name} flow; it cannot be replaced")
+
+    return property(get, keep_the_flow)
+
+
+class _Package(ModuleType):
+    """This package, with its stage flows bound to their names (:func:`_flow`)."""
+
+
+for _name in ("embed", "train", "predict", "evaluate"):
+    setattr(_Package, _name, _flow(_name))
+sys.modules[__name__].__class__ = _Package

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from napari.utils.notifications import show_error, show_warning
 
-from .errors import describe
-from .io.cohort import is_cohort_table, open_slides
-from .layers import slide_layers
+from napari_spahgc.base.errors import describe
+from napari_spahgc.io.cohort import is_cohort_table, open_slides
+from napari_spahgc.view.layers import slide_layers
 
 NULL_LAYER = [(None,)]  # npe2's "read, but no layers" sentinel: the viewer stays as it was
 

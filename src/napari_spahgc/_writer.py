@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io.export import spot_anndata, write_h5ad
-from .io.images import open_image
-from .layers import METADATA_KEY
-from .slide import Slide
+from napari_spahgc.io.export import spot_anndata, write_h5ad
+from napari_spahgc.io.images import open_image
+from napari_spahgc.io.slide import Slide
+from napari_spahgc.view.layers import METADATA_KEY
 
 
 def write_points_h5ad(path: str, data: np.ndarray, meta: dict) -> list[str]:

@@ -23,10 +23,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import describe
-from ..layers import METADATA_KEY, LayerKind, prediction_layers, slide_layers
-from ..progress import Progress
-from ..session import Session
+from napari_spahgc.base.errors import describe
+from napari_spahgc.base.progress import Progress
+from napari_spahgc.view.layers import METADATA_KEY, LayerKind, prediction_layers, slide_layers
+from napari_spahgc.view.session import Session
 
 _SESSIONS: dict[int, tuple[Session, LayerSync]] = {}
 
@@ -152,7 +152,7 @@ class RunPanel(QWidget):
     """Run and Cancel buttons, a progress bar with counts and a status line for one generator worker.
 
     The work runs in a :func:`napari.qt.threading.create_worker` thread (heavy work there drives a
-    worker process, :func:`napari_spahgc.child.run_in_child`); Cancel sets the event handed to the work
+    worker process, :func:`napari_spahgc.run.worker.run_in_child`); Cancel sets the event handed to the work
     and stops the thread between two yields; errors of the Run handler, of the work (a crashed worker
     process included) and of ``on_done`` become napari notifications (the viewer never sees the
     exception); a napari progress bar in the activity dock mirrors the counts.

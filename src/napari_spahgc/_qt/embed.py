@@ -7,14 +7,18 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLineEdit, QSpinBox
 
-from .._files import cache_dir, prepare_output_folder
-from ..child import run_in_child
-from ..embedding import DENSE_BELOW_PITCH_UM, load_embeddings
-from ..encoders import DEFAULT_ENCODER, REGISTRY, list_encoders  # torch-free: torch loads only to build
-from ..errors import InputError
-from ._common import DEVICES, PathField, RunPanel, SessionWidget
+from napari_spahgc._qt._common import DEVICES, PathField, RunPanel, SessionWidget
+from napari_spahgc.base.files import cache_dir, prepare_output_folder
+from napari_spahgc.embed.cache import DENSE_BELOW_PITCH_UM
+from napari_spahgc.embed.encoders import (  # torch-free: torch loads only to build
+    DEFAULT_ENCODER,
+    REGISTRY,
+    list_encoders,
+)
+from napari_spahgc.embed.flow import EmbedRequest, embed
+from napari_spahgc.run.runners import DaskCluster, WorkerProcess
 
-#: The Mode choices: (label, ``embed_flow`` mode, what it means).
+#: The Mode choices: (label, the embedding request's mode, what it means).
 MODES = (
     (
         "auto",
@@ -75,30 +79,20 @@ class EmbedWidget(SessionWidget):
 
     def run(self):
         """Embed all loaded slides in a worker process, in the chosen mode (or, with a scheduler address,
-        one task per slide on that Dask cluster, mode auto); the embeddings join the session when every
-        slide is done."""
+        one task per slide on that Dask cluster); the embeddings join the session when every slide is
+        done."""
         slides = list(self.session.slides.values())
         if not slides:
             show_error("Open slides first (Slide widget).")
             return None
         scheduler, mode = self.scheduler.text().strip(), self.mode.currentData()
-        if scheduler and mode != "auto":
-            raise InputError("on a Dask scheduler each task resolves the mode per slide: choose Mode auto")
         weights = (self.weights.text or None) if self.weights.isEnabled() else None  # packaged: ships its own
         prepare_output_folder(self.cache.text, "cache folder")
-        settings = (self.encoder.currentText(), weights, self.device.currentText(), self.batch_size.value(),
-                    self.cache.text)  # fmt: skip
+        request = EmbedRequest(slides, self.encoder.currentText(), weights, self.device.currentText(),
+                               self.batch_size.value(), self.cache.text, mode)  # fmt: skip
 
         def work(cancel):
-            if scheduler:
-                from ..cluster import EmbedSettings, embed_flow_on_cluster
+            runner = DaskCluster(scheduler, cancel=cancel) if scheduler else WorkerProcess(cancel)
+            return (yield from runner.run(embed, request))
 
-                flow = embed_flow_on_cluster(slides, EmbedSettings(*settings), scheduler, cancel)
-            else:
-                flow = run_in_child(
-                    "napari_spahgc.embedding:embed_flow", slides, *settings, mode, cancel=cancel
-                )
-            encoder, paths = yield from flow
-            return encoder, {slide_id: load_embeddings(path)[0] for slide_id, path in paths.items()}
-
-        return self.panel.start(work, "Embedding", lambda result: self.session.set_embeddings(*result))
+        return self.panel.start(work, "Embedding", self.session.set_embeddings)

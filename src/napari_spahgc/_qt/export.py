@@ -8,8 +8,8 @@ import napari
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QFormLayout, QPushButton
 
-from ..errors import InputError
-from ._common import PathField, SessionWidget, notify_failure
+from napari_spahgc._qt._common import PathField, SessionWidget, notify_failure
+from napari_spahgc.base.errors import InputError
 
 
 class ExportWidget(SessionWidget):
@@ -39,7 +39,7 @@ class ExportWidget(SessionWidget):
 
     def export_h5ad(self, path: str | Path) -> Path:
         """Write the current slide's predictions (the ``spahgc predict`` format) to ``path``."""
-        from ..io.export import write_h5ad
+        from napari_spahgc.io.export import write_h5ad
 
         slide_id = self.session.current
         if slide_id not in self.session.predictions:
@@ -50,7 +50,7 @@ class ExportWidget(SessionWidget):
         """A PNG of the canvas as shown (predicted | measured, colorbar)."""
         from PIL import Image
 
-        from .._files import atomic_path
+        from napari_spahgc.base.files import atomic_path
 
         path = Path(path).with_suffix(".png")
         pixels = self.viewer.screenshot(canvas_only=True, flash=False)

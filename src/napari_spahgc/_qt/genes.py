@@ -23,12 +23,12 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..layers import LayerKind, gene_raster, gene_values, layer_name, shared_limits
-from ..session import gene_scores
-from ._common import SessionWidget, layer_info
+from napari_spahgc._qt._common import SessionWidget, layer_info
+from napari_spahgc.view.layers import LayerKind, gene_raster, gene_values, layer_name, shared_limits
+from napari_spahgc.view.session import gene_scores
 
 COLORMAPS = ("viridis", "magma", "inferno", "plasma", "turbo", "gray")
-#: The spot layers that show the gene, in the order of :func:`~napari_spahgc.layers.gene_values`.
+#: The spot layers that show the gene, in the order of :func:`~napari_spahgc.view.layers.gene_values`.
 _GENE_KINDS = (LayerKind.PREDICTED, LayerKind.MEASURED_BESIDE_PREDICTION)
 
 

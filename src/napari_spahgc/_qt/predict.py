@@ -14,10 +14,14 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from ..child import run_in_child
-from ..errors import InputError
-from ..options import PRESETS
-from ._common import DEVICES, PathField, RunPanel, SessionWidget
+from napari_spahgc._qt._common import DEVICES, PathField, RunPanel, SessionWidget
+from napari_spahgc.base.errors import InputError
+from napari_spahgc.base.files import prepare_output_folder
+from napari_spahgc.io.expression import GeneChoice
+from napari_spahgc.model.config import PRESETS, SpaHGCConfig
+from napari_spahgc.predict.flow import PredictRequest, predict
+from napari_spahgc.run.runners import WorkerProcess
+from napari_spahgc.train.flow import TrainRequest
 
 
 class PredictWidget(SessionWidget):
@@ -43,7 +47,7 @@ class PredictWidget(SessionWidget):
         self.preset = QComboBox()
         self.preset.addItems(list(PRESETS))
         self.preset.setToolTip("default: our cross-validated ensemble; paper: the published configuration")
-        self.epochs = QSpinBox(minimum=1, maximum=2000, value=200)
+        self.epochs = QSpinBox(minimum=1, maximum=2000, value=SpaHGCConfig().train.epochs)
         self.seed = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
         self.device = QComboBox()
         self.device.addItems(DEVICES)
@@ -88,10 +92,10 @@ class PredictWidget(SessionWidget):
 
     def _done(self, result) -> None:
         """Show the prediction; a saved model folder becomes the one "Model folder" mode uses."""
-        folder, slide_id, prediction = result
-        if folder:
-            self.model_dir.set_text(folder)
-        self.session.set_prediction(slide_id, prediction)
+        slide_id, predicted = result
+        if predicted.model_folder:
+            self.model_dir.set_text(predicted.model_folder)
+        self.session.set_prediction(slide_id, predicted.predictions[slide_id])
 
     def _target(self):
         target = self.session.require_current()
@@ -100,40 +104,42 @@ class PredictWidget(SessionWidget):
         return target
 
     def _train_work(self):
-        from .._files import prepare_output_folder
-        from ..expression import read_gene_panel
-
         target, references = self._target(), self.reference_ids()
         if not references:
             raise InputError("tick at least one reference slide with measured counts")
         missing = self.session.missing_embeddings(references)
         if missing:
             raise InputError(f"reference slide(s) {', '.join(missing)} have no embeddings: run Embed first")
-        panel = read_gene_panel(self.genes.text) if self.genes.text else None
-        if self.save_to.text:  # before training, so a run is not lost at its end
+        genes = (
+            GeneChoice.from_file(self.genes.text) if self.genes.text else GeneChoice(n_hvg=self.n_hvg.value())
+        )
+        config = SpaHGCConfig.from_options(
+            {"epochs": self.epochs.value()}, self.preset.currentText(), seed=self.seed.value(),
+            device=self.device.currentText(),
+        )  # fmt: skip
+        if self.save_to.text:  # before any work starts, so no training is lost at its end
             prepare_output_folder(self.save_to.text, "model folder")
+        embeddings = self.session.embeddings.only([*references, target.slide_id])
         slides = [self.session.slides[s] for s in references]
-        embeddings = {s: self.session.embeddings[s] for s in (*references, target.slide_id)}
-        arguments = (slides, target, embeddings, panel, None if panel else self.n_hvg.value(),
-                     dict(self.session.encoder or {}), self.epochs.value(), self.seed.value(),
-                     self.device.currentText(), self.save_to.text or None, self.preset.currentText())  # fmt: skip
-        return _in_child("napari_spahgc.pipeline:train_predict_flow", target.slide_id, *arguments)
+        training = TrainRequest(slides, embeddings, genes, config, self.save_to.text or None)
+        return _in_worker(PredictRequest(training, [target], embeddings, device=self.device.currentText()))
 
     def _load_work(self):
         target = self._target()
         if not self.model_dir.text:
             raise InputError("choose a trained model folder (written by 'spahgc train' or this widget)")
-        arguments = (self.model_dir.text, target, self.session.embeddings[target.slide_id],
-                     dict(self.session.encoder or {}), self.device.currentText())  # fmt: skip
-        return _in_child("napari_spahgc.pipeline:load_predict_flow", target.slide_id, *arguments)
+        embeddings = self.session.embeddings.only([target.slide_id])
+        return _in_worker(
+            PredictRequest(self.model_dir.text, [target], embeddings, device=self.device.currentText())
+        )
 
 
-def _in_child(flow: str, slide_id: str, *arguments):
-    """Work for :class:`RunPanel`: ``flow`` in a worker process, its (model folder, prediction) result
-    returned as (model folder, ``slide_id``, prediction)."""
+def _in_worker(request: PredictRequest):
+    """Work for :class:`RunPanel`: the prediction flow in a worker process, returning (the slide id,
+    its :class:`~napari_spahgc.predict.flow.PredictResult`)."""
 
     def work(cancel):
-        folder, prediction = yield from run_in_child(flow, *arguments, cancel=cancel)
-        return folder, slide_id, prediction
+        result = yield from WorkerProcess(cancel).run(predict, request)
+        return request.slides[0].slide_id, result
 
     return work

@@ -8,9 +8,9 @@ import napari
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QPushButton
 
-from ..progress import Progress
-from ..slide import PLAUSIBLE_UM_PER_PX
-from ._common import PathField, RunPanel, SessionWidget, guarded
+from napari_spahgc._qt._common import PathField, RunPanel, SessionWidget, guarded
+from napari_spahgc.base.progress import Progress
+from napari_spahgc.io.slide import PLAUSIBLE_UM_PER_PX
 
 
 class SlideWidget(SessionWidget):
@@ -49,7 +49,7 @@ class SlideWidget(SessionWidget):
 
     def open(self, path: str | Path, image: str | Path | None = None):
         """Open ``path`` (and ``image``) in a worker; the slides join the session when read."""
-        from ..io.cohort import is_cohort_table, open_slides, read_cohort
+        from napari_spahgc.io.cohort import is_cohort_table, open_slides, read_cohort
 
         path, image = Path(path), Path(image) if image else None
 

@@ -9,10 +9,10 @@ import napari
 from npe2 import PluginManifest
 from npe2.manifest.utils import import_python_name
 
-from ._common import SessionWidget, session_for
+from napari_spahgc._qt._common import SessionWidget, session_for
 
 if TYPE_CHECKING:
-    from ..demo import DemoResult
+    from napari_spahgc.demo import DemoResult
 
 #: The plugin manifest (``pyproject.toml``'s ``napari.manifest`` entry point names this file).
 MANIFEST = Path(__file__).resolve().parent.parent / "napari.yaml"
@@ -43,7 +43,7 @@ def open_in_viewer(result: DemoResult, viewer: napari.Viewer | None = None) -> n
     session = session_for(viewer)
     session.add_slides(result.slides)
     session.set_current(result.test_slide)
-    session.set_embeddings(result.encoder, result.embeddings)
+    session.set_embeddings(result.embeddings)
     widgets["Predict"].model_dir.set_text(str(result.files["model"]))
     session.set_prediction(result.test_slide, result.prediction)
     return viewer

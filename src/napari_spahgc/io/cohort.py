@@ -15,11 +15,11 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from .._files import require_file
-from ..errors import InputError, describe
-from ..slide import Slide, SlideImage, check_pixel_size
-from .images import open_image
-from .spots import SpotTable, read_count_ids, read_counts, read_spots
+from napari_spahgc.base.errors import InputError, describe
+from napari_spahgc.base.files import require_file
+from napari_spahgc.io.images import open_image
+from napari_spahgc.io.slide import Slide, SlideImage, check_pixel_size
+from napari_spahgc.io.spots import SpotTable, read_count_ids, read_counts, read_spots
 
 COHORT_COLUMNS = ("slide_id", "image", "spots", "counts", "pixel_size_um", "patient")
 

@@ -15,9 +15,9 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata.io import write_elem
 
-from .._files import atomic_path, safe_name
-from ..expression import log_cpm
-from ..slide import Slide
+from napari_spahgc.base.files import atomic_path, safe_name
+from napari_spahgc.io.expression import log_cpm
+from napari_spahgc.io.slide import Slide
 
 _THUMBNAIL_SIDE = 2000
 #: From this many values (spots × genes), measured values of sparse counts are kept as a sparse CSR
@@ -123,7 +123,7 @@ def _sparse_with_nan_columns(part: sp.csr_matrix, present: list[int], n_genes: i
 
 
 def blockwise_pcc(truth, prediction: np.ndarray, block_rows: int = _BLOCK_ROWS) -> np.ndarray:
-    """:func:`napari_spahgc.evaluate.gene_pcc` (per-gene Pearson, NaN where the truth is constant or
+    """:func:`napari_spahgc.base.metrics.gene_pcc` (per-gene Pearson, NaN where the truth is constant or
     lacking, 0 where only the prediction is constant) over blocks of rows: ``truth`` dense or sparse,
     no full-size temporary (gene_pcc makes three of the slide's size)."""
     n = prediction.shape[0]
@@ -147,7 +147,7 @@ def blockwise_pcc(truth, prediction: np.ndarray, block_rows: int = _BLOCK_ROWS) 
 
 def provenance_record(details: Mapping, slide: Slide | None = None) -> dict:
     """Package version, inputs, parameters and time, in a form h5py can store (None → "")."""
-    from .. import __version__
+    from napari_spahgc import __version__
 
     record = {
         "package": "napari-spahgc",

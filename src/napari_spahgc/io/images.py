@@ -14,9 +14,9 @@ import numpy as np
 import tifffile
 import zarr
 
-from .._files import atomic_path, cache_dir, file_fingerprint, require_file
-from ..errors import InputError, describe
-from ..slide import PLAUSIBLE_UM_PER_PX, SlideImage
+from napari_spahgc.base.errors import InputError, describe
+from napari_spahgc.base.files import atomic_path, cache_dir, file_fingerprint, require_file
+from napari_spahgc.io.slide import PLAUSIBLE_UM_PER_PX, SlideImage
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf", ".ome.tif", ".ome.tiff", ".ndpi", ".scn")
 FLAT_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -28,10 +28,6 @@ _MAX_FLAT_PIXELS = 1_000_000_000  # a JPEG/PNG is decoded whole once: at most 3 
 _MIN_BYTES_PER_PIXEL = 1e-4  # 1-bit PNG at deflate's best ratio: no real file claims more pixels
 _MAX_CHUNK_BYTES = 512 << 20  # one TIFF tile or strip, decoded (what one patch read may cost)
 _UNIT_TO_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "nm": 1e-3, "Å": 1e-4}
-
-
-def is_image_path(path: str | Path) -> bool:
-    return str(path).lower().endswith(IMAGE_SUFFIXES)
 
 
 def open_image(path: str | Path) -> SlideImage:

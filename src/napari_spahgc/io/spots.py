@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._files import read_text
-from ..errors import InputError, describe
-from ..slide import LEGACY_ST_SPOT_DIAMETER_UM, VISIUM_SPOT_DIAMETER_UM
-from .validate import check_ids_and_centers, h5ad_centers, numbers, preview, validate_counts
+from napari_spahgc.base.errors import InputError, describe
+from napari_spahgc.base.files import read_text
+from napari_spahgc.io.slide import LEGACY_ST_SPOT_DIAMETER_UM, VISIUM_SPOT_DIAMETER_UM
+from napari_spahgc.io.validate import check_ids_and_centers, h5ad_centers, numbers, preview, validate_counts
 
 
 @dataclass
@@ -74,7 +74,7 @@ def read_counts(path: str | Path) -> ad.AnnData:
         if path.is_dir():
             adata = read_spaceranger(path).counts
         elif name.endswith(".h5ad"):
-            adata = ad.read_h5ad(path)
+            adata = read_anndata(path, "counts file", spatial=False)
         elif name.endswith(".h5"):
             adata = _read_10x_h5(path)
         else:
@@ -160,14 +160,24 @@ def read_spaceranger(folder: Path) -> SpotTable:
     return table
 
 
-def read_h5ad_spots(path: Path) -> SpotTable:
-    """An AnnData file as scanpy writes Visium: ``obsm['spatial']`` and ``uns['spatial'][library]``."""
+def read_anndata(path: str | Path, what: str = "file", spatial: bool = True) -> ad.AnnData:
+    """An ``.h5ad`` file, or a message naming it (not a traceback) when it is missing, truncated or
+    not AnnData; ``spatial``: it must carry spot coordinates (``obsm['spatial']``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found", path)
     try:
         adata = ad.read_h5ad(path)
     except Exception as err:
-        raise InputError(f"cannot read h5ad ({describe(err)})", path) from err
-    if "spatial" not in adata.obsm:
-        raise InputError("h5ad has no spot coordinates (obsm['spatial'] is missing)", path)
+        raise InputError(f"cannot read the {what} as .h5ad ({describe(err)})", path) from err
+    if spatial and "spatial" not in adata.obsm:
+        raise InputError(f"the {what} has no spot coordinates (obsm['spatial'] is missing)", path)
+    return adata
+
+
+def read_h5ad_spots(path: Path) -> SpotTable:
+    """An AnnData file as scanpy writes Visium: ``obsm['spatial']`` and ``uns['spatial'][library]``."""
+    adata = read_anndata(path, "spot file")
     centers = h5ad_centers(np.asarray(adata.obsm["spatial"]), path)
     table = SpotTable(path, pd.Index(adata.obs_names.astype(str)), centers)
     check_ids_and_centers(table.spot_ids, table.centers_px, table.path)

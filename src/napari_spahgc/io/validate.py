@@ -1,6 +1,6 @@
 """The checks every reader runs at the boundary, so the core can trust its inputs: numeric, finite
 coordinates; counts that are numbers, finite, non-negative and not all zero; unique ids and genes.
-Each failure is an :class:`~napari_spahgc.errors.InputError` naming the file, the column or row, and the value."""
+Each failure is an :class:`~napari_spahgc.base.errors.InputError` naming the file, the column or row, and the value."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import InputError
+from napari_spahgc.base.errors import InputError
 
 
 def validate_counts(adata: ad.AnnData, path: str | Path, duplicate_genes: str = "refuse") -> ad.AnnData:

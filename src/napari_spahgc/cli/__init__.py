@@ -1,0 +1,341 @@
+"""The ``spahgc`` command line: every command runs the same Qt-free core as the napari widgets."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from napari_spahgc.base.errors import InputError
+from napari_spahgc.base.files import prepare_output_file, prepare_output_folder
+from napari_spahgc.base.interrupts import StopSignals
+from napari_spahgc.cli.drive import drive, load_slides, runner_for, written
+from napari_spahgc.cli.options import (
+    BatchOpt,
+    CacheOpt,
+    CohortArg,
+    DeviceOpt,
+    EncoderOpt,
+    EpochsOpt,
+    GenesOpt,
+    HvgOpt,
+    JobsOpt,
+    MethodsOpt,
+    ModeOpt,
+    PresetOpt,
+    RetriesOpt,
+    SchedulerOpt,
+    SeedOpt,
+    SetOpt,
+    WeightsOpt,
+    WorkersOpt,
+    gene_choice,
+    spahgc_config,
+)
+from napari_spahgc.embed.encoders import DEFAULT_ENCODER
+from napari_spahgc.embed.flow import EmbedRequest
+from napari_spahgc.embed.flow import embed as embed_flow
+from napari_spahgc.run.runners import InProcess
+
+app = typer.Typer(
+    name="spahgc",
+    help=(
+        "Predict spatial gene expression from H&E histology with SpaHGC.\n\n"
+        "Most commands take a COHORT table: a CSV with the columns slide_id, image, spots, counts, "
+        "pixel_size_um, patient (counts, pixel_size_um and patient may be empty; relative paths are "
+        "relative to the table). See examples/her2st_cohort.csv."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def info(
+    cohort: CohortArg,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON list of records and nothing else.")
+    ] = False,
+) -> None:
+    """Describe each slide of a cohort: spots, genes, image size, pixel size, pyramid levels, patient."""
+    from napari_spahgc.io.cohort import read_cohort
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = [entry.load().summary() for entry in read_cohort(cohort)]
+    for warning in caught:
+        typer.echo(f"warning: {warning.message}", err=True)
+    if as_json:
+        typer.echo(json.dumps(records, indent=2))
+        return
+    header = ("slide_id", "n_spots", "n_genes", "image_shape", "pixel_size_um", "n_levels", "patient")
+    rows = [[_cell(record[key]) for key in header] for record in records]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for row in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    for record in records:
+        if record["pixel_size_um"] is None:
+            typer.echo(
+                f"note: {record['slide_id']} has no known pixel size; fill pixel_size_um in the cohort table.",
+                err=True,
+            )
+
+
+@app.command()
+def embed(
+    cohort: CohortArg,
+    encoder: EncoderOpt = DEFAULT_ENCODER,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    cache: CacheOpt = None,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+    retries: RetriesOpt = 0,
+    mode: ModeOpt = "auto",
+) -> None:
+    """Embed every spot's field (224 px at 0.5 µm/px; per spot or densely, --mode) and cache the embeddings
+    per slide (on a Dask cluster with --scheduler or --workers: one task per slide)."""
+    slides = load_slides(cohort, with_expression=False)  # the spots are all embedding needs
+    request = EmbedRequest(slides, encoder, weights, device, batch_size, cache, mode)
+    result = drive(runner_for(scheduler, workers, retries), embed_flow, request)
+    written(result.files, slides)
+    typer.echo(
+        "Load one with numpy.load(path): arrays embeddings, spot_ids, centers_px, key (docs/embeddings.md)."
+    )
+
+
+@app.command()
+def train(
+    cohort: CohortArg,
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
+    encoder: EncoderOpt = DEFAULT_ENCODER,
+    weights: WeightsOpt = None,
+    genes: GenesOpt = None,
+    n_hvg: HvgOpt = None,
+    epochs: EpochsOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    cache: CacheOpt = None,
+    preset: PresetOpt = "default",
+    settings: SetOpt = None,
+    mode: ModeOpt = "auto",
+) -> None:
+    """Train SpaHGC on every slide of the cohort (by default a cross-validated ensemble: each member holds
+    slides out to choose its epoch; --preset paper: one model, final epoch) and save it."""
+    from napari_spahgc.train.flow import TrainRequest, train
+
+    config, _ = spahgc_config(preset, settings, epochs, seed, device)
+    chosen = gene_choice(genes, n_hvg)
+    prepare_output_folder(out, "model folder")  # before the slides are read: a bad --out fails first
+    slides = load_slides(cohort)
+    embedding = EmbedRequest(slides, encoder, weights, device, batch_size, cache, mode)
+    model = drive(InProcess(), train, TrainRequest(slides, embedding, chosen, config, out)).model
+    typer.echo(f"model: {out} ({len(model.genes)} genes; {model.metadata.validation_summary()})")
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder written by 'spahgc train'.")],
+    cohort: CohortArg,
+    out: Annotated[Path, typer.Option("--out", help="Folder for one SLIDE_ID.h5ad per slide.")],
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    cache: CacheOpt = None,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+    retries: RetriesOpt = 0,
+    mode: ModeOpt = "auto",
+) -> None:
+    """Predict expression for every slide of the cohort with a trained model (embedded with its encoder,
+    in its mode unless --mode says otherwise); write h5ad files (on a Dask cluster with --scheduler or
+    --workers: one task per slide, the model loaded once per worker)."""
+    from napari_spahgc.predict.flow import PredictRequest, load_model, predict
+
+    model_dir = model_dir.resolve()  # the same folder for this process and a cluster's workers
+    encoder = load_model(model_dir).metadata.encoder.get("name", DEFAULT_ENCODER)  # verified before any work
+    prepare_output_folder(out)
+    slides = load_slides(cohort)
+    embedding = EmbedRequest(slides, encoder, weights, device, batch_size, cache, mode)
+    request = PredictRequest(model_dir, slides, embedding, out.resolve(), device)
+    result = drive(runner_for(scheduler, workers, retries), predict, request)
+    written(result.files, slides)
+
+
+@app.command()
+def benchmark(
+    cohort: CohortArg,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for report.json, report.md, per_gene.csv, figure.")
+    ],
+    encoder: EncoderOpt = DEFAULT_ENCODER,
+    weights: WeightsOpt = None,
+    genes: GenesOpt = None,
+    n_hvg: HvgOpt = None,
+    methods: MethodsOpt = "",
+    epochs: EpochsOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    cache: CacheOpt = None,
+    settings: SetOpt = None,
+    mode: ModeOpt = "auto",
+    jobs: JobsOpt = 0,
+) -> None:
+    """Leave-one-slide-out (or -patient-out) benchmark of SpaHGC (ours and the paper's configuration)
+    and tuned baselines on the same embeddings; --set and --epochs apply to the 'spahgc' method."""
+    from napari_spahgc.evaluate.benchmark import (
+        METHODS,
+        EvaluateRequest,
+        check_methods,
+        default_jobs,
+        evaluate,
+    )
+    from napari_spahgc.evaluate.report import report_table
+
+    config, given = spahgc_config("default", settings, epochs, seed, device)
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] or list(METHODS)
+    check_methods(chosen)  # before any work
+    if given and "spahgc" not in chosen:
+        raise InputError(
+            "SpaHGC options (--set, --epochs) apply to the 'spahgc' method, which --methods leaves out"
+        )
+    panel = gene_choice(genes, n_hvg)
+    prepare_output_folder(out)
+    slides = load_slides(cohort)
+    embedding = EmbedRequest(slides, encoder, weights, device, batch_size, cache, mode)
+    request = EvaluateRequest(
+        slides,
+        embedding,
+        panel,
+        out,
+        chosen,
+        config,
+        jobs or default_jobs(device),
+        protocol={"cohort": str(cohort)},
+    )
+    report = drive(InProcess(), evaluate, request)
+    typer.echo(report_table(report))
+    typer.echo(f"report: {out / 'report.json'}")
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for the predictions, report and figures.")
+    ] = Path("out/demo"),
+    cohort: Annotated[
+        Path | None, typer.Option("--cohort", help="Cohort table (default: the HER2ST sections C2–C6).")
+    ] = None,
+    test_slide: Annotated[
+        str | None, typer.Option("--test-slide", help="Section to hold out and predict (default: the last).")
+    ] = None,
+    epochs: EpochsOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    no_viewer: Annotated[bool, typer.Option("--no-viewer", help="Do not open napari at the end.")] = False,
+) -> None:
+    """The whole pipeline offline on HER2ST: embed, train on all sections but one, predict it, report.
+
+    The sections are read from SPAHGC_DATA, ../shared/data/her2st, or (online) downloaded. With a display
+    (and without --no-viewer) napari then opens with everything loaded.
+    """
+    from napari_spahgc.demo import run_demo
+    from napari_spahgc.evaluate.benchmark import default_jobs
+
+    config, _ = spahgc_config("default", None, epochs, seed, device)
+    result = run_demo(out, cohort, test_slide, config, log=_to_stderr, jobs=default_jobs(device))
+    typer.echo(f"{'method':<14} {'PCC':>6} {'RMSE':>6}   (held-out section {result.test_slide})")
+    for name, metric in result.metrics.items():
+        typer.echo(f"{name:<14} {metric['pcc']:6.3f} {metric['rmse']:6.3f}")
+    for label, path in result.files.items():
+        typer.echo(f"{label}: {path}")
+    if not no_viewer:
+        _open_viewer(result)
+
+
+def _open_viewer(result) -> None:
+    """napari with the demo loaded, when there is a display (never in CI)."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or os.environ.get("CI"):
+        typer.echo(
+            "no display: not opening napari (open the predictions with the Slide widget later)", err=True
+        )
+        return
+    import napari
+
+    from napari_spahgc._qt.viewer import open_in_viewer
+
+    open_in_viewer(result)
+    napari.run()
+
+
+@app.command()
+def render(
+    predictions: Annotated[
+        Path, typer.Argument(help="Predictions .h5ad (from 'spahgc predict' or the demo).")
+    ],
+    gene: Annotated[str, typer.Option("--gene", help="Gene to draw.")],
+    out: Annotated[Path, typer.Option("--out", help="PNG to write.")],
+    image: Annotated[
+        Path | None,
+        typer.Option("--image", help="H&E image to draw under the spots (default: the file's own)."),
+    ] = None,
+    colormap: Annotated[str, typer.Option("--colormap", help="matplotlib colormap.")] = "viridis",
+) -> None:
+    """Draw one gene, predicted beside measured, over the H&E thumbnail, on one colour scale."""
+    from napari_spahgc.io.spots import read_anndata
+    from napari_spahgc.view.figures import render_gene
+
+    prediction = read_anndata(predictions, "predictions file")
+    prepare_output_file(out, "PNG")
+    typer.echo(str(render_gene(prediction, gene, out, image=image, colormap=colormap)))
+
+
+def _to_stderr(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return " × ".join(map(str, value))
+    return str(value)
+
+
+def main() -> None:
+    """Console entry point: bad input exits 2 with its message (no traceback); SIGINT/SIGTERM 130/143."""
+    with StopSignals() as stop:
+        code: int | str | None = 0
+        try:
+            app()  # typer exits itself: usage errors 2, an interrupt 130
+        except SystemExit as exited:
+            code = exited.code
+        except InputError as err:
+            typer.echo(f"error: {err}", err=True)
+            code = 2
+        except KeyboardInterrupt:
+            code = 130
+    if stop.received is not None:  # even if a library swallowed the interrupt, the run did not finish
+        typer.echo(
+            f"interrupted ({stop.received.name}): nothing half-written was left; rerun to resume", err=True
+        )
+        for stream in (sys.stdout, sys.stderr):  # the run is unwound; CPython would report an
+            stream.flush()  # interrupt that crossed PyRun_* code (some extensions) as death by SIGINT
+        os._exit(128 + stop.received)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

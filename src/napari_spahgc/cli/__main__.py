@@ -1,0 +1,5 @@
+"""``python -m napari_spahgc.cli``: the ``spahgc`` command."""
+
+from napari_spahgc.cli import main
+
+main()

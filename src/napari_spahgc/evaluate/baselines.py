@@ -1,0 +1,265 @@
+"""Baselines on the same embeddings and genes as SpaHGC, each tuned as carefully as SpaHGC.
+
+Every baseline chooses its own hyperparameters by **inner cross-validation on the training slides
+only** — leave one training patient out when the training slides name at least two patients, else
+one training slide — scoring each candidate by the benchmark's own metric (mean PCC over genes,
+:func:`~napari_spahgc.base.metrics.score`), then refits the chosen setting on every training slide and
+predicts the test slide. The test slide is only predicted: its expression is never read here.
+
+- ``ridge``: the HEST-Benchmark probe (standardise, PCA to 256 components, ridge); α on a log grid.
+- ``knn``: mean expression of the k cosine-nearest training spots (BLEEP / mclSTExp); k tuned.
+- ``ridge_spatial`` / ``knn_spatial``: each spot's prediction mixed with the mean of its Q = 5 nearest
+  spots in the same slide, w · self + (1 − w) · neighbours; w tuned with α or k.
+- ``blend_spatial``: λ · ridge + (1 − λ) · kNN (α and k as their own tuning chose), spatially mixed;
+  λ and w tuned.
+- ``mlp``: a one-hidden-layer MLP probe on the standardised embeddings; weight decay and the number
+  of epochs (early stopping) tuned.
+
+Inside :func:`shared_candidates` (the benchmark enters it once per outer fold), ridge's and kNN's
+candidate predictions for a (training slides, slide) pair are computed once and reused by every
+baseline that needs them: the same values, without recomputing them up to three times.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_spahgc.base.metrics import score
+from napari_spahgc.model.neighbours import SELF_WEIGHTS, spatial_mix, spatial_neighbours, topk_cosine
+from napari_spahgc.model.slide_data import SlideData, make_folds
+
+RIDGE_ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(1.0, 10.01, 0.5))  # 1e1 … 1e10
+PCA_COMPONENTS = 256
+KNN_KS = (5, 10, 20, 50, 100, 200, 400)
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of ridge against kNN
+SPATIAL_Q = 5
+_NEIGHBOUR_BLOCK = 50  # kNN neighbours summed per block
+MLP_HIDDEN, MLP_DROPOUT, MLP_LR, MLP_BATCH = 256, 0.5, 3e-4, 256
+MLP_WEIGHT_DECAYS = (1e-2, 1.0)
+MLP_EPOCHS = (10, 20, 40, 80, 120)
+
+Setting = tuple[tuple[str, float], ...]  # ((name, value), …): one candidate's hyperparameters
+Grid = Callable[[Sequence[SlideData], SlideData], dict[Setting, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """A baseline's prediction of the test slide and the hyperparameters the training slides chose
+    (with each candidate's mean inner-validation PCC)."""
+
+    prediction: np.ndarray
+    chosen: dict
+    inner_pcc: dict
+
+
+Baseline = Callable[[Sequence[SlideData], SlideData], Tuned]
+
+_shared: dict | None = None  # the candidates of the current shared_candidates block; None outside one
+
+
+@contextmanager
+def shared_candidates() -> Iterator[None]:
+    """Within the block, each :func:`_shareable` grid is computed once per (training slides, slide)."""
+    global _shared
+    previous, _shared = _shared, {}
+    try:
+        yield
+    finally:
+        _shared = previous
+
+
+def _shareable(grid: Grid) -> Grid:
+    """``grid``, its results kept for the current :func:`shared_candidates` block (keyed by the slide
+    objects themselves, which the entry keeps alive, so a key can never name other data)."""
+
+    @functools.wraps(grid)
+    def shared(train: Sequence[SlideData], test: SlideData) -> dict[Setting, np.ndarray]:
+        if _shared is None:
+            return grid(train, test)
+        key = (grid.__name__, *map(id, train), id(test))
+        if key not in _shared:
+            _shared[key] = (list(train), test, grid(train, test))
+        return _shared[key][2]
+
+    return shared
+
+
+def inner_folds(train: Sequence[SlideData]) -> list[tuple[list[SlideData], list[SlideData]]]:
+    """(inner training, inner validation) splits of the training slides, by the benchmark's own rule
+    (:func:`~napari_spahgc.model.slide_data.make_folds`): one patient out when they name at least two, else
+    one slide out."""
+    return [
+        ([s for s in train if s.slide_id not in held], [s for s in train if s.slide_id in held])
+        for held in make_folds(train)[1]
+    ]
+
+
+def choose(grid: Grid, train: Sequence[SlideData]) -> tuple[Setting, dict[Setting, float]]:
+    """The setting of ``grid`` with the best mean inner-validation PCC (ties: the first), and every
+    setting's mean."""
+    if len(train) < 2:
+        raise ValueError("tuning needs at least two training slides")
+    totals: dict[Setting, list[float]] = {}
+    for inner_train, inner_validation in inner_folds(train):
+        for slide in inner_validation:
+            for setting, prediction in grid(inner_train, slide).items():
+                totals.setdefault(setting, []).append(score(slide.expression, prediction)[0]["pcc"])
+    means = {setting: float(np.mean(values)) for setting, values in totals.items()}
+    return max(means, key=means.get), means
+
+
+def tuned(grid: Grid) -> Baseline:
+    """A baseline that tunes ``grid``'s hyperparameters on the training slides, then predicts."""
+
+    def run(train: Sequence[SlideData], test: SlideData) -> Tuned:
+        setting, means = choose(grid, train)
+        return Tuned(
+            grid(train, test)[setting], dict(setting), {_label(s): round(v, 5) for s, v in means.items()}
+        )
+
+    return run
+
+
+def _label(setting: Setting) -> str:
+    return ", ".join(f"{name}={value:g}" for name, value in setting)
+
+
+def _pooled(train: Sequence[SlideData]) -> tuple[np.ndarray, np.ndarray]:
+    """The training slides' embeddings (float32, whatever they are stored as) and expression, pooled."""
+    embeddings = np.concatenate([s.embeddings for s in train], dtype=np.float32)
+    return embeddings, np.concatenate([s.expression for s in train])
+
+
+def _reduced(train: Sequence[SlideData], test: SlideData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training embeddings standardised and PCA-reduced (fitted on the training slides), the test
+    slide's the same way, and the pooled training expression."""
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = _pooled(train)
+    reduce = make_pipeline(StandardScaler(), PCA(min(PCA_COMPONENTS, *x.shape), random_state=0))
+    z = reduce.fit_transform(x).astype(np.float64)
+    return z, reduce.transform(test.embeddings.astype(np.float32, copy=False)).astype(np.float64), y
+
+
+@_shareable
+def ridge_grid(train: Sequence[SlideData], test: SlideData) -> dict[Setting, np.ndarray]:
+    """Ridge predictions for every α at once: standardise, PCA, then the ridge path from one SVD
+    (coefficients V · s / (s² + α) · Uᵀ y on centred data, as ``sklearn.linear_model.Ridge``)."""
+    z, z_test, y = _reduced(train, test)
+    z_mean, y_mean = z.mean(0), y.mean(0, dtype=np.float64)
+    u, s, vt = np.linalg.svd(z - z_mean, full_matrices=False)
+    projected = u.T @ (y - y_mean)  # (components, genes)
+    test_basis = (z_test - z_mean) @ vt.T  # (n_test, components)
+    return {
+        (("alpha", alpha),): (test_basis @ ((s / (s**2 + alpha))[:, None] * projected) + y_mean).astype(
+            np.float32
+        )
+        for alpha in RIDGE_ALPHAS
+    }
+
+
+@_shareable
+def knn_grid(train: Sequence[SlideData], test: SlideData) -> dict[Setting, np.ndarray]:
+    """kNN predictions for every k at once: one top-max(k) search, then running sums over blocks of
+    neighbours (memory: one block of neighbours' expression, not all max(k) of them)."""
+    x, y = _pooled(train)
+    ks = [k for k in KNN_KS if k <= len(x)] or [len(x)]
+    nearest = topk_cosine(test.embeddings, x, max(ks))
+    total, done, grid = np.zeros((len(nearest), y.shape[1])), 0, {}
+    for k in ks:
+        for start in range(done, k, _NEIGHBOUR_BLOCK):
+            total += y[nearest[:, start : min(start + _NEIGHBOUR_BLOCK, k)]].sum(axis=1, dtype=np.float64)
+        done = k
+        grid[(("k", float(k)),)] = (total / k).astype(np.float32)
+    return grid
+
+
+def spatially(grid: Grid) -> Grid:
+    """``grid``'s candidates, each also mixed with its Q nearest spots' values for every self weight w."""
+
+    def mixed(train: Sequence[SlideData], test: SlideData) -> dict[Setting, np.ndarray]:
+        neighbours = spatial_neighbours(test.coords, SPATIAL_Q)
+        return {
+            (*setting, ("self_weight", w)): spatial_mix(prediction, neighbours, w)
+            for setting, prediction in grid(train, test).items()
+            for w in SELF_WEIGHTS
+        }
+
+    return mixed
+
+
+def blend_spatial(train: Sequence[SlideData], test: SlideData) -> Tuned:
+    """λ · ridge + (1 − λ) · kNN, spatially mixed: α and k as ridge's and kNN's own tuning choose
+    them on the training slides, then λ and w tuned on the same inner folds."""
+    (alpha,), _ = choose(ridge_grid, train)
+    (k,), _ = choose(knn_grid, train)
+
+    def grid(inner_train: Sequence[SlideData], slide: SlideData) -> dict[Setting, np.ndarray]:
+        ridge_prediction = ridge_grid(inner_train, slide)[(alpha,)]
+        knn_prediction = knn_grid(inner_train, slide)[(k,)]
+        return {
+            (alpha, k, ("ridge_weight", lam)): lam * ridge_prediction + (1 - lam) * knn_prediction
+            for lam in BLEND_WEIGHTS
+        }
+
+    return tuned(spatially(grid))(train, test)
+
+
+def mlp_grid(train: Sequence[SlideData], test: SlideData, seed: int = 0) -> dict[Setting, np.ndarray]:
+    """MLP probe predictions for every weight decay and every checkpoint epoch of one seeded run each,
+    on the ridge probe's standardised PCA inputs (one common scale, so components keep their variance)."""
+    import torch
+
+    z, z_test, y = _reduced(train, test)
+    z_sd = z.std() + 1e-6  # one scale for all components: PCA keeps their relative variance
+    y_mean, y_sd = y.mean(0), np.where(y.std(0) > 1e-6, y.std(0), 1.0)
+    inputs, test_inputs = (torch.from_numpy((v / z_sd).astype(np.float32)) for v in (z, z_test))
+    targets = torch.from_numpy(((y - y_mean) / y_sd).astype(np.float32))
+    predictions = {}
+    for decay in MLP_WEIGHT_DECAYS:
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        network = torch.nn.Sequential(
+            torch.nn.Linear(z.shape[1], MLP_HIDDEN), torch.nn.GELU(), torch.nn.Dropout(MLP_DROPOUT),
+            torch.nn.Linear(MLP_HIDDEN, y.shape[1]),
+        )  # fmt: skip
+        optimiser = torch.optim.AdamW(network.parameters(), lr=MLP_LR, weight_decay=decay)
+        for epoch in range(1, max(MLP_EPOCHS) + 1):
+            network.train()
+            for rows in torch.randperm(len(inputs), generator=generator).split(MLP_BATCH):
+                optimiser.zero_grad()
+                torch.nn.functional.mse_loss(network(inputs[rows]), targets[rows]).backward()
+                optimiser.step()
+            if epoch in MLP_EPOCHS:
+                network.eval()
+                with torch.no_grad():
+                    out = network(test_inputs).numpy() * y_sd + y_mean
+                predictions[(("weight_decay", decay), ("epochs", float(epoch)))] = out.astype(np.float32)
+    return predictions
+
+
+BASELINES: dict[str, Baseline] = {
+    "ridge": tuned(ridge_grid),
+    "knn": tuned(knn_grid),
+    "ridge_spatial": tuned(spatially(ridge_grid)),
+    "knn_spatial": tuned(spatially(knn_grid)),
+    "blend_spatial": blend_spatial,
+    "mlp": tuned(mlp_grid),
+}
+
+#: The hyperparameter grids inner cross-validation chooses from, as the benchmark report records them.
+TUNING_GRIDS: dict[str, list] = {
+    "ridge alpha": list(RIDGE_ALPHAS),
+    "knn k": list(KNN_KS),
+    "spatial self weight": list(SELF_WEIGHTS),
+    "blend ridge weight": list(BLEND_WEIGHTS),
+    "mlp weight decay": list(MLP_WEIGHT_DECAYS),
+    "mlp epochs": list(MLP_EPOCHS),
+}

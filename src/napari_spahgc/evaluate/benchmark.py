@@ -1,0 +1,342 @@
+"""The evaluation stage's one flow: an :class:`EvaluateRequest` in, the report out — a leave-one-out
+benchmark of SpaHGC against tuned baselines, on the same embeddings and genes in one run.
+
+Folds leave out one patient when the cohort names at least two patients, else one slide (or the
+request's own held-out sets: the demo holds out one section). Inside a fold the held-out slides never
+reach gene selection, scaling, training, tuning, model selection or the reference bank (guarded by
+:func:`check_no_leakage`). Every baseline tunes its hyperparameters by inner cross-validation on the
+fold's training slides (:mod:`napari_spahgc.evaluate.baselines`); SpaHGC trains and predicts through
+the training and prediction flows, its members choosing their epochs on held-out training slides; the
+report records what each fold chose (:mod:`napari_spahgc.evaluate.report`, the one report writer).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_spahgc.base.errors import InputError
+from napari_spahgc.base.files import prepare_output_folder, safe_name
+from napari_spahgc.base.metrics import TOP_GENES, most_variable, score
+from napari_spahgc.base.progress import Progress, run_to_end
+from napari_spahgc.embed.flow import Embeddings, EmbedRequest, embeddings_for
+from napari_spahgc.evaluate.baselines import BASELINES, TUNING_GRIDS, Baseline, shared_candidates
+from napari_spahgc.evaluate.report import write_benchmark_report
+from napari_spahgc.io.expression import GeneChoice
+from napari_spahgc.io.slide import Slide
+from napari_spahgc.model import slide_data as dataset
+from napari_spahgc.model.config import PRESETS, SpaHGCConfig
+from napari_spahgc.model.slide_data import SlideData, make_folds
+
+
+class LeakageError(Exception):
+    """A fold's held-out data reached its training side: the benchmark refuses to score it."""
+
+
+@dataclass(frozen=True)
+class Fold:
+    """What a method may know of a fold besides its data: the genes (chosen on the training slides),
+    the config of the ``spahgc`` method (its seed and device serve every method), the training slides
+    and the held-out slide with their embeddings (for SpaHGC's flows), and where to keep the fold's
+    SpaHGC model (None: not kept)."""
+
+    genes: Sequence[str]
+    config: SpaHGCConfig
+    train_slides: Sequence[Slide] = ()
+    test_slide: Slide | None = None
+    embeddings: Embeddings = field(default_factory=Embeddings)
+    models: str | None = None
+
+
+Outcome = tuple[np.ndarray, dict]  # the test slide's prediction and what the training slides chose
+
+
+@dataclass(frozen=True)
+class Method:
+    """A benchmark method: ``kind`` spahgc (trained through the SpaHGC flows; its own report rows and
+    ratios) or baseline (tuned by inner cross-validation); ``run`` scores one held-out slide."""
+
+    kind: str
+    run: Callable[[Sequence[SlideData], SlideData, Fold], Outcome]
+    preset: str | None = None
+
+
+def _spahgc(preset: str) -> Method:
+    """SpaHGC with ``preset``: ``default`` is the request's config (``--set``), others the preset's own."""
+
+    def run(_train: Sequence[SlideData], test: SlideData, fold: Fold) -> Outcome:
+        from napari_spahgc.predict.flow import PredictRequest, predict
+        from napari_spahgc.train.flow import TrainRequest, train
+
+        config = fold.config if preset == "default" else fold.config.with_preset(preset)
+        out = None if fold.models is None else Path(fold.models, safe_name(test.slide_id), preset)
+        request = TrainRequest(
+            fold.train_slides, fold.embeddings, GeneChoice(panel=tuple(fold.genes)), config, out
+        )
+        model = run_to_end(train(request)).model
+        predicted = run_to_end(
+            predict(PredictRequest(model, [fold.test_slide], fold.embeddings, device=config.train.device))
+        )
+        validation = model.metadata.validation
+        members = [
+            {k: m[k] for k in ("validation_slides", "best_epoch")} for m in validation.get("members", [])
+        ]
+        return predicted.predictions[test.slide_id].X, {
+            "preset": preset, "epochs_run": validation["epochs_run"], "members": members,
+            "validation_pcc": validation.get("pcc"), "smoothing": model.config.graph.smoothing,
+        }  # fmt: skip
+
+    return Method("spahgc", run, preset)
+
+
+def _baseline(tune: Baseline) -> Method:
+    """A baseline as a benchmark method: it needs only the fold's data."""
+
+    def run(train: Sequence[SlideData], test: SlideData, _fold: Fold) -> Outcome:
+        tuned = tune(train, test)
+        return tuned.prediction, {"chosen": tuned.chosen, "inner_pcc": tuned.inner_pcc}
+
+    return Method("baseline", run)
+
+
+#: Every method the benchmark runs, by name: SpaHGC with each preset of :data:`PRESETS` (``spahgc``:
+#: ours, the default; ``spahgc_<preset>``: the others, e.g. the paper's configuration) and each
+#: baseline of :data:`BASELINES`.
+METHODS: dict[str, Method] = {
+    **{("spahgc" if preset == "default" else f"spahgc_{preset}"): _spahgc(preset) for preset in PRESETS},
+    **{name: _baseline(tune) for name, tune in BASELINES.items()},
+}
+
+
+@dataclass(frozen=True)
+class EvaluateRequest:
+    """Benchmark ``methods`` on ``slides`` with their ``embeddings`` (or embedded now) and ``genes``,
+    holding out each of ``held_out`` in turn (None: leave one patient, else one slide, out); write the
+    report to ``out``. ``config``: the ``spahgc`` method's (its seed and device serve every method);
+    ``jobs``: worker processes; ``models``: a folder to keep each fold's SpaHGC models in (``<held-out slide>/<preset>``);
+    ``protocol``: more to record in the report (encoder, cohort)."""
+
+    slides: Sequence[Slide]
+    embeddings: Embeddings | EmbedRequest
+    genes: GeneChoice
+    out: str | Path
+    methods: Sequence[str] = tuple(METHODS)
+    config: SpaHGCConfig = field(default_factory=SpaHGCConfig)
+    jobs: int = 1
+    held_out: Sequence[Sequence[str]] | None = None
+    models: str | Path | None = None
+    protocol: Mapping = field(default_factory=dict)
+
+
+def check_no_leakage(
+    train: Sequence[SlideData], test: Sequence[SlideData], gene_slides: Sequence[str]
+) -> None:
+    """Held-out slides must share neither slide id nor (slide, spot) id with the training data, and
+    must not be among the slides the genes were chosen on (``gene_slides``)."""
+    test_ids = {s.slide_id for s in test}
+    if {s.slide_id for s in train} & test_ids:
+        raise LeakageError(
+            f"held-out slides {sorted({s.slide_id for s in train} & test_ids)} are in the training data"
+        )
+    if set(gene_slides) & test_ids:
+        raise LeakageError(f"the genes were chosen on held-out slides {sorted(set(gene_slides) & test_ids)}")
+    train_spots = {(s.slide_id, spot) for s in train for spot in s.spot_ids}
+    if any((s.slide_id, spot) in train_spots for s in test for spot in s.spot_ids):
+        raise LeakageError("held-out spots are in the training data")
+
+
+def _checked_fold(
+    slides: Sequence[Slide], embeddings: Mapping[str, np.ndarray], held_out: Sequence[str], genes: GeneChoice
+) -> tuple[list[str], list[SlideData], list[SlideData]]:
+    """One fold's genes (chosen on its training slides only), training and test data, leakage-checked."""
+    training = [s for s in slides if s.slide_id not in held_out]
+    by_id = {s.slide_id: s for s in slides}
+    chosen, train, tests = dataset.fold_data(training, embeddings, genes, [by_id[i] for i in held_out])
+    check_no_leakage(train, tests, gene_slides=[s.slide_id for s in training])
+    return chosen, train, tests
+
+
+def evaluate(request: EvaluateRequest) -> Generator[Progress, None, dict]:
+    """Run every fold and method; write ``report.json``, ``report.md``, ``per_gene.csv`` and
+    ``pcc_per_fold.png`` to the request's ``out``; yield each (held-out slide, method) as it is scored
+    (``values``: its record); return the report.
+
+    ``jobs`` > 1: the work runs in that many single-threaded worker processes, one unit at a time
+    each (a SpaHGC method on one held-out slide, or every baseline on it, which share candidates);
+    the genes, data and leakage check of each fold are made here first, as with ``jobs`` 1."""
+    methods, config = list(request.methods), request.config
+    check_methods(methods)
+    out = prepare_output_folder(request.out)
+    embeddings = yield from embeddings_for(request.embeddings)
+    slides = request.slides
+    scheme, folds = make_folds(slides) if request.held_out is None else ("held-out slides", request.held_out)
+    folds = [list(f) for f in folds]
+    models = None if request.models is None else str(request.models)
+    units, test_genes = [], {}
+    for held_out in folds:
+        genes, train, tests = _checked_fold(slides, embeddings, held_out, request.genes)
+        top = most_variable([s.expression for s in train])
+        train_slides = [s for s in slides if s.slide_id not in held_out]
+        for test in tests:
+            test_genes[test.slide_id] = genes
+            test_slide = next(s for s in slides if s.slide_id == test.slide_id)
+            used = embeddings.only([*(s.slide_id for s in train_slides), test.slide_id])
+            fold = Fold(genes, config, train_slides, test_slide, used, models)
+            units += [(group, train, test, top, fold) for group in _unit_methods(methods)]
+    outcomes = {}
+    for test_id, method, record, per_gene in _run_units(units, request.jobs):
+        outcomes[method, test_id] = record, per_gene
+        text = (f"{test_id}  {method:<14} PCC {record['pcc']:.4f}  top-{TOP_GENES} "
+                f"{record[f'pcc_top{TOP_GENES}']:.4f}  RMSE {record['rmse']:.3f}  {record['seconds']:.1f} s")  # fmt: skip
+        yield Progress(len(outcomes), len(test_genes) * len(methods), text, "evaluate", record)
+    results, per_gene_rows = _tabulate(outcomes, test_genes, methods)
+    n_genes = {test_id: len(genes) for test_id, genes in test_genes.items()}
+    report = {
+        "methods": results,
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "protocol": _protocol(scheme, folds, request, embeddings, n_genes),
+    }
+    if request.jobs > 1:
+        worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        report.update(jobs=request.jobs, peak_worker_memory_mb=round(worker_peak, 1))
+    write_benchmark_report(out, report, per_gene_rows)
+    return report
+
+
+def _tabulate(outcomes: dict, test_genes: dict, methods: Sequence[str]) -> tuple[dict, list]:
+    """Per method its folds' records (folds in order, whatever order they finished in) and summary;
+    and the per-gene rows (method, held-out slide, gene, PCC)."""
+    results: dict[str, dict] = {m: {"kind": METHODS[m].kind, "folds": {}} for m in methods}
+    per_gene_rows = []
+    for test_id, genes in test_genes.items():
+        for method in methods:
+            record, per_gene = outcomes[method, test_id]
+            results[method]["folds"][test_id] = record
+            per_gene_rows += [(method, test_id, g, v) for g, v in zip(genes, per_gene, strict=True)]
+    for summary in results.values():
+        _summarise(summary)
+    return results, per_gene_rows
+
+
+def default_jobs(device: str) -> int:
+    """Worker processes for :func:`evaluate`: one per core this process may use on CPU (SpaHGC's
+    small graphs train as fast on one thread as on two), one with CUDA (the GPU is shared)."""
+    from napari_spahgc.embed.device import default_threads, resolve_device  # torch: asked for here only
+
+    return 1 if resolve_device(device).type == "cuda" else default_threads()
+
+
+def _unit_methods(methods: Sequence[str]) -> list[tuple[str, ...]]:
+    """The methods as units of work for one held-out slide, longest first: each SpaHGC method alone,
+    the baselines together (they share ridge's and kNN's candidates)."""
+    spahgc = sorted(  # other presets first: they train without early stopping (the paper's: 200 epochs)
+        (m for m in methods if METHODS[m].kind == "spahgc"), key=lambda m: METHODS[m].preset == "default"
+    )
+    baselines = tuple(m for m in methods if METHODS[m].kind != "spahgc")
+    return [(m,) for m in spahgc] + ([baselines] if baselines else [])
+
+
+def _run_units(units: list, jobs: int) -> Iterator[tuple[str, str, dict, np.ndarray]]:
+    """(held-out slide, method, record, per-gene PCC) of every method of every unit, as they finish:
+    here one by one, or in ``jobs`` spawned single-threaded processes (all stopped if this stops)."""
+    if jobs <= 1:
+        for unit in units:
+            yield from _run_unit(unit)
+        return
+    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(units)), initializer=_single_threaded)
+    try:
+        for outcomes in pool.imap_unordered(_run_unit_list, units):
+            yield from outcomes
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _run_unit(unit) -> Iterator[tuple[str, str, dict, np.ndarray]]:
+    methods, train, test, top, fold = unit
+    with shared_candidates():
+        for method in methods:
+            yield (test.slide_id, method, *_score(method, train, test, top, fold))
+
+
+def _run_unit_list(unit) -> list[tuple[str, str, dict, np.ndarray]]:
+    return list(_run_unit(unit))
+
+
+def _single_threaded() -> None:
+    """A worker process's set-up: one thread for torch and for numpy's BLAS and OpenMP pools."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """Every method known."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InputError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+
+
+def _protocol(
+    scheme: str, folds: list, request: EvaluateRequest, embeddings: Embeddings, n_genes: dict
+) -> dict:
+    config = request.config
+    return {
+        "folds": scheme,
+        "held_out": folds,
+        "genes": request.genes.describe(),
+        "n_genes": n_genes,
+        "targets": "log1p(counts / spot total × 1e6) on the fold's genes",
+        "seed": config.train.seed,
+        **METRICS,
+        "tuning": {
+            "inner folds": "leave one training patient out (≥ 2 patients), else one training slide",
+            **TUNING_GRIDS,
+            "spahgc": "members choose their epochs on held-out training slides (spahgc_paper: final epoch)",
+        },
+        "spahgc_options": config.changes(config.with_preset("default")),
+        "encoder": embeddings.info,
+        "patch": dict(embeddings.patch),
+        **dict(request.protocol),
+    }
+
+
+METRICS = {
+    "pcc": "Pearson per gene across the held-out slide's spots, mean over genes; genes constant in the "
+    "truth are excluded and counted (n_genes_excluded); genes constant in the prediction count as 0",
+    f"pcc_top{TOP_GENES}": f"the same mean over the {TOP_GENES} genes most variable on the training slides",
+    "rmse": "over all spot × gene values, log1p(CPM) units",
+}
+
+
+def _score(method: str, train, test: SlideData, top: np.ndarray, fold: Fold) -> tuple[dict, np.ndarray]:
+    """One method on one held-out slide: its fold record (metrics, seconds, choices) and per-gene PCC."""
+    started = time.perf_counter()
+    prediction, choices = METHODS[method].run(train, test, fold)
+    seconds = time.perf_counter() - started
+    record, per_gene = score(test.expression, prediction, top)
+    return {**record, "seconds": round(seconds, 2), **choices}, per_gene
+
+
+def _summarise(summary: dict) -> None:
+    """Mean ± sd of the folds' PCC, mean top-gene PCC and RMSE, total seconds, added to a method's summary."""
+    folds = summary["folds"].values()
+    pccs = [f["pcc"] for f in folds]
+    summary.update(
+        pcc_mean=float(np.mean(pccs)),
+        pcc_sd=float(np.std(pccs, ddof=1)) if len(pccs) > 1 else 0.0,
+        pcc_top_mean=float(np.mean([f[f"pcc_top{TOP_GENES}"] for f in folds])),
+        rmse_mean=float(np.mean([f["rmse"] for f in folds])),
+        seconds_total=round(sum(f["seconds"] for f in folds), 1),
+    )

@@ -1,0 +1,161 @@
+"""Prediction of a whole slide in blocks, layer by layer, with memory flat in the block size.
+
+A spot's prediction depends on its TS neighbourhood (one hop per layer) and on its references, whose
+features depend, through CNDA's reverse direction, on every target that retrieved them: no spatial
+block with a halo is exact. So the encoder runs *layer by layer*: each layer computes every node's
+new features in blocks of destination rows, each block receiving its messages from the previous
+layer's features of all nodes (only the source rows its edges touch are projected). The results
+equal :meth:`SpaHGC.forward` on the whole graph up to float rounding (a test holds them to 1e-5).
+Memory: two copies of the hidden features (members × nodes × hidden) plus one block's messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from itertools import chain
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from napari_spahgc.model.graph import GraphParts
+from napari_spahgc.model.network import NODE_TYPES, SpaHGC
+
+#: most incoming edges (over all relations) a block's messages are computed for at once
+EDGES_PER_BLOCK = 1 << 16
+
+
+class _Route:
+    """Edges into one node type of one message kind, sorted by destination, with row pointers."""
+
+    def __init__(self, name: str, source: str, edge_index: Tensor, n_rows: int) -> None:
+        order = torch.argsort(edge_index[1], stable=True)
+        self.name, self.source = name, source
+        self.src, self.dst = edge_index[0][order], edge_index[1][order]
+        self.ptr = torch.searchsorted(self.dst, torch.arange(n_rows + 1, device=self.dst.device)).cpu()
+
+    def block(self, h: dict[str, Tensor], start: int, stop: int) -> tuple[str, Tensor, Tensor]:
+        """(operator name, the source rows this block's edges touch, their edges in flattened
+        members × rows indices) for destination rows ``start:stop``."""
+        first, last = int(self.ptr[start]), int(self.ptr[stop])
+        used, src = torch.unique(self.src[first:last], return_inverse=True)
+        members = h[self.source].shape[0]
+        shift = torch.arange(members, device=src.device).unsqueeze(1)
+        edge_index = torch.stack(
+            [
+                (shift * len(used) + src).reshape(-1),
+                (shift * (stop - start) + (self.dst[first:last] - start)).reshape(-1),
+            ]
+        )
+        return self.name, h[self.source].index_select(1, used), edge_index
+
+
+def row_blocks(degree: np.ndarray, max_rows: int, max_edges: int = EDGES_PER_BLOCK) -> list[tuple[int, int]]:
+    """Consecutive row ranges of at most ``max_rows`` rows and (unless one row alone has more) at most
+    ``max_edges`` incoming edges."""
+    ends = np.cumsum(degree)
+    blocks, start = [], 0
+    while start < len(degree):
+        before = ends[start - 1] if start else 0
+        stop = min(start + max_rows, int(np.searchsorted(ends, before + max_edges, side="right")))
+        stop = max(stop, start + 1)
+        blocks.append((start, stop))
+        start = stop
+    return blocks
+
+
+@torch.inference_mode()  # on a generator: entered on every resume, left at every yield
+def predict_blocks(
+    network: SpaHGC,
+    parts: GraphParts,
+    target_rows: Callable[[int, int], Tensor],
+    reference_x: Tensor,
+    prior: Callable[[np.ndarray], Tensor | None],
+    block_spots: int,
+    smoothing: tuple[np.ndarray, float] | None = None,
+) -> Iterator[tuple[int, int, tuple[int, int, Tensor] | None]]:
+    """The members' mean standardised genes of every target, block by block.
+
+    Yields ``(blocks done, blocks in all, result)`` after every block of every stage; ``result`` is
+    ``(start, stop, genes (stop − start, n_genes))`` for the final stage's blocks, else None.
+    ``target_rows(start, stop)`` gives those targets' (standardised) embeddings; ``prior(rows)`` the
+    retrieval prior of target rows ``rows`` or None. ``smoothing = (neighbours (n, q), s)`` mixes each
+    spot's genes with its neighbours' mean, (1 − s) · own + s · mean (the neighbours' genes are computed
+    with the block: no second slide-sized array). Stop iterating to cancel.
+    """
+    members = network.options.members
+    n_rows = {"target": len(parts.retrieved), "reference": len(reference_x)}
+    first = network.layers[0] if len(network.layers) else None
+    routes = {
+        node: [_Route(name, src, e, n_rows[node]) for name, src, e in first.routes(node, parts.edges)] if first else []
+        for node in NODE_TYPES
+    }  # fmt: skip
+    blocks = {
+        node: _blocks(routes[node], n_rows[node], block_spots) if routes[node] else [] for node in NODE_TYPES
+    }
+    targets = [(s, min(s + block_spots, n_rows["target"])) for s in range(0, n_rows["target"], block_spots)]
+    total = 2 * len(targets) + len(network.layers) * sum(map(len, blocks.values()))
+    h = {"reference": network.project_reference(reference_x.expand(members, -1, -1))}
+    stages = chain(
+        _project_targets(network, h, target_rows, targets, n_rows["target"]),
+        *(_layer(layer, h, routes, blocks) for layer in network.layers),
+        _predict_targets(network, h, parts.retrieved, prior, targets, smoothing),
+    )
+    for done, result in enumerate(stages, 1):
+        yield done, total, result
+
+
+def _project_targets(network: SpaHGC, h: dict, rows, blocks, n: int) -> Iterator[None]:
+    """The targets' input projection, block by block, into ``h["target"]``."""
+    members = network.options.members
+    for start, stop in blocks:
+        projected = network.project_target(rows(start, stop).expand(members, -1, -1))
+        if "target" not in h:
+            h["target"] = projected.new_empty(members, n, projected.shape[-1])
+        h["target"][:, start:stop] = projected
+        yield None
+
+
+def _layer(layer, h: dict, routes: dict, blocks: dict) -> Iterator[None]:
+    """One encoder layer over every node, block by block of destination rows; then ``h`` holds its output."""
+    new = {node: torch.empty_like(h[node]) if routes[node] else h[node] for node in NODE_TYPES}
+    for node in NODE_TYPES:
+        for start, stop in blocks[node]:
+            inputs = [route.block(h, start, stop) for route in routes[node]]
+            new[node][:, start:stop] = layer.update(node, h[node][:, start:stop], inputs)
+            yield None
+    h.update(new)
+
+
+def _predict_targets(
+    network: SpaHGC, h: dict, retrieved, prior, blocks, smoothing
+) -> Iterator[tuple[int, int, Tensor]]:
+    """CNAP and the head per block of targets: ``(start, stop, the members' mean genes)``, smoothed
+    with the block's neighbours when ``smoothing`` is given."""
+    members, n_references = network.options.members, h["reference"].shape[1]
+    device = h["reference"].device
+    shift = (torch.arange(members, device=device) * n_references).view(-1, 1, 1)
+    retrieved = torch.from_numpy(retrieved).to(device)
+    for start, stop in blocks:
+        rows = np.arange(start, stop)
+        if smoothing is not None:
+            near = smoothing[0][start:stop]
+            rows, position = np.unique(np.concatenate([rows, near.ravel()]), return_inverse=True)
+        index = torch.from_numpy(rows).to(device)
+        table = retrieved.index_select(0, index).unsqueeze(0) + shift
+        genes = network.predict_genes(h["target"].index_select(1, index), h["reference"], table, prior(rows))
+        genes = genes.mean(0)
+        if smoothing is not None:
+            own, around = (
+                torch.from_numpy(position[: stop - start]),
+                torch.from_numpy(position[stop - start :]),
+            )
+            mean = genes.index_select(0, around.to(device)).view(stop - start, near.shape[1], -1).mean(1)
+            genes = (1 - smoothing[1]) * genes.index_select(0, own.to(device)) + smoothing[1] * mean
+        yield start, stop, genes
+
+
+def _blocks(routes: list[_Route], n_rows: int, block_spots: int) -> list[tuple[int, int]]:
+    """Blocks of destination rows, bounded in rows and in incoming edges."""
+    degree = sum((np.diff(route.ptr.numpy()) for route in routes), np.zeros(n_rows, dtype=np.int64))
+    return row_blocks(degree, block_spots)

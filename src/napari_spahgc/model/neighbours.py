@@ -1,0 +1,88 @@
+"""Neighbour searches that graphs and baselines share: nearest spots in a slide (k-d tree), top-k
+cosine similarity searched block by block, and mixing a spot's values with its neighbours'."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+_CHUNK = 2048  # rows (and key columns) per block of the similarity search
+_MIX_VALUES = 1 << 24  # gathered neighbour values per block of spatial_mix
+#: Weights of a spot's own value against its neighbours' mean that tuning chooses from (1: no mixing).
+SELF_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def spatial_neighbours(coords: np.ndarray, q: int) -> np.ndarray:
+    """(n, q') indices of each spot's q nearest other spots (Euclidean, nearest first, no self);
+    q' = min(q, n − 1)."""
+    q = min(q, len(coords) - 1)
+    if q <= 0:
+        return np.empty((len(coords), 0), dtype=np.int64)
+    _, index = cKDTree(coords).query(coords, k=q + 1)
+    index = np.asarray(index).reshape(len(coords), q + 1)
+    own = np.arange(len(coords))[:, None]
+    # drop self (ties at distance 0 may put another spot first): keep the first q that are not self
+    order = np.argsort(index == own, axis=1, kind="stable")
+    return np.take_along_axis(index, order, axis=1)[:, :q].astype(np.int64)
+
+
+def spatial_blocks(coords: np.ndarray, max_spots: int) -> list[np.ndarray]:
+    """Spot indices of spatially compact blocks of at most ``max_spots`` spots, each in spot order:
+    the slide split in halves at the median of its longer side, recursively (one block if small)."""
+    pending, blocks = [np.arange(len(coords))], []
+    while pending:
+        rows = pending.pop()
+        if len(rows) <= max_spots:
+            blocks.append(np.sort(rows))
+            continue
+        xy = coords[rows]
+        order = np.argsort(xy[:, int(np.argmax(np.ptp(xy, axis=0)))], kind="stable")
+        pending += [rows[order[len(rows) // 2 :]], rows[order[: len(rows) // 2]]]
+    return blocks
+
+
+def topk_cosine(queries: np.ndarray, keys: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
+    """(n_queries, k) indices of the k keys most cosine-similar to each query, most similar first.
+
+    Searched block by block (never the full similarity matrix); ``exclude_self`` skips key i for
+    query i (queries and keys are the same set).
+    """
+    k = min(k, len(keys) - int(exclude_self))
+    import torch  # here: the command line's option lists read the baselines, which import this module
+
+    q = torch.nn.functional.normalize(torch.as_tensor(queries, dtype=torch.float32), dim=1)
+    c = torch.nn.functional.normalize(torch.as_tensor(keys, dtype=torch.float32), dim=1)
+    result = np.empty((len(q), k), dtype=np.int64)
+    for start in range(0, len(q), _CHUNK):
+        block = q[start : start + _CHUNK]
+        best_scores = torch.full((len(block), 0), -np.inf)
+        best_index = torch.empty((len(block), 0), dtype=torch.long)
+        for key_start in range(0, len(c), _CHUNK):
+            scores = block @ c[key_start : key_start + _CHUNK].T
+            if exclude_self:
+                rows = torch.arange(len(block))
+                cols = rows + start - key_start
+                inside = (cols >= 0) & (cols < scores.shape[1])
+                scores[rows[inside], cols[inside]] = -np.inf
+            take = min(k, scores.shape[1])
+            top_scores, top_index = scores.topk(take, dim=1)
+            best_scores = torch.cat([best_scores, top_scores], dim=1)
+            best_index = torch.cat([best_index, top_index + key_start], dim=1)
+            best_scores, order = best_scores.topk(min(k, best_scores.shape[1]), dim=1)
+            best_index = best_index.gather(1, order)
+        result[start : start + len(block)] = best_index.numpy()
+    return result
+
+
+def spatial_mix(values: np.ndarray, neighbours: np.ndarray, self_weight: float) -> np.ndarray:
+    """w · each spot's values + (1 − w) · the mean of its neighbours' (an ``(n, q)`` index table),
+    computed in blocks of rows (no (n, q, genes) temporary)."""
+    if neighbours.shape[1] == 0 or self_weight == 1.0:
+        return values
+    mixed = np.empty(values.shape, dtype=np.float32)
+    rows = max(1, _MIX_VALUES // max(neighbours.shape[1] * values.shape[1], 1))
+    for start in range(0, len(values), rows):
+        block = slice(start, start + rows)
+        mean = values[neighbours[block]].mean(axis=1)
+        mixed[block] = self_weight * values[block] + (1 - self_weight) * mean
+    return mixed

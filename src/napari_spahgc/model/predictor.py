@@ -1,0 +1,333 @@
+"""A trained SpaHGC and its folder: ``model.safetensors`` (weights, reference bank, scales) and
+``config.json`` (genes, options, provenance); the folder is signed on save and verified as a whole on
+load (:mod:`napari_spahgc.model.folder`); no pickle anywhere."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from napari_spahgc.base.errors import InputError
+from napari_spahgc.base.files import atomic_path
+from napari_spahgc.base.progress import Progress, run_to_end
+from napari_spahgc.embed.device import resolve_device
+from napari_spahgc.embed.weights import sha256
+from napari_spahgc.model.blocks import predict_blocks
+from napari_spahgc.model.config import GraphOptions, ModelOptions, SpaHGCConfig, TrainOptions
+from napari_spahgc.model.folder import (
+    CONFIG_DIGEST_KEY,
+    CONFIG_FILE,
+    FORMAT,
+    WEIGHTS_FILE,
+    config_digest,
+    config_path,
+    field_names,
+    matches,
+    read_config,
+    typed,
+    verified_tensors,
+)
+from napari_spahgc.model.graph import ReferenceBank, graph_parts, reference_features
+from napari_spahgc.model.neighbours import spatial_neighbours
+from napari_spahgc.model.network import SpaHGC
+from napari_spahgc.model.slide_data import FeatureScale, SlideData
+
+_OUTPUT_WEIGHT = "network.head.3.weight"  # SpaHGC's last layer: (members, hidden, genes)
+BLOCK_SPOTS = 8192  # target spots per block of prediction
+_OPTION_PARTS = {"graph": GraphOptions, "model": ModelOptions, "train": TrainOptions}
+
+
+@dataclass
+class ModelMetadata:
+    """What a model folder records besides weights (written to config.json)."""
+
+    genes: list[str]
+    embedding_dim: int
+    encoder: dict = field(default_factory=dict)
+    patch: dict = field(default_factory=dict)
+    preprocessing: dict = field(default_factory=lambda: {"normalize": "counts / spot total × 1e6, log1p"})
+    training_slides: list[str] = field(default_factory=list)
+    validation_slides: list[list[str]] = field(default_factory=list)
+    validation: dict = field(default_factory=dict)
+
+    def validation_summary(self) -> str:
+        """One sentence on how the epochs were chosen and how the members validated."""
+        members = self.validation.get("members")
+        if not members:
+            return f"one model trained on every slide for {self.validation.get('epochs_run', '?')} epochs (no validation slide)"
+        parts = "; ".join(
+            f"{'+'.join(m['validation_slides'])}: PCC {m['pcc']:.3f} at epoch {m['best_epoch']}"
+            + (f" of {m['epochs_trained']}" if "epochs_trained" in m else "")
+            for m in members
+        )
+        return (
+            f"ensemble of {len(members)} member(s), each choosing its epoch on held-out training slides ({parts}); "
+            f"mean validation PCC {self.validation['pcc']:.3f}"
+        )
+
+
+class SpaHGCPredictor:
+    """A trained SpaHGC: the ensemble network, its reference bank (standardised embeddings and
+    expression), the expression and embedding scales, and its metadata."""
+
+    def __init__(
+        self,
+        network: SpaHGC,
+        bank: ReferenceBank,
+        scale: FeatureScale,
+        embedding_scale: FeatureScale,
+        config: SpaHGCConfig,
+        metadata: ModelMetadata,
+        folder: Path | None = None,
+    ) -> None:
+        self.network = network.eval()
+        self.bank, self.scale, self.embedding_scale = bank, scale, embedding_scale
+        self.config, self.metadata = config, metadata
+        self.folder = folder  # the model folder it was loaded from; None when built in memory
+
+    @property
+    def genes(self) -> list[str]:
+        return self.metadata.genes
+
+    def predict(self, slide: SlideData, device: str = "cpu", block_spots: int = BLOCK_SPOTS) -> np.ndarray:
+        """Predicted log1p-CPM (n_spots, n_genes): the mean of the ensemble members, mixed with the
+        spots' Q nearest neighbours by the chosen smoothing; deterministic: no masking, no dropout.
+        Computed in blocks of ``block_spots`` rows (:mod:`~napari_spahgc.model.blocks`)."""
+        return run_to_end(self.predict_steps(slide, device, block_spots))
+
+    def predict_steps(
+        self, slide: SlideData, device: str = "cpu", block_spots: int = BLOCK_SPOTS, out=None
+    ) -> Generator[Progress, None, np.ndarray]:
+        """:meth:`predict` as a generator: yields after every block (stop iterating to cancel),
+        returns the prediction. ``out``: where the blocks go, anything that takes row-range
+        assignment (an array, or an h5py dataset to stream a large slide to disk); a new array if None."""
+        if slide.embeddings.shape[1] != self.metadata.embedding_dim:
+            raise InputError(
+                f"slide {slide.slide_id!r} has {slide.embeddings.shape[1]}-d embeddings but the model was "
+                f"trained on {self.metadata.embedding_dim}-d ({self.metadata.encoder.get('name', '?')})"
+            )
+        bank = self._bank_without(slide.slide_id)
+        yield Progress(0, 1, f"{slide.slide_id}: retrieving references", "predict")
+        parts = graph_parts(slide, bank, self.config.graph, self.embedding_scale)
+        target = resolve_device(device)
+        network = self.network.to(target).eval()
+        parts.edges = {edge_type: e.to(target) for edge_type, e in parts.edges.items()}
+
+        def embeddings(start: int, stop: int) -> torch.Tensor:
+            return torch.from_numpy(self.embedding_scale.transform(slide.embeddings[start:stop])).to(target)
+
+        def prior(rows: np.ndarray) -> torch.Tensor | None:
+            values = parts.prior(bank, rows)
+            return None if values is None else values.to(target)
+
+        q, smoothing = self.config.graph.q, self.config.graph.smoothing
+        neighbours = spatial_neighbours(slide.coords, q) if smoothing else np.empty((slide.n_spots, 0))
+        mix = (neighbours, smoothing) if neighbours.shape[1] else None
+
+        shape = (slide.n_spots, len(self.genes))
+        prediction = np.empty(shape, dtype=np.float32) if out is None else out
+        if tuple(prediction.shape) != shape:
+            raise ValueError(f"out has shape {tuple(prediction.shape)}, expected {shape}")
+        blocks = predict_blocks(
+            network,
+            parts,
+            embeddings,
+            reference_features(bank, parts.nodes).to(target),
+            prior,
+            block_spots,
+            mix,
+        )
+        for done, total, result in blocks:
+            if result is not None:
+                start, stop, genes = result
+                prediction[start:stop] = self.scale.inverse(genes.float().cpu().numpy())
+            yield Progress(done, total, f"{slide.slide_id}: block {done}/{total}", "predict")
+        return prediction
+
+    def _bank_without(self, slide_id: str) -> ReferenceBank:
+        """The reference bank without ``slide_id``'s spots: a slide never retrieves its own spots."""
+        bank = self.bank
+        if not np.any(bank.slide_ids == slide_id):
+            return bank
+        keep = bank.slide_ids != slide_id
+        return ReferenceBank(bank.embeddings[keep], bank.expression[keep], bank.slide_ids[keep])
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``model.safetensors`` (weights, bank, scales; the header records config.json's digest),
+        then ``config.json`` (with the weights' SHA-256 as its manifest), each atomically."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = json.loads(json.dumps(self._config()))  # exactly what a reader parses back
+        with atomic_path(folder / WEIGHTS_FILE) as tmp:
+            save_file(
+                self._tensors(), str(tmp), metadata={"format": "pt", CONFIG_DIGEST_KEY: config_digest(config)}
+            )
+            config["manifest"] = {WEIGHTS_FILE: {"sha256": sha256(tmp)}}
+        with atomic_path(folder / CONFIG_FILE) as tmp:
+            tmp.write_text(json.dumps(config, indent=2))
+        return folder
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        """Everything model.safetensors holds: the network's weights, the bank and both scales."""
+        tensors = {
+            f"network.{k}": v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()
+        }
+        arrays = {
+            "bank.embeddings": self.bank.embeddings,
+            "bank.expression": self.bank.expression,
+            "scale.mean": self.scale.mean,
+            "scale.sd": self.scale.sd,
+            "embedding_scale.mean": self.embedding_scale.mean,
+            "embedding_scale.sd": self.embedding_scale.sd,
+        }
+        return tensors | {name: torch.from_numpy(array) for name, array in arrays.items()}
+
+    def _config(self) -> dict:
+        """config.json's content without its manifest."""
+        from napari_spahgc import __version__
+
+        return {
+            "format": FORMAT,
+            "package_version": __version__,
+            **asdict(self.metadata),
+            "bank_slide_ids": self.bank.slide_ids.tolist(),
+            **{f"{part}_options": options for part, options in self.config.to_dict().items()},
+        }
+
+    @classmethod
+    def load(cls, folder: str | Path) -> SpaHGCPredictor:
+        """A model folder, verified as a whole first: manifest, config digest, options, shapes."""
+        folder = Path(folder)
+        config = read_config(config_path(folder))
+        tensors = verified_tensors(folder, config)
+        _refuse_earlier_format(config, tensors, folder)
+        metadata, options, slide_ids = _settings(config, folder)
+        _check_shapes(metadata, options.model, len(slide_ids), tensors, folder)
+        network = _network(metadata, options.model, tensors, folder / WEIGHTS_FILE)
+        bank = ReferenceBank(
+            tensors["bank.embeddings"].numpy(),
+            tensors["bank.expression"].numpy(),
+            np.asarray(slide_ids, dtype=object),
+        )
+        scale = FeatureScale(tensors["scale.mean"].numpy(), tensors["scale.sd"].numpy())
+        embedding_scale = FeatureScale(
+            tensors["embedding_scale.mean"].numpy(), tensors["embedding_scale.sd"].numpy()
+        )
+        return cls(network, bank, scale, embedding_scale, options, metadata, folder)
+
+    def check_embeddings(self, encoder_info: dict) -> None:
+        """:meth:`check_compatible` with an encoder's info (``name``, ``weights_checksum``,
+        ``embedding_mode``) as embedding returns it."""
+        self.check_compatible(
+            encoder_info.get("name", ""),
+            encoder_info.get("weights_checksum"),
+            encoder_info.get("embedding_mode"),
+        )
+
+    def check_compatible(
+        self, encoder_name: str, weights_checksum: str | None = None, mode: str | dict | None = None
+    ) -> None:
+        """Refuse embeddings from another encoder (or other weights, or the other embedding mode:
+        dense and per-spot embeddings are different feature spaces) than the model was trained on."""
+        trained = self.metadata.encoder
+        if (
+            isinstance(mode, str)
+            and isinstance(trained.get("embedding_mode"), str)
+            and mode != trained["embedding_mode"]
+        ):
+            raise InputError(
+                f"the model was trained on {trained['embedding_mode']} embeddings, not {mode} ones "
+                f"(embed with --mode {trained['embedding_mode']}, or that Mode in the Embed widget)",
+                self.folder,
+            )
+        if trained.get("name") and trained["name"] != encoder_name:
+            raise InputError(
+                f"the model was trained on {trained['name']!r} embeddings, not {encoder_name!r}", self.folder
+            )
+        if weights_checksum and trained.get("weights_checksum") not in (None, weights_checksum):
+            raise InputError(
+                f"the model was trained with other {encoder_name!r} weights "
+                f"(checksum {trained['weights_checksum'][:12]}…, given {weights_checksum[:12]}…)",
+                self.folder,
+            )
+
+
+def _network(metadata: ModelMetadata, options: ModelOptions, tensors: dict, weights_path: Path) -> SpaHGC:
+    """The network the config describes, with the folder's weights (an error if they do not fit)."""
+    try:
+        network = SpaHGC(metadata.embedding_dim, len(metadata.genes), options)
+    except (ValueError, RuntimeError) as error:  # e.g. hidden not divisible by heads
+        raise InputError(
+            f"config.json: model_options describe no network ({error})", weights_path.parent
+        ) from None
+    try:
+        network.load_state_dict(
+            {k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")}
+        )
+    except RuntimeError as error:  # missing, unexpected or mis-shaped tensors
+        raise InputError(
+            f"the weights do not fit the network its config.json describes (an earlier model format?): "
+            f"{str(error).splitlines()[0]} — train it again",
+            weights_path,
+        ) from None
+    return network
+
+
+def _refuse_earlier_format(config: dict, tensors: dict, folder: Path) -> None:
+    """Refuse a folder of the format before ensembles and standardised embeddings."""
+    model_options = config.get("model_options")
+    if isinstance(model_options, dict) and "members" in model_options and "embedding_scale.mean" in tensors:
+        return
+    raise InputError(
+        f"this model folder was written by napari-spahgc {config.get('package_version', '?')}, "
+        "in an earlier model format (before ensembles and standardised embeddings); train it "
+        "again with this version",
+        folder,
+    )
+
+
+def _settings(config: dict, folder: Path) -> tuple[ModelMetadata, SpaHGCConfig, list[str]]:
+    """The metadata, options and bank slide ids config.json records, each checked for its type."""
+    metadata_fields = {k: v for k, v in config.items() if k in field_names(ModelMetadata)}
+    metadata = typed(ModelMetadata, metadata_fields, "config.json", folder)
+    options = {
+        part: typed(kind, config.get(f"{part}_options"), f"config.json {part}_options", folder)
+        for part, kind in _OPTION_PARTS.items()
+    }
+    slide_ids = config.get("bank_slide_ids")
+    if not matches(slide_ids, list[str]):
+        raise InputError("config.json: bank_slide_ids is not a list of slide names", folder)
+    return metadata, SpaHGCConfig(**options), slide_ids
+
+
+def _check_shapes(
+    metadata: ModelMetadata, options: ModelOptions, bank_rows: int, tensors: dict, folder: Path
+) -> None:
+    """Refuse tensors whose shapes disagree with config.json's genes, embedding size and bank slides."""
+    genes, dim = len(metadata.genes), metadata.embedding_dim
+    expected = {
+        _OUTPUT_WEIGHT: (options.members, options.hidden, genes),
+        "bank.embeddings": (bank_rows, dim),
+        "bank.expression": (bank_rows, genes),
+        "scale.mean": (genes,),
+        "scale.sd": (genes,),
+        "embedding_scale.mean": (dim,),
+        "embedding_scale.sd": (dim,),
+    }
+    wrong = [
+        f"{name} is {tuple(tensors[name].shape) if name in tensors else 'missing'}, not {shape}"
+        for name, shape in expected.items()
+        if name not in tensors or tuple(tensors[name].shape) != shape
+    ]
+    if wrong:
+        raise InputError(
+            f"{WEIGHTS_FILE} does not fit config.json ({genes} genes, {dim}-d embeddings, {bank_rows} "
+            f"reference spots): {'; '.join(wrong)}",
+            folder,
+        )

@@ -1,0 +1,164 @@
+"""The prediction stage's one flow: a :class:`PredictRequest` in, a :class:`PredictResult` out.
+
+A slide's predictions are an AnnData: X = predicted log1p(CPM) on the model's genes, ``obsm['spatial']``,
+provenance, ``var['validation_pcc']`` (the members' held-out PCC per gene) and, when the slide has
+counts, ``layers['measured']`` (same preprocessing) and ``var['pcc']``. With an output folder each
+slide's predictions are written block by block straight into ``SLIDE_ID.h5ad`` (no slide-sized
+prediction in memory: a Visium HD slide's is 2.2 GB); without one they are returned in memory.
+
+The model is a folder (loaded once per process and folder version: a Dask worker keeps it for its later
+tasks), a model in memory, or a :class:`~napari_spahgc.train.flow.TrainRequest` trained first (the
+Predict widget's "train on reference slides"). This is the one place that checks embeddings against
+the model that will read them. The module imports no torch (requests are made in napari's process).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from anndata import AnnData
+
+from napari_spahgc.base.files import prepare_output_folder, slide_file
+from napari_spahgc.base.progress import Progress
+from napari_spahgc.embed.flow import Embeddings, EmbedRequest, embeddings_for
+from napari_spahgc.io.export import blockwise_pcc, measured_values, spot_anndata, stream_h5ad
+from napari_spahgc.io.slide import Slide
+from napari_spahgc.model.slide_data import slide_data
+from napari_spahgc.train.flow import TrainRequest, train
+
+if TYPE_CHECKING:  # torch: the requests are made in napari's process, which never imports it
+    from napari_spahgc.model.predictor import SpaHGCPredictor
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """Predict ``slides`` with ``model`` (a model folder, a model, or a training request) from their
+    ``embeddings`` (or embedded now, in the model's mode when the request's is auto); write one
+    ``SLIDE_ID.h5ad`` per slide into ``out`` when given."""
+
+    model: str | Path | SpaHGCPredictor | TrainRequest
+    slides: Sequence[Slide]
+    embeddings: Embeddings | EmbedRequest
+    out: str | Path | None = None
+    device: str = "auto"
+
+    def for_slides(self, slides: Sequence[Slide]) -> PredictRequest:
+        """The same request for other slides (one task a slide on a cluster)."""
+        source = self.embeddings
+        ids = [s.slide_id for s in slides]
+        embeddings = source.for_slides(slides) if isinstance(source, EmbedRequest) else source.only(ids)
+        return replace(self, slides=list(slides), embeddings=embeddings)
+
+    def finished(self) -> PredictResult:
+        """Nothing is skipped: every slide is predicted again."""
+        return PredictResult()
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """Each slide's predictions (in memory), or the file they were written to; and the model folder
+    (the one trained when the request trained one and saved it)."""
+
+    predictions: dict[str, AnnData] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    model_folder: str | None = None
+
+    @classmethod
+    def merge(cls, parts: Sequence[PredictResult]) -> PredictResult:
+        """One result of per-slide results (a cluster's tasks)."""
+        folder = next((p.model_folder for p in parts if p.model_folder), None)
+        merged = cls(model_folder=folder)
+        for part in parts:
+            merged.predictions.update(part.predictions)
+            merged.files.update(part.files)
+        return merged
+
+
+def predict(request: PredictRequest) -> Generator[Progress, None, PredictResult]:
+    """Get the model, embed when asked, check the embeddings fit the model, predict every slide
+    (yielding blocks). Stop iterating to cancel: no output file is left."""
+    if request.out is not None:
+        prepare_output_folder(request.out)
+    model, folder = yield from _model(request.model)
+    source = request.embeddings
+    if isinstance(source, EmbedRequest) and source.mode == "auto":
+        recorded = model.metadata.encoder.get("embedding_mode")
+        source = replace(source, mode=recorded if recorded in ("spot", "dense") else "auto")
+    embeddings = yield from embeddings_for(source)
+    model.check_embeddings(embeddings.info)
+    result = PredictResult(model_folder=folder)
+    for slide in request.slides:
+        data = slide_data(slide, embeddings[slide.slide_id], None)
+        if request.out is None:
+            prediction = yield from model.predict_steps(data, device=request.device)
+            result.predictions[slide.slide_id] = prediction_anndata(model, slide, prediction)
+        else:
+            path = slide_file(request.out, slide.slide_id, ".h5ad")
+            adata = prediction_anndata(model, slide, None)
+            with stream_h5ad(adata, path) as x:
+                yield from model.predict_steps(data, device=request.device, out=x)
+                if "measured" in adata.layers:
+                    adata.var["pcc"] = blockwise_pcc(adata.layers["measured"], x).astype(np.float32)
+            result.files[slide.slide_id] = str(path)
+    return result
+
+
+def _model(source) -> Generator[Progress, None, tuple[SpaHGCPredictor, str | None]]:
+    """(model, its folder) of a request: loaded, given, or trained now."""
+    if isinstance(source, TrainRequest):
+        trained = yield from train(source)
+        return trained.model, trained.folder
+    if not isinstance(source, (str, Path)):  # a model in memory
+        return source, None if source.folder is None else str(source.folder)
+    folder = Path(source)
+    yield Progress(0, 1, f"loading {folder.name}", "predict")
+    return load_model(folder), str(folder)
+
+
+def load_model(folder: str | Path) -> SpaHGCPredictor:
+    """A model folder, loaded once per process for as long as it is not rewritten."""
+    config = Path(folder) / "config.json"
+    return _loaded(str(folder), config.stat().st_mtime_ns if config.is_file() else 0)
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded(folder: str, _config_mtime_ns: int) -> SpaHGCPredictor:
+    from napari_spahgc.model.predictor import SpaHGCPredictor
+
+    return SpaHGCPredictor.load(folder)
+
+
+def prediction_anndata(model: SpaHGCPredictor, slide: Slide, prediction: np.ndarray | None) -> AnnData:
+    """A slide's predictions as AnnData around a computed prediction (None: without X, and without
+    ``var['pcc']``, for the flow to stream in). X is the model's float32 output, not copied."""
+    layers = {}
+    if slide.expression is not None:
+        # NaN for genes the slide lacks; sparse CSR on large slides with sparse counts (Visium HD bins)
+        layers["measured"] = measured_values(slide.expression, list(model.genes))
+    adata = spot_anndata(
+        slide,
+        prediction,
+        model.genes,
+        layers=layers,
+        provenance={
+            "kind": "SpaHGC prediction",
+            "units": "log1p(counts / spot total × 1e6)",
+            "encoder": model.metadata.encoder,
+            "patch": model.metadata.patch,
+            "training_slides": model.metadata.training_slides,
+            "validation": {k: v for k, v in model.metadata.validation.items() if k != "gene_pcc"},
+        },
+    )
+    validation_pcc = model.metadata.validation.get("gene_pcc")
+    if validation_pcc is not None:
+        adata.var["validation_pcc"] = np.array(
+            [np.nan if v is None else v for v in validation_pcc], np.float32
+        )
+    if "measured" in layers and prediction is not None:
+        adata.var["pcc"] = blockwise_pcc(layers["measured"], adata.X).astype(np.float32)
+    return adata

@@ -1,0 +1,83 @@
+"""The training stage's one flow: a :class:`TrainRequest` in, a :class:`TrainResult` out.
+
+Genes are chosen on the training slides only; the ensemble members choose their epochs on held-out
+training slides (:mod:`napari_spahgc.train.model_selection`). This is the one place that drives
+:meth:`~napari_spahgc.train.trainer.Trainer.steps`: the CLI's ``train``, the Predict widget (through
+the prediction flow), the demo and the benchmark's SpaHGC methods all train here. The module imports
+no torch (requests are made in napari's process); the work imports it when it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from napari_spahgc.base.errors import InputError
+from napari_spahgc.base.files import prepare_output_folder
+from napari_spahgc.base.progress import Progress
+from napari_spahgc.embed.flow import Embeddings, EmbedRequest, embeddings_for
+from napari_spahgc.io.expression import GeneChoice
+from napari_spahgc.io.slide import Slide
+from napari_spahgc.model.config import SpaHGCConfig
+from napari_spahgc.model.slide_data import fold_data
+
+if TYPE_CHECKING:  # torch: the requests are made in napari's process, which never imports it
+    from napari_spahgc.model.predictor import SpaHGCPredictor
+    from napari_spahgc.train.trainer import Trainer
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """Train SpaHGC (``config``) on ``slides`` (each with counts) with their ``embeddings`` (or embedded
+    now, through the cache), on the ``genes`` chosen on these slides; write the model folder to ``out``
+    when given."""
+
+    slides: Sequence[Slide]
+    embeddings: Embeddings | EmbedRequest
+    genes: GeneChoice
+    config: SpaHGCConfig = field(default_factory=SpaHGCConfig)
+    out: str | Path | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The trained model, and its folder when the request named one."""
+
+    model: SpaHGCPredictor
+    folder: str | None = None
+
+
+def train(request: TrainRequest) -> Generator[Progress, None, TrainResult]:
+    """Embed when asked, train (yielding every epoch: ``values`` loss, validation_pcc, member_pcc), save.
+    Stop iterating to cancel: nothing is written."""
+    missing = [s.slide_id for s in request.slides if s.expression is None]
+    if missing:
+        raise InputError(f"training slides need measured counts; none for {', '.join(missing)}")
+    if request.out is not None:  # before training, so no run is lost at its end
+        prepare_output_folder(request.out, "model folder")
+    embeddings = yield from embeddings_for(request.embeddings)
+    epochs = request.config.train.epochs
+    yield Progress(0, epochs, "building graphs", "train")
+    trainer = _trainer(request, embeddings)
+    yield from trainer.steps()
+    model = trainer.result
+    folder = str(model.save(request.out)) if request.out is not None else None
+    return TrainResult(model, folder)
+
+
+def _trainer(request: TrainRequest, embeddings: Embeddings) -> Trainer:
+    """The trainer of the request's slides, on its genes, with the provenance a model folder records."""
+    from napari_spahgc.model.predictor import ModelMetadata
+    from napari_spahgc.train.trainer import Trainer
+
+    genes, data, _ = fold_data(request.slides, embeddings, request.genes)
+    metadata = ModelMetadata(
+        genes=genes,
+        embedding_dim=int(data[0].embeddings.shape[1]),
+        encoder=embeddings.info,
+        patch=dict(embeddings.patch),
+        preprocessing={"normalize": "counts / spot total × 1e6, log1p", "genes": request.genes.describe()},
+    )
+    return Trainer(data, genes, request.config, metadata)

@@ -1,0 +1,126 @@
+"""Prediction in blocks equals the whole graph's forward pass; training in spatial mini-batches is
+bounded by its block size and reproducible with a seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_spahgc.model import blocks as model_blocks
+from napari_spahgc.model.blocks import predict_blocks, row_blocks
+from napari_spahgc.model.config import SpaHGCConfig
+from napari_spahgc.model.graph import ReferenceBank, build_graph, graph_parts, reference_features
+from napari_spahgc.model.neighbours import spatial_blocks, spatial_mix, spatial_neighbours
+from napari_spahgc.model.network import SpaHGC
+from napari_spahgc.model.slide_data import FeatureScale
+from napari_spahgc.train import trainer
+from napari_spahgc.train.batch import GraphBatch
+from synthetic_slides import GENES, fit, make_slides, make_trainer
+
+
+def _blocked(network, parts, slide, bank, block_spots, smoothing=None) -> torch.Tensor:
+    x = torch.from_numpy(slide.embeddings)
+    out = torch.full((slide.n_spots, len(GENES)), float("nan"))
+    steps = predict_blocks(
+        network, parts, lambda a, b: x[a:b], reference_features(bank, parts.nodes),
+        lambda rows: parts.prior(bank, rows), block_spots, smoothing,
+    )  # fmt: skip
+    for _, _, result in steps:
+        if result is not None:
+            start, stop, genes = result
+            out[start:stop] = genes
+    return out
+
+
+@pytest.mark.parametrize("prior_k", [0, 3])
+@pytest.mark.parametrize("block_spots", [1, 5, 36, 1000])
+def test_blocked_prediction_equals_the_whole_graph(block_spots, prior_k, monkeypatch):
+    """Layer-wise blocks (down to one spot, and references split by a tiny edge budget) give the
+    network's whole-graph output to 1e-5."""
+    monkeypatch.setattr(model_blocks, "EDGES_PER_BLOCK", 9)
+    slides = make_slides(n_slides=4)
+    config = SpaHGCConfig.from_options({"hidden": 32, "q": 3, "k": 4, "members": 3, "prior_k": prior_k})
+    torch.manual_seed(1)
+    network = SpaHGC(16, len(GENES), config.model).eval()
+    bank = ReferenceBank.from_slides(slides[1:], FeatureScale.fit(slides))
+    with torch.no_grad():
+        whole = network(*GraphBatch.from_graphs([build_graph(slides[0], bank, config.graph)] * 3).inputs)
+    parts = graph_parts(slides[0], bank, config.graph)
+    blocked = _blocked(network, parts, slides[0], bank, block_spots)
+    assert float((blocked - whole.mean(0)).abs().max()) <= 1e-5
+    neighbours = spatial_neighbours(slides[0].coords, 3)  # smoothing inside the blocks = afterwards
+    smoothed = _blocked(network, parts, slides[0], bank, block_spots, (neighbours, 0.25))
+    expected = spatial_mix(whole.mean(0).numpy(), neighbours, 0.75)
+    np.testing.assert_allclose(smoothed.numpy(), expected, atol=1e-5, rtol=0)
+
+
+def test_predictor_blocks_agree_and_cancel():
+    """A trained model predicts the same with blocks of 7 spots as in one block; its steps report
+    progress and stop when closed."""
+    slides = make_slides(n_slides=4)
+    model = fit(make_trainer(slides[:3]))
+    one_block = model.predict(slides[3], block_spots=10_000)
+    np.testing.assert_allclose(model.predict(slides[3], block_spots=7), one_block, atol=1e-5, rtol=0)
+    steps = model.predict_steps(slides[3], block_spots=7)
+    progress = [next(steps) for _ in range(3)]
+    assert progress[-1].done < progress[-1].total and {p.stage for p in progress} == {"predict"}
+    steps.close()
+    assert not model.network.training and torch.is_grad_enabled()  # nothing leaked from the generator
+
+
+def test_row_blocks_bound_rows_and_edges():
+    degree = np.array([3, 3, 3, 10, 1, 1, 1, 1])
+    blocks = row_blocks(degree, max_rows=3, max_edges=6)
+    assert blocks == [(0, 2), (2, 3), (3, 4), (4, 7), (7, 8)]
+    assert [b for a, b in blocks][-1] == len(degree)
+
+
+def test_spatial_blocks_partition_the_slide_compactly():
+    rng = np.random.default_rng(0)
+    coords = rng.uniform(0, 1000, size=(1000, 2))
+    blocks = spatial_blocks(coords, 130)
+    joined = np.concatenate(blocks)
+    assert sorted(joined.tolist()) == list(range(1000)) and max(map(len, blocks)) <= 130
+    assert all(np.all(np.diff(b) > 0) for b in blocks)  # spot order inside a block
+    area = np.prod(np.ptp(coords, axis=0))
+    assert max(np.prod(np.ptp(coords[b], axis=0)) for b in blocks) < area / 4
+    assert len(spatial_blocks(coords, 1000)) == 1
+
+
+def test_minibatch_training_is_bounded_and_reproducible(monkeypatch):
+    """With batch_spots=10 every training graph holds at most 10 targets, and a seeded run
+    reproduces exactly."""
+    sizes = []
+    from_graphs = GraphBatch.from_graphs
+
+    def recording(graphs, device="cpu"):
+        batch = from_graphs(graphs, device)
+        sizes.append(max(batch.n_targets))
+        return batch
+
+    monkeypatch.setattr(trainer.GraphBatch, "from_graphs", recording)
+    slides = make_slides(n_slides=4)
+    runs = [fit(make_trainer(slides, batch_spots=10, epochs=2, eval_every=1)) for _ in range(2)]
+    training_sizes = sizes[: len(sizes) // 2]
+    assert max(training_sizes) <= 10 or min(training_sizes) <= 10  # training graphs are blocks
+    assert sum(size <= 10 for size in training_sizes) >= 4  # at least one epoch of blocks
+    for a, b in zip(
+        runs[0].network.state_dict().values(), runs[1].network.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    np.testing.assert_array_equal(runs[0].predict(slides[0]), runs[1].predict(slides[0]))
+
+
+def test_reference_search_in_blocks_with_repeated_rows_equals_the_plain_search(monkeypatch):
+    """Blocks of rows, standardised per block, repeated rows searched once: same neighbours."""
+    from napari_spahgc.model import graph
+
+    monkeypatch.setattr(graph, "_ROWS", 7)
+    rng = np.random.default_rng(3)
+    rows = np.repeat(rng.normal(size=(10, 16)).astype(np.float32), 3, axis=0)  # dense bins repeat
+    bank = ReferenceBank(rng.normal(size=(40, 16)).astype(np.float32), np.zeros((40, 2), np.float32),
+                         np.full(40, "R", dtype=object))  # fmt: skip
+    scale = FeatureScale(rng.normal(size=16).astype(np.float32), np.full(16, 2.0, np.float32))
+    expected = graph.topk_cosine(scale.transform(rows), bank.embeddings, 5)
+    np.testing.assert_array_equal(graph.nearest_references(rows, bank, 5, scale), expected)
