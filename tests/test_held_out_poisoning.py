@@ -1,0 +1,74 @@
+"""Poisoning the held-out section's counts changes nothing SpaHGC learns or predicts in the benchmark:
+the evaluate flow reads them only to score. (The baselines have the same test in test_baselines.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from safetensors.numpy import load_file
+
+import napari_spahgc as ns
+
+N_GENES, DIM = 30, 12
+
+
+def _cohort(seed: int = 0) -> tuple[list[ns.Slide], ns.Embeddings]:
+    """Four slides whose counts are Poisson draws with rates set by the spot embedding."""
+    rng = np.random.default_rng(seed)
+    loadings = rng.normal(size=(DIM, N_GENES)) / 2
+    grid = [(x, y) for x in range(7) for y in range(7)]
+    ids = pd.Index([f"{x}x{y}" for x, y in grid])
+    slides, arrays = [], {}
+    for s in range(4):
+        emb = rng.normal(size=(len(grid), DIM)).astype(np.float32)
+        counts = rng.poisson(np.exp(1.5 + emb @ loadings / 2)).astype(np.float32)
+        slides.append(ns.Slide(f"S{s}", ids, np.array(grid) * 272.0, expression=_counts(counts, ids),
+                               pixel_size_um=0.735, spot_diameter_px=136))  # fmt: skip
+        arrays[f"S{s}"] = emb
+    return slides, ns.Embeddings(encoder={"name": "synthetic", "dim": DIM}, arrays=arrays)
+
+
+def _counts(values: np.ndarray, ids: pd.Index) -> ad.AnnData:
+    counts = ad.AnnData(sp.csr_matrix(values), obs=pd.DataFrame(index=ids))
+    counts.var_names = [f"GENE{g}" for g in range(N_GENES)]
+    return counts
+
+
+def _benchmark(slides, embeddings, out) -> dict:
+    config = ns.SpaHGCConfig.from_options({"epochs": 30, "eval_every": 5, "hidden": 32}, device="cpu")
+    request = ns.EvaluateRequest(
+        slides, embeddings, ns.GeneChoice(n_hvg=20), out / "report", methods=["spahgc"], config=config,
+        held_out=[["S3"]], models=out / "models",
+    )  # fmt: skip
+    return ns.run_to_end(ns.evaluate(request))
+
+
+def test_poisoned_held_out_counts_change_the_score_only(tmp_path):
+    slides, embeddings = _cohort()
+    clean = _benchmark(slides, embeddings, tmp_path / "clean")
+    held_out = slides[3]
+    poison = held_out.expression.X.toarray()[::-1] * 1000 + 7  # other rows, scale and genes' order
+    poisoned_slides = [
+        *slides[:3],
+        dataclasses.replace(held_out, expression=_counts(poison, held_out.spot_ids)),
+    ]
+    poisoned = _benchmark(poisoned_slides, embeddings, tmp_path / "poisoned")
+
+    before, after = clean["methods"]["spahgc"]["folds"]["S3"], poisoned["methods"]["spahgc"]["folds"]["S3"]
+    for choice in ("epochs_run", "members", "validation_pcc", "smoothing"):
+        assert before[choice] == after[choice], choice
+    clean_weights, poisoned_weights = (
+        load_file(tmp_path / run / "models" / "S3" / "default" / "model.safetensors")
+        for run in ("clean", "poisoned")
+    )
+    assert clean_weights.keys() == poisoned_weights.keys()
+    for name, tensor in clean_weights.items():  # the same model, bit for bit
+        np.testing.assert_array_equal(tensor, poisoned_weights[name], err_msg=name)
+    model = ns.load_model(tmp_path / "poisoned" / "models" / "S3" / "default")
+    assert "S3" not in model.metadata.training_slides
+    assert before["pcc"] != after["pcc"]  # the scorer did read the (poisoned) truth
+    assert before["pcc"] > 0.3  # and the clean model predicts the learnable signal
