@@ -17,7 +17,7 @@ import os
 import resource
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +44,8 @@ class LeakageError(Exception):
 class Fold:
     """What a method may know of a fold besides its data: the genes (chosen on the training slides),
     the config of the ``spahgc`` method (its seed and device serve every method), the training slides
-    and the held-out slide with their embeddings (for SpaHGC's flows), and where to keep the fold's
-    SpaHGC model (None: not kept)."""
+    and the held-out slide, without its counts, with their embeddings (for SpaHGC's flows), and where
+    to keep the fold's SpaHGC model (None: not kept)."""
 
     genes: Sequence[str]
     config: SpaHGCConfig
@@ -186,7 +186,7 @@ def evaluate(request: EvaluateRequest) -> Generator[Progress, None, dict]:
         train_slides = [s for s in slides if s.slide_id not in held_out]
         for test in tests:
             test_genes[test.slide_id] = genes
-            test_slide = next(s for s in slides if s.slide_id == test.slide_id)
+            test_slide = replace(next(s for s in slides if s.slide_id == test.slide_id), expression=None)
             used = embeddings.only([*(s.slide_id for s in train_slides), test.slide_id])
             fold = Fold(genes, config, train_slides, test_slide, used, models)
             units += [(group, train, test, top, fold) for group in _unit_methods(methods)]
@@ -321,9 +321,10 @@ METRICS = {
 
 
 def _score(method: str, train, test: SlideData, top: np.ndarray, fold: Fold) -> tuple[dict, np.ndarray]:
-    """One method on one held-out slide: its fold record (metrics, seconds, choices) and per-gene PCC."""
+    """One method on one held-out slide: its fold record (metrics, seconds, choices) and per-gene PCC.
+    The method gets the slide without its expression; only the scorer reads it."""
     started = time.perf_counter()
-    prediction, choices = METHODS[method].run(train, test, fold)
+    prediction, choices = METHODS[method].run(train, replace(test, expression=None), fold)
     seconds = time.perf_counter() - started
     record, per_gene = score(test.expression, prediction, top)
     return {**record, "seconds": round(seconds, 2), **choices}, per_gene

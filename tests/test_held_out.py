@@ -1,5 +1,6 @@
-"""Poisoning the held-out section's counts changes nothing SpaHGC learns or predicts in the benchmark:
-the evaluate flow reads them only to score. (The baselines have the same test in test_baselines.py.)"""
+"""The held-out section's counts reach only the benchmark's scorer: every method gets the section
+without them, and poisoning them changes nothing SpaHGC learns or predicts, only its score. (The
+baselines have their own poisoning test in test_baselines.py.)"""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import scipy.sparse as sp
 from safetensors.numpy import load_file
 
 import napari_spahgc as ns
+from napari_spahgc.evaluate.benchmark import METHODS, Method
 
 N_GENES, DIM = 30, 12
 
@@ -72,3 +74,22 @@ def test_poisoned_held_out_counts_change_the_score_only(tmp_path):
     assert "S3" not in model.metadata.training_slides
     assert before["pcc"] != after["pcc"]  # the scorer did read the (poisoned) truth
     assert before["pcc"] > 0.3  # and the clean model predicts the learnable signal
+
+
+def test_every_method_gets_the_held_out_section_without_its_counts(tmp_path, monkeypatch):
+    seen = []
+
+    def spy(train, test, fold):
+        seen.append((test.expression, fold.test_slide.expression, [s.slide_id for s in train]))
+        return np.zeros((test.n_spots, len(fold.genes)), np.float32), {"chosen": {}}
+
+    monkeypatch.setitem(METHODS, "spy", Method("baseline", spy))
+    slides, embeddings = _cohort()
+    request = ns.EvaluateRequest(slides, embeddings, ns.GeneChoice(n_hvg=20), tmp_path, methods=["spy"])
+    report = ns.run_to_end(ns.evaluate(request))
+    assert len(seen) == 4  # leave one slide out: every slide held out once
+    assert all(counts is None and slide_counts is None for counts, slide_counts, _ in seen)
+    assert [sorted(train) for *_, train in seen] == [
+        sorted({"S0", "S1", "S2", "S3"} - {held}) for held in ("S0", "S1", "S2", "S3")
+    ]
+    assert report["methods"]["spy"]["folds"]["S0"]["pcc"] == 0.0  # a constant prediction scores 0
