@@ -88,8 +88,15 @@ class EmbedWidget(SessionWidget):
         scheduler, mode = self.scheduler.text().strip(), self.mode.currentData()
         weights = (self.weights.text or None) if self.weights.isEnabled() else None  # packaged: ships its own
         prepare_output_folder(self.cache.text, "cache folder")
-        request = EmbedRequest(slides, self.encoder.currentText(), weights, self.device.currentText(),
-                               self.batch_size.value(), self.cache.text, mode)  # fmt: skip
+        request = EmbedRequest(
+            slides,
+            self.encoder.currentText(),
+            weights,
+            self.device.currentText(),
+            self.batch_size.value(),
+            self.cache.text,
+            mode,
+        )
 
         def work(cancel):
             runner = DaskCluster(scheduler, cancel=cancel) if scheduler else WorkerProcess(cancel)

@@ -146,8 +146,11 @@ class GenesWidget(SessionWidget):
         self.high.setValue(high)
         self.apply(display=self._new_layers)
         self._new_layers = False
-        scores = [f"{label} {v:.2f}" for label, col in (("validation PCC", "validation_pcc"), ("PCC here", "pcc"))
-                  if np.isfinite(v := gene_scores(prediction, col).get(gene, np.nan))]  # fmt: skip
+        scores = [
+            f"{label} {v:.2f}"
+            for label, col in (("validation PCC", "validation_pcc"), ("PCC here", "pcc"))
+            if np.isfinite(v := gene_scores(prediction, col).get(gene, np.nan))
+        ]
         self.title.setText(
             f"<b>{gene}</b> — {self.session.current}" + (f" ({', '.join(scores)})" if scores else "")
         )

@@ -114,9 +114,11 @@ class PredictWidget(SessionWidget):
             GeneChoice.from_file(self.genes.text) if self.genes.text else GeneChoice(n_hvg=self.n_hvg.value())
         )
         config = SpaHGCConfig.from_options(
-            {"epochs": self.epochs.value()}, self.preset.currentText(), seed=self.seed.value(),
+            {"epochs": self.epochs.value()},
+            self.preset.currentText(),
+            seed=self.seed.value(),
             device=self.device.currentText(),
-        )  # fmt: skip
+        )
         if self.save_to.text:  # before any work starts, so no training is lost at its end
             prepare_output_folder(self.save_to.text, "model folder")
         embeddings = self.session.embeddings.only([*references, target.slide_id])

@@ -19,9 +19,11 @@ class SlideWidget(SessionWidget):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer)
         self.source = PathField(
-            "file", "Cohort table, h5ad or spot table", "Spatial data (*.csv *.h5ad *.tsv *.gz *.parquet);;All (*)",
+            "file",
+            "Cohort table, h5ad or spot table",
+            "Spatial data (*.csv *.h5ad *.tsv *.gz *.parquet);;All (*)",
             "cohort .csv, .h5ad, spot table, or an outs/ folder",
-        )  # fmt: skip
+        )
         self.image = PathField("file", "H&E image (with a spot table)", placeholder="optional: H&E image")
         self.panel = RunPanel("Open", self._open)
         self.slides = QComboBox()

@@ -155,8 +155,9 @@ def dense_embeddings(
             bands[ty] = np.zeros((grid.tile, width, encoder.dim), dtype=np.float16)
             for tx in (tx for y, tx in tiles - encoded if y == ty):
                 bands[ty][:, (tx - col_min) * grid.tile : (tx - col_min + 1) * grid.tile] = glass
-        for n in _fill_band(slide, encoder, grid, ty, row, bands, col_min, width, tiles_per_batch,
-                            prefetch_depth):  # fmt: skip
+        for n in _fill_band(
+            slide, encoder, grid, ty, row, bands, col_min, width, tiles_per_batch, prefetch_depth
+        ):
             done_tiles += n
             yield Progress(done_tiles, len(encoded), stage="embed", values={"spots_done": done_spots})
         done_spots += _finish_row(ty - 1, home, boxes, bands, grid, col_min, width, out)
@@ -173,8 +174,9 @@ def _fill_band(slide, encoder, grid, ty, row, bands, col_min, width, tiles_per_b
     groups = [row[i : i + tiles_per_batch] for i in range(0, len(row), tiles_per_batch)]
     batches = (np.stack([read_tile(slide, grid, ty, tx) for tx in group]) for group in groups)
     kept = slice(grid.margin, grid.margin + grid.tile)
-    for group, batch in zip(groups, prefetch(batches, prefetch_depth) if prefetch_depth else batches,
-                            strict=False):  # fmt: skip
+    for group, batch in zip(
+        groups, prefetch(batches, prefetch_depth) if prefetch_depth else batches, strict=False
+    ):
         features = encoder.feature_grid(batch)
         for tx, feature in zip(group, features, strict=True):
             col = (tx - col_min) * grid.tile

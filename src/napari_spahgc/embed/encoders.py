@@ -66,9 +66,13 @@ def _uni() -> nn.Module:
     import timm
 
     return timm.create_model(
-        "vit_large_patch16_224", img_size=224, patch_size=16, init_values=1e-5, num_classes=0,
+        "vit_large_patch16_224",
+        img_size=224,
+        patch_size=16,
+        init_values=1e-5,
+        num_classes=0,
         dynamic_img_size=True,
-    )  # fmt: skip
+    )
 
 
 def _uni2_h() -> nn.Module:
@@ -76,10 +80,21 @@ def _uni2_h() -> nn.Module:
     import torch
 
     return timm.create_model(
-        "vit_huge_patch14_224", img_size=224, patch_size=14, depth=24, num_heads=24, init_values=1e-5,
-        embed_dim=1536, mlp_ratio=2.66667 * 2, num_classes=0, no_embed_class=True,
-        mlp_layer=timm.layers.SwiGLUPacked, act_layer=torch.nn.SiLU, reg_tokens=8, dynamic_img_size=True,
-    )  # fmt: skip
+        "vit_huge_patch14_224",
+        img_size=224,
+        patch_size=14,
+        depth=24,
+        num_heads=24,
+        init_values=1e-5,
+        embed_dim=1536,
+        mlp_ratio=2.66667 * 2,
+        num_classes=0,
+        no_embed_class=True,
+        mlp_layer=timm.layers.SwiGLUPacked,
+        act_layer=torch.nn.SiLU,
+        reg_tokens=8,
+        dynamic_img_size=True,
+    )
 
 
 def _efficientnet_lite0() -> nn.Module:

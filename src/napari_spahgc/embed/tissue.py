@@ -66,8 +66,12 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     return np.where(high > 0, (high - low) / np.maximum(high, 1), 0.0).astype(np.float32)
 
 
-def detect_tissue(image: SlideImage, max_side: int = THUMBNAIL_SIDE, min_area_um2: float = 2e4,
-                  pixel_size_um: float | None = None) -> TissueMask:  # fmt: skip
+def detect_tissue(
+    image: SlideImage,
+    max_side: int = THUMBNAIL_SIDE,
+    min_area_um2: float = 2e4,
+    pixel_size_um: float | None = None,
+) -> TissueMask:
     """The tissue mask of ``image``: Otsu on the thumbnail's saturation (or, when the pixels under
     Otsu's threshold are too saturated to be glass, everything above ``MIN_SATURATION``), cleaned up.
 

@@ -227,9 +227,11 @@ def mlp_grid(train: Sequence[SlideData], test: SlideData, seed: int = 0) -> dict
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         network = torch.nn.Sequential(
-            torch.nn.Linear(z.shape[1], MLP_HIDDEN), torch.nn.GELU(), torch.nn.Dropout(MLP_DROPOUT),
+            torch.nn.Linear(z.shape[1], MLP_HIDDEN),
+            torch.nn.GELU(),
+            torch.nn.Dropout(MLP_DROPOUT),
             torch.nn.Linear(MLP_HIDDEN, y.shape[1]),
-        )  # fmt: skip
+        )
         optimiser = torch.optim.AdamW(network.parameters(), lr=MLP_LR, weight_decay=decay)
         for epoch in range(1, max(MLP_EPOCHS) + 1):
             network.train()

@@ -89,9 +89,12 @@ def _spahgc(preset: str) -> Method:
             {k: m[k] for k in ("validation_slides", "best_epoch")} for m in validation.get("members", [])
         ]
         return predicted.predictions[test.slide_id].X, {
-            "preset": preset, "epochs_run": validation["epochs_run"], "members": members,
-            "validation_pcc": validation.get("pcc"), "smoothing": model.config.graph.smoothing,
-        }  # fmt: skip
+            "preset": preset,
+            "epochs_run": validation["epochs_run"],
+            "members": members,
+            "validation_pcc": validation.get("pcc"),
+            "smoothing": model.config.graph.smoothing,
+        }
 
     return Method("spahgc", run, preset)
 
@@ -193,8 +196,10 @@ def evaluate(request: EvaluateRequest) -> Generator[Progress, None, dict]:
     outcomes = {}
     for test_id, method, record, per_gene in _run_units(units, request.jobs):
         outcomes[method, test_id] = record, per_gene
-        text = (f"{test_id}  {method:<14} PCC {record['pcc']:.4f}  top-{TOP_GENES} "
-                f"{record[f'pcc_top{TOP_GENES}']:.4f}  RMSE {record['rmse']:.3f}  {record['seconds']:.1f} s")  # fmt: skip
+        text = (
+            f"{test_id}  {method:<14} PCC {record['pcc']:.4f}  top-{TOP_GENES} "
+            f"{record[f'pcc_top{TOP_GENES}']:.4f}  RMSE {record['rmse']:.3f}  {record['seconds']:.1f} s"
+        )
         yield Progress(len(outcomes), len(test_genes) * len(methods), text, "evaluate", record)
     results, per_gene_rows = _tabulate(outcomes, test_genes, methods)
     n_genes = {test_id: len(genes) for test_id, genes in test_genes.items()}

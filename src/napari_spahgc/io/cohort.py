@@ -37,9 +37,14 @@ class CohortEntry:
 
     def load(self, with_expression: bool = True) -> Slide:
         return build_slide(
-            self.slide_id, self.spots, image=self.image, counts=self.counts,
-            pixel_size_um=self.pixel_size_um, patient=self.patient, with_expression=with_expression,
-        )  # fmt: skip
+            self.slide_id,
+            self.spots,
+            image=self.image,
+            counts=self.counts,
+            pixel_size_um=self.pixel_size_um,
+            patient=self.patient,
+            with_expression=with_expression,
+        )
 
 
 def read_cohort(path: str | Path) -> list[CohortEntry]:

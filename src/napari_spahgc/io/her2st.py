@@ -24,8 +24,13 @@ from napari_spahgc.base.files import atomic_path, cache_dir
 from napari_spahgc.io.slide import Slide
 
 SECTIONS = ("C2", "C3", "C4", "C5", "C6")
-IMAGES = {"C2": "5714_HE_BT_C2.jpg", "C3": "5714_HE_BT_D1.jpg", "C4": "5714_HE_BT_D2.jpg",
-          "C5": "5714_HE_BT_E1.jpg", "C6": "5714_HE_BT_E2.jpg"}  # fmt: skip
+IMAGES = {
+    "C2": "5714_HE_BT_C2.jpg",
+    "C3": "5714_HE_BT_D1.jpg",
+    "C4": "5714_HE_BT_D2.jpg",
+    "C5": "5714_HE_BT_E1.jpg",
+    "C6": "5714_HE_BT_E2.jpg",
+}
 PIXEL_SIZE_UM = 0.735  # the JPEGs store none: 200 µm spot pitch over a median ~272 px
 PATIENT = "C"
 BASE_URL = "https://github.com/almaan/her2st/raw/master/data/"

@@ -87,9 +87,11 @@ def predict_blocks(
     n_rows = {"target": len(parts.retrieved), "reference": len(reference_x)}
     first = network.layers[0] if len(network.layers) else None
     routes = {
-        node: [_Route(name, src, e, n_rows[node]) for name, src, e in first.routes(node, parts.edges)] if first else []
+        node: [_Route(name, src, e, n_rows[node]) for name, src, e in first.routes(node, parts.edges)]
+        if first
+        else []
         for node in NODE_TYPES
-    }  # fmt: skip
+    }
     blocks = {
         node: _blocks(routes[node], n_rows[node], block_spots) if routes[node] else [] for node in NODE_TYPES
     }

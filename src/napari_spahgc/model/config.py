@@ -170,11 +170,23 @@ _PARTS = {"graph": GraphOptions, "model": ModelOptions, "train": TrainOptions}
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "paper": {
-        "members": 1, "hold_out": False, "tune_smoothing": False, "patience": None, "epochs": 200,
-        "lr": 1e-4, "weight_decay": 1e-4, "mse_weight": 1.0, "pcc_weight": 1.0, "con_target_weight": 1.0,
-        "con_reference_weight": 1.0, "q": 5, "k": 7, "alpha": 0.8, "beta": 0.9,
+        "members": 1,
+        "hold_out": False,
+        "tune_smoothing": False,
+        "patience": None,
+        "epochs": 200,
+        "lr": 1e-4,
+        "weight_decay": 1e-4,
+        "mse_weight": 1.0,
+        "pcc_weight": 1.0,
+        "con_target_weight": 1.0,
+        "con_reference_weight": 1.0,
+        "q": 5,
+        "k": 7,
+        "alpha": 0.8,
+        "beta": 0.9,
     },
-}  # fmt: skip
+}
 
 
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:

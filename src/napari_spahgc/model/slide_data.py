@@ -34,9 +34,12 @@ class SlideData:
         """The same slide restricted to spots ``rows``."""
         expression = None if self.expression is None else self.expression[rows]
         return replace(
-            self, spot_ids=self.spot_ids[rows], embeddings=self.embeddings[rows], coords=self.coords[rows],
+            self,
+            spot_ids=self.spot_ids[rows],
+            embeddings=self.embeddings[rows],
+            coords=self.coords[rows],
             expression=expression,
-        )  # fmt: skip
+        )
 
     def standardised(self, scale: FeatureScale) -> SlideData:
         """A copy with embeddings standardised by ``scale``."""

@@ -62,11 +62,14 @@ def cluster_client(scheduler: str | None = None, workers: int | None = None) -> 
     try:
         with (
             LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
                 env={"OMP_NUM_THREADS": str(threads)},
             ) as cluster,
             Client(cluster) as client,
-        ):  # fmt: skip
+        ):
             yield client
     finally:
         os.environ.clear()
