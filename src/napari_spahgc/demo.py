@@ -18,7 +18,7 @@ from anndata import AnnData
 
 from napari_spahgc.base.errors import InputError
 from napari_spahgc.base.files import prepare_output_folder, safe_name, slide_file
-from napari_spahgc.base.progress import Progress
+from napari_spahgc.base.progress import Progress, run_to_end
 from napari_spahgc.embed.flow import Embeddings, EmbedRequest, embed
 from napari_spahgc.evaluate.benchmark import EvaluateRequest, evaluate
 from napari_spahgc.io.cohort import load_cohort
@@ -98,14 +98,12 @@ def run_demo(
 
 def _run(runner: Runner, flow, request, log: Callable[[str], None]):
     """Run a flow, logging each method's score on the held-out section as it comes."""
-    work = runner.run(flow, request)
-    while True:
-        try:
-            progress: Progress = next(work)
-        except StopIteration as finished:
-            return finished.value
+
+    def scores(progress: Progress) -> None:
         if progress.stage == "evaluate":
             log(f"  {progress.text}")
+
+    return run_to_end(runner.run(flow, request), scores)
 
 
 def _inputs(cohort: str | Path | None, test_slide: str | None) -> tuple[list[Slide], str, GeneChoice]:
