@@ -24,6 +24,18 @@ not mix. Stages:
   predicted in blocks of ``predictor.BLOCK_SPOTS`` and streamed into an h5ad with its measured layer and
   per-gene PCC) by a default ensemble (4 members, smoothing on) with a bank of ``--bank-spots``
   (23,000: four Visium slides).
+- ``predict-model``: the whole ``spahgc predict`` path with a real model (``--model DIR``, a folder written
+  by ``spahgc train``): ``ns.predict`` of a ``PredictRequest`` naming the folder, the target with its
+  counts, an ``EmbedRequest`` (the model's encoder, ``--device``, ``--batch-size``, the model's embedding
+  mode) into a fresh cache folder under ``--work`` (so the embedding is measured: a user pays for it)
+  and an output folder. ``seconds`` covers reading the model's encoder name (as the command does),
+  embedding and predicting; ``phases`` splits it by the flow's progress records (model: loading it,
+  planning the embedding; embed: the encoder's pass, to the written cache file; prepare: the slide's
+  data and measured layer; references: the reference search and graph parts, to the first block;
+  blocks: the network's blocks into the h5ad; write: ``var['pcc']``, closing the file). The record has
+  the shape, whether every bin id was kept, the model's bank size, members, encoder and embedding mode,
+  and each phase's resident set at its start and peak by its end (``ru_maxrss`` so far).
+  The target's section (C2) is one of HER2ST's training sections; that does not change the cost.
 
 The growth ratio is time(8n)/time(n) of a stage, from the log-log slope between consecutive measured
 sizes (8 means linear, 64 quadratic).
@@ -50,7 +62,7 @@ from napari_spahgc.model.predictor import BLOCK_SPOTS
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-STAGES = ("embed-spot", "embed-dense", "graph", "train", "predict")
+STAGES = ("embed-spot", "embed-dense", "graph", "train", "predict", "predict-model")
 SECTIONS = ("C2", "C3")  # the target, and the other slide: its bank, or its fellow training slide
 
 
@@ -239,6 +251,72 @@ def stage_predict(work: Path, n: int, args) -> dict:
             "bank_spots": args.bank_spots, "members": config.model.members}  # fmt: skip
 
 
+def _phase(record) -> str:
+    """The phase of the predict flow a progress record starts (see the module docstring)."""
+    if record.stage == "embed":
+        return "prepare" if "path" in record.values else "embed"
+    if record.text.startswith("loading"):
+        return "model"
+    if "retrieving references" in record.text:
+        return "references"
+    return "write" if record.done == record.total else "blocks"  # after the last block: pcc, close
+
+
+def _rss_gb() -> tuple[float, float]:
+    """This process's resident set now (``/proc/self/statm``) and its peak so far (``ru_maxrss``), GB."""
+    import resource
+
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e9, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def stage_predict_model(work: Path, n: int, args) -> dict:
+    """``spahgc predict`` of the target with the model folder ``--model``, embedding included: a fresh
+    cache folder, so the slide is embedded (in the model's mode, with its encoder) inside the time."""
+    import anndata as ad
+
+    from napari_spahgc.embed.encoders import DEFAULT_ENCODER
+    from napari_spahgc.predict.flow import load_model
+
+    started = time.perf_counter()
+    (target,) = _slides(work, n, sections=("C2",))
+    read_slide = time.perf_counter() - started
+    phases, records, rss = {}, [], {}
+
+    def each(record) -> None:
+        records.append(record)
+        if (phase := _phase(record)) not in phases:
+            phases[phase], rss[phase] = time.perf_counter(), _rss_gb()
+
+    with tempfile.TemporaryDirectory(dir=work) as cache, tempfile.TemporaryDirectory(dir=work) as out:
+        started = time.perf_counter()
+        phases["model"], rss["model"] = started, _rss_gb()
+        model = load_model(args.model)  # as the command does: the encoder's name, before any work
+        encoder = model.metadata.encoder.get("name", DEFAULT_ENCODER)
+        embedding = ns.EmbedRequest([target], encoder, device=args.device, batch_size=args.batch_size,
+                                    cache=cache)  # fmt: skip
+        request = ns.PredictRequest(args.model, [target], embedding, out=out, device=args.device)
+        (path,) = ns.run_to_end(ns.predict(request), each).files.values()
+        ended, at_end = time.perf_counter(), _rss_gb()
+        written = ad.read_h5ad(path, backed="r")
+        shape, kept = list(written.shape), bool((written.obs_names == target.spot_ids).all())
+        written.file.close()
+    starts = sorted(phases.items(), key=lambda item: item[1])
+    bounds = [t for _, t in starts[1:]] + [ended]
+    split = {name: bound - t for (name, t), bound in zip(starts, bounds, strict=True)}
+    names = [name for name, _ in starts]  # the peak a phase reached: the peak so far when the next began
+    peaks = {name: rss[after][1] for name, after in itertools.pairwise(names)}
+    peaks[names[-1]] = at_end[1]
+    modes = {r.values["mode"] for r in records if r.stage == "embed" and "mode" in r.values}
+    return {"seconds": ended - started, "embed_s": split.get("embed", 0.0), "phases": split,
+            "rss_at_start_gb": {k: v[0] for k, v in rss.items()}, "peak_by_end_gb": peaks,
+            "read_slide_s": read_slide, "shape": shape, "every_bin_id_kept": kept,
+            "bank_spots": len(model.bank), "members": model.config.model.members,
+            "bank_slides": sorted(set(model.bank.slide_ids)), "encoder": encoder,
+            "embedding_mode": sorted(modes), "model_mode": model.metadata.encoder.get("embedding_mode"),
+            "block_spots": BLOCK_SPOTS, "batch_size": args.batch_size, "model": str(args.model)}  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------- parent side
 def run_stage(stage: str, n: int, args) -> dict:
     """One stage at one size in a fresh child process: its result, wall time and peak RSS."""
@@ -277,8 +355,9 @@ def run_child(command: list[str], timeout: float, **popen) -> tuple[int | None, 
 
 def _passed(args) -> list[str]:
     names = ("work", "dim", "genes", "epochs", "sample", "device", "encoder", "batch_size", "batch_spots",
-             "bank_spots", "embeddings")  # fmt: skip
-    return [item for name in names for item in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
+             "bank_spots", "embeddings", "model")  # fmt: skip
+    return [item for name in names if getattr(args, name) is not None
+            for item in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]  # fmt: skip
 
 
 def growth(records: list[dict]) -> list[dict]:
@@ -306,6 +385,10 @@ def table(records: list[dict]) -> str:
             note = f"{r['graphs']} graphs of ≤ {r['batch_spots']:,} targets, {r['references_per_graph']:,.0f} references each"
         if "peak_gpu_gib" in r:
             note += f" {r['encoder']} on {r['gpu']}, batch {r['batch_size']}, peak GPU {r['peak_gpu_gib']:.1f} GiB"
+        if "phases" in r:
+            note = f"{r['members']} members, bank {r['bank_spots']:,}; " + ", ".join(
+                f"{k} {v:.1f} s" for k, v in r["phases"].items()
+            )
         if r.get("epoch_s"):
             note = f"setup {r['setup_s']:.1f} s, epochs " + ", ".join(f"{e:.1f}" for e in r["epoch_s"])
         lines.append(f"| {r['stage']} | {r['n']:,} | {time_s} | {r['peak_rss_gb']:.2f} | {note} |")
@@ -332,11 +415,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--batch-spots", type=int, default=TrainOptions().batch_spots)
     parser.add_argument("--bank-spots", type=int, default=23_000)
+    parser.add_argument("--model", type=Path, help="predict-model: a model folder written by spahgc train")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--worker", choices=STAGES)
     parser.add_argument("--size", type=int)
     parser.add_argument("--result", type=Path)
     args = parser.parse_args(argv)
+    if "predict-model" in {args.worker, *args.stages} and args.model is None:
+        parser.error("the predict-model stage needs --model DIR")
     if args.worker:
         stage = globals()[f"stage_{args.worker.replace('-', '_')}"]
         args.result.write_text(json.dumps(stage(args.work, args.size, args)))

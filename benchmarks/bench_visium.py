@@ -5,7 +5,7 @@
 Five Visium-like slides (``scale_slides.make_visium`` over HER2ST C2–C6: a 100 µm hexagonal grid of
 55 µm spots over each whole section, ≈ 5,600 spots, counts drawn from the nearest real spot), made once
 in ``--work``. Then three commands, each a child process with its wall time and peak RSS:
-``spahgc embed`` of the five slides (``--mode``, default auto), ``spahgc train`` (``--preset``, default
+``spahgc embed`` of the five slides (``--mode``, default dense), ``spahgc train`` (``--preset``, default
 the default ensemble) on four of them with the 785-gene HER2ST panel, and ``spahgc predict`` of the
 fifth (``--target``). Printed and written to ``--out``: each command's numbers, the embedding mode
 chosen, the training's epochs and members, and the prediction's mean per-gene PCC against the
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("bench_visium.json"))
     parser.add_argument("--target", default="C6", choices=SECTIONS)
-    parser.add_argument("--mode", default="auto", choices=("auto", "spot", "dense"))
+    parser.add_argument("--mode", default="dense", choices=("dense", "spot"))
     parser.add_argument("--preset", default="default")
     parser.add_argument("--set", nargs="*", default=[], help="SpaHGC options NAME=VALUE for train")
     parser.add_argument("--timeout", type=float, default=3600)

@@ -6,7 +6,8 @@ every member is scored on the training section(s) it holds out (its best validat
 settings are chosen on). Prints one row per fold and the mean; writes them, with every member's
 validation history, as JSON.
 
-    python benchmarks/inner_validation.py [--set NAME=VALUE ...] [--folds C2,C3] [--out FILE.json]
+    python benchmarks/inner_validation.py [--set NAME=VALUE ...] [--mode spot|dense] [--folds C2,C3]
+        [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -33,12 +34,15 @@ def main() -> None:
         "--set", dest="settings", action="append", default=[], help="SpaHGC option NAME=VALUE"
     )
     parser.add_argument("--folds", default="", help="comma-separated held-out sections (default: every fold)")
+    parser.add_argument("--mode", default="dense", help="embedding mode: dense or spot")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="JSON file for the results")
     args = parser.parse_args()
 
     slides = ns.load_cohort(args.cohort)
-    embeddings = ns.run_to_end(ns.embed(ns.EmbedRequest(slides, "efficientnet-lite0", device="cpu")))
+    embeddings = ns.run_to_end(
+        ns.embed(ns.EmbedRequest(slides, "efficientnet-lite0", device="cpu", mode=args.mode))
+    )
     genes = ns.GeneChoice.from_file(args.genes)
     config = ns.SpaHGCConfig.from_options(parse_settings(args.settings), seed=args.seed, device="cpu")
     wanted = {f for f in args.folds.split(",") if f}
@@ -71,15 +75,21 @@ def main() -> None:
         per_member = ", ".join(
             f"{'+'.join(m['validation_slides'])} {m['pcc']:.4f}@{m['best_epoch']}" for m in members
         )
-        print(f"{row['fold']}: mean member PCC {row['pcc']:.4f}  ({per_member})  "
-              f"{row['epochs_run']} epochs, {row['seconds']:.0f} s", flush=True)  # fmt: skip
+        print(
+            f"{row['fold']}: mean member PCC {row['pcc']:.4f}  ({per_member})  "
+            f"{row['epochs_run']} epochs, {row['seconds']:.0f} s",
+            flush=True,
+        )
     mean = float(np.mean([r["pcc"] for r in rows]))
+    print(f"embeddings: {args.mode}")
     seconds = sum(r["seconds"] for r in rows)
     print(
         f"settings {args.settings or 'defaults'}: mean {mean:.4f} over {len(rows)} fold(s), {seconds:.0f} s"
     )
     if args.out:
-        args.out.write_text(json.dumps({"settings": args.settings, "mean": mean, "folds": rows}, indent=2))
+        args.out.write_text(
+            json.dumps({"settings": args.settings, "mode": args.mode, "mean": mean, "folds": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

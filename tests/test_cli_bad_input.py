@@ -324,6 +324,7 @@ CASES = [
     Case("--set without spahgc", lambda b: b.command("benchmark", "--methods", "ridge", "--set", "k=3"), r"apply to the 'spahgc' method", None),
     Case("--genes and --n-hvg", lambda b: b.command("train", "--genes", str(b.root / "spots.csv")), r"exactly one of --genes", None),
     Case("unknown preset", lambda b: b.command("train", "--preset", "fastest"), r"fastest", None),
+    Case("--mode auto (no mode since dense is every slide's default)", lambda b: b.command("embed", "--mode", "auto"), r"unknown embedding mode 'auto'; choose one of dense, spot", None),
 ]
 # fmt: on
 
@@ -429,7 +430,8 @@ def test_interrupts_stop_cleanly(signum, code, tmp_path):
     )
     (tmp_path / "cohort.csv").write_text(HEADER + "\nA,he.ome.tif,spots.csv,,,\n")
     process = subprocess.Popen(
-        [sys.executable, "-m", "napari_spahgc.cli", "embed", str(tmp_path / "cohort.csv"), "--cache", str(tmp_path / "cache")],
+        [sys.executable, "-m", "napari_spahgc.cli", "embed", str(tmp_path / "cohort.csv"), "--cache", str(tmp_path / "cache"),
+         "--mode", "spot"],  # 600 patches: still embedding when the signal comes
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     lines: list[str] = []

@@ -77,8 +77,11 @@ def worker_threads(monkeypatch):
 
 
 def _request(slides, cache) -> EmbedRequest:
-    """What ``spahgc embed --device cpu --batch-size 16 --cache CACHE`` asks for."""
-    return EmbedRequest(slides, "efficientnet-lite0", device="cpu", batch_size=16, cache=str(cache))
+    """What ``spahgc embed --device cpu --batch-size 16 --cache CACHE --mode spot`` asks for (per spot:
+    quick on legacy ST's few spots)."""
+    return EmbedRequest(
+        slides, "efficientnet-lite0", device="cpu", batch_size=16, cache=str(cache), mode="spot"
+    )
 
 
 def _serial(sections, serial_cache) -> Embeddings:
@@ -211,8 +214,8 @@ def test_a_bad_slide_is_reported_and_the_others_complete(sections, tmp_path, cap
     fields = cohort[-1].split(",")
     fields[1:4] = [str(damaged), "inside.csv", ""]
     (tmp_path / "cohort.csv").write_text("\n".join([*cohort[:-1], ",".join(fields)]) + "\n")
-    code, stderr = run_cli(["embed", str(tmp_path / "cohort.csv"), "--workers", "2", "--cache", str(tmp_path / "c")],
-                           capsys)  # fmt: skip
+    code, stderr = run_cli(["embed", str(tmp_path / "cohort.csv"), "--workers", "2", "--cache", str(tmp_path / "c"),
+                            "--mode", "spot"], capsys)  # fmt: skip
     assert code == 2, stderr
     assert f"failed: slide 'C6': {damaged}: cannot decode the image data" in stderr
     assert "1 of 5 slide(s) failed" in stderr and "Traceback" not in stderr
@@ -247,6 +250,7 @@ def test_the_embed_widget_runs_on_a_scheduler(
     with cluster_client(workers=2) as client:
         w["Embed"].cache.set_text(str(tmp_path / "cluster"))
         w["Embed"].batch_size.setValue(16)
+        w["Embed"].mode.setCurrentText("per-spot")
         w["Embed"].scheduler.setText(client.scheduler.address)
         w["Embed"].run().yielded.connect(steps.append)
         _finish(qtbot, w["Embed"].panel)
@@ -263,7 +267,7 @@ import napari_spahgc as ns
 
 if __name__ == "__main__":
     slides = ns.load_cohort(sys.argv[1])[:2]
-    request = ns.EmbedRequest(slides, device="cpu", batch_size=16, cache=sys.argv[2])
+    request = ns.EmbedRequest(slides, device="cpu", batch_size=16, cache=sys.argv[2], mode="spot")
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
         result = ns.run_to_end(ns.DaskCluster(cluster.scheduler_address).run(ns.embed, request))
     print(sorted(result.files), "torch" in sys.modules)

@@ -16,7 +16,7 @@ from conftest import HER2ST
 from napari_spahgc.base.metrics import score
 from napari_spahgc.view.figures import best_genes, render_gene
 
-DEMO_METHODS = ["spahgc", "ridge", "ridge_spatial"]
+DEMO_METHODS = ["spahgc", "ridge", "ridge_spatial", "knn_spatial", "blend_spatial"]
 
 
 def _spahgc(*args: str) -> subprocess.CompletedProcess:
@@ -30,7 +30,9 @@ def demo_out(tmp_path_factory):
     if not HER2ST.is_dir():
         pytest.skip("the HER2ST sections are not beside the checkout (../shared/data/her2st)")
     out = tmp_path_factory.mktemp("demo")
-    result = _spahgc("demo", "--no-viewer", "--epochs", "3", "--device", "cpu", "--out", str(out))
+    result = _spahgc(
+        "demo", "--no-viewer", "--epochs", "3", "--device", "cpu", "--out", str(out), "--mode", "spot"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result.stdout
 
@@ -58,6 +60,13 @@ def test_demo_completes_without_a_viewer(demo_out):
     for gene in shown:
         assert (out / f"C6_{gene}.png").stat().st_size > 10_000 and f"figure {gene}: " in stdout
     assert (out / "models" / "C6" / "default" / "model.safetensors").is_file() and "spahgc" in stdout
+    # the user is told plainly whether SpaHGC is ahead of the best tuned baseline on this section
+    comparison = report["comparisons"]["spahgc"]
+    best = max(DEMO_METHODS[1:], key=lambda m: report["methods"][m]["pcc_mean"])
+    ahead = report["methods"]["spahgc"]["folds"]["C6"]["pcc"] > report["methods"][best]["folds"]["C6"]["pcc"]
+    assert comparison["against"] == best and (comparison["wins"] == 1) == ahead
+    assert ("ahead here" if ahead else "NOT ahead on this section") in stdout
+    assert ("not ahead on C6" in (out / "report.md").read_text()) == (not ahead)
     assert f"model: {out / 'models' / 'C6' / 'default'}" in stdout
 
 
@@ -101,7 +110,7 @@ def test_demo_result_opens_in_napari_with_everything_loaded(her2st_cohort, tmp_p
     cohort = tmp_path / "three.csv"
     cohort.write_text("\n".join(rows) + "\n")
     config = ns.SpaHGCConfig.from_options({"epochs": 2}, device="cpu")
-    result = run_demo(tmp_path / "out", cohort, config=config, n_figures=1, log=lambda _: None)
+    result = run_demo(tmp_path / "out", cohort, config=config, n_figures=1, log=lambda _: None, mode="spot")
     assert result.test_slide == "C4" and set(result.metrics) == set(DEMO_METHODS)
     assert ns.load_model(result.files["model"]).metadata.training_slides == ["C2", "C3"]
     assert list(result.prediction.obs_names) == list(result.slides[2].spot_ids)

@@ -99,19 +99,15 @@ def test_an_image_that_tissue_fills_is_all_tissue(c2, tmp_path):
 
 
 def test_dense_mode_embeds_every_spot_once_in_order_and_caches_apart(tmp_path, block, encoder):
-    assert resolve_mode(block) == "spot"  # legacy ST, 200 µm pitch
-    hd = dataclasses.replace(block, centers_px=block.centers_px[:1] + np.arange(9)[:, None] * 11.0)
-    assert resolve_mode(hd) == "dense"  # 8 µm bins
-    for pitch_um, mode in ((100, "dense"), (120, "spot")):  # Visium's 100 µm: fields of 112 µm overlap
-        grid = block.centers_px[:1] + np.arange(9)[:, None] * [pitch_um / block.pixel_size_um, 0]
-        assert resolve_mode(dataclasses.replace(block, centers_px=grid)) == mode
+    assert resolve_mode() == resolve_mode(None) == "dense"  # the default, whatever the spot pitch
+    assert resolve_mode("spot") == "spot" and resolve_mode("dense") == "dense"
     spot_key, dense_key = (
         cache_key(block, encoder, PatchSpec(), "spot"),
         cache_key(block, encoder, PatchSpec(), "dense"),
     )
     assert spot_key["mode"] == "spot" and dense_key["mode"] == "dense" and spot_key != dense_key
     assert dense_key["dense"] == {**DenseGrid.of(block, encoder).to_dict(), "tissue": TISSUE_METHOD}
-    assert cache_key(block, encoder, PatchSpec()) == spot_key  # auto resolves to spot here
+    assert cache_key(block, encoder, PatchSpec()) == dense_key  # dense by default, legacy ST's 200 µm too
 
     request = EmbedRequest([block], encoder, cache=tmp_path, mode="dense")
     result, progress = _run(embed(request))
@@ -131,10 +127,11 @@ def test_dense_mode_embeds_every_spot_once_in_order_and_caches_apart(tmp_path, b
     _, again = _run(embed(request))
     assert len(again) == 2 and again[-1].values["cached"]  # loading, then read: no tile computed
     assert request.finished().files == result.files
-    assert EmbedRequest([block], encoder, cache=tmp_path).finished().files == {}  # auto is spot here
-    with pytest.raises(InputError, match="unknown embedding mode"):
-        resolve_mode(block, "tiles")
-    with pytest.raises(InputError, match="unknown embedding mode 'tiles'; choose one of auto, spot, dense"):
+    assert EmbedRequest([block], encoder, cache=tmp_path).finished().files == result.files  # the default
+    assert EmbedRequest([block], encoder, cache=tmp_path, mode="spot").finished().files == {}  # apart
+    with pytest.raises(InputError, match="unknown embedding mode 'auto'"):  # auto is no mode any more
+        resolve_mode("auto")
+    with pytest.raises(InputError, match="unknown embedding mode 'tiles'; choose one of dense, spot"):
         _run(embed(EmbedRequest([block], encoder, cache=tmp_path, mode="tiles")))
 
 

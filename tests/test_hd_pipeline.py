@@ -59,7 +59,7 @@ def test_hd_folder_through_the_cli_into_napari(make_napari_viewer, tmp_path, cap
     code, out, err = run_cli(["embed", cohort, "--cache", cache], capsys)
     assert code == 0, err
     slides = ns.load_cohort(cohort)
-    embedded = ns.EmbedRequest(slides, cache=cache).finished()  # 8 µm bins: auto chose dense, and cached
+    embedded = ns.EmbedRequest(slides, cache=cache).finished()  # 8 µm bins: dense (the default), and cached
     assert embedded.modes == {"C2_hd900": "dense", "C3_hd900": "dense"}
     assert all(f"{slide_id}: {path}" in out for slide_id, path in embedded.files.items())
     assert [embedded[s].shape for s in ("C2_hd900", "C3_hd900")] == [(N_BINS, 1280)] * 2

@@ -1,43 +1,19 @@
 """The held-out section's counts reach only the benchmark's scorer: every method gets the section
-without them, and poisoning them changes nothing SpaHGC learns or predicts, only its score. (The
-baselines have their own poisoning test in test_baselines.py.)"""
+without them, poisoning them changes nothing SpaHGC learns or predicts, only its score, and a model
+that did train on them is refused. (The baselines have their own poisoning test in test_baselines.py.)"""
 
 from __future__ import annotations
 
 import dataclasses
 
-import anndata as ad
 import numpy as np
-import pandas as pd
-import scipy.sparse as sp
+import pytest
 from safetensors.numpy import load_file
 
 import napari_spahgc as ns
-from napari_spahgc.evaluate.benchmark import METHODS, Method
-
-N_GENES, DIM = 30, 12
-
-
-def _cohort(seed: int = 0) -> tuple[list[ns.Slide], ns.Embeddings]:
-    """Four slides whose counts are Poisson draws with rates set by the spot embedding."""
-    rng = np.random.default_rng(seed)
-    loadings = rng.normal(size=(DIM, N_GENES)) / 2
-    grid = [(x, y) for x in range(7) for y in range(7)]
-    ids = pd.Index([f"{x}x{y}" for x, y in grid])
-    slides, arrays = [], {}
-    for s in range(4):
-        emb = rng.normal(size=(len(grid), DIM)).astype(np.float32)
-        counts = rng.poisson(np.exp(1.5 + emb @ loadings / 2)).astype(np.float32)
-        slides.append(ns.Slide(f"S{s}", ids, np.array(grid) * 272.0, expression=_counts(counts, ids),
-                               pixel_size_um=0.735, spot_diameter_px=136))  # fmt: skip
-        arrays[f"S{s}"] = emb
-    return slides, ns.Embeddings(encoder={"name": "synthetic", "dim": DIM}, arrays=arrays)
-
-
-def _counts(values: np.ndarray, ids: pd.Index) -> ad.AnnData:
-    counts = ad.AnnData(sp.csr_matrix(values), obs=pd.DataFrame(index=ids))
-    counts.var_names = [f"GENE{g}" for g in range(N_GENES)]
-    return counts
+from napari_spahgc.evaluate import benchmark
+from napari_spahgc.evaluate.benchmark import METHODS, LeakageError, Method
+from synthetic_slides import count_table, poisson_cohort
 
 
 def _benchmark(slides, embeddings, out) -> dict:
@@ -50,13 +26,13 @@ def _benchmark(slides, embeddings, out) -> dict:
 
 
 def test_poisoned_held_out_counts_change_the_score_only(tmp_path):
-    slides, embeddings = _cohort()
+    slides, embeddings = poisson_cohort()
     clean = _benchmark(slides, embeddings, tmp_path / "clean")
     held_out = slides[3]
     poison = held_out.expression.X.toarray()[::-1] * 1000 + 7  # other rows, scale and genes' order
     poisoned_slides = [
         *slides[:3],
-        dataclasses.replace(held_out, expression=_counts(poison, held_out.spot_ids)),
+        dataclasses.replace(held_out, expression=count_table(poison, held_out.spot_ids)),
     ]
     poisoned = _benchmark(poisoned_slides, embeddings, tmp_path / "poisoned")
 
@@ -84,7 +60,7 @@ def test_every_method_gets_the_held_out_section_without_its_counts(tmp_path, mon
         return np.zeros((test.n_spots, len(fold.genes)), np.float32), {"chosen": {}}
 
     monkeypatch.setitem(METHODS, "spy", Method("baseline", spy))
-    slides, embeddings = _cohort()
+    slides, embeddings = poisson_cohort()
     request = ns.EvaluateRequest(slides, embeddings, ns.GeneChoice(n_hvg=20), tmp_path, methods=["spy"])
     report = ns.run_to_end(ns.evaluate(request))
     assert len(seen) == 4  # leave one slide out: every slide held out once
@@ -93,3 +69,17 @@ def test_every_method_gets_the_held_out_section_without_its_counts(tmp_path, mon
         sorted({"S0", "S1", "S2", "S3"} - {held}) for held in ("S0", "S1", "S2", "S3")
     ]
     assert report["methods"]["spy"]["folds"]["S0"]["pcc"] == 0.0  # a constant prediction scores 0
+
+
+def test_a_model_trained_on_the_held_out_section_is_refused(tmp_path, monkeypatch):
+    """A planted leak — the fold's training slides gain the held-out section, counts and all — is
+    caught from what the trained model records, not from the lists the benchmark built."""
+    slides, embeddings = poisson_cohort()
+    by_id, fold = {s.slide_id: s for s in slides}, benchmark.Fold
+
+    def leaky_fold(genes, config, train_slides, test_slide, *rest):
+        return fold(genes, config, [*train_slides, by_id[test_slide.slide_id]], test_slide, *rest)
+
+    monkeypatch.setattr(benchmark, "Fold", leaky_fold)
+    with pytest.raises(LeakageError, match=r"the model for held-out slide S3 trained on \['S3'\]"):
+        _benchmark(slides, embeddings, tmp_path)

@@ -20,6 +20,8 @@ def test_progress_is_an_immutable_value():
     assert len({progress, Progress(3, 10, "embedding C2")}) == 1
     epoch = Progress(2, 5, "epoch 2/5", "train", {"loss": 0.5, "validation_pcc": 0.2})
     assert pickle.loads(pickle.dumps(epoch)) == epoch  # a stage's values cross with it
+    warned = Progress(0, 10, "loading", "embed", warning="a long run")
+    assert pickle.loads(pickle.dumps(warned)).warning == "a long run" and Progress(0, 1).warning == ""
     assert epoch != Progress(2, 5, "epoch 2/5", "train", {"loss": 0.6, "validation_pcc": 0.2})
     assert hash(epoch) == hash(
         Progress(2, 5, "epoch 2/5", "train", {"loss": 0.6})

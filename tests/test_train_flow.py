@@ -29,7 +29,7 @@ def _config(**options) -> ns.SpaHGCConfig:
 
 def test_a_training_request_makes_a_model_folder_that_predicts(sections, tmp_path):
     training, target = sections[:3], sections[3]
-    embedding = ns.EmbedRequest(sections, device="cpu")  # the session's cache folder (conftest)
+    embedding = ns.EmbedRequest(sections, device="cpu", mode="spot")  # cached for the session (conftest)
     genes = ns.GeneChoice.from_file(PANEL)
     request = ns.TrainRequest(training, embedding.for_slides(training), genes, _config(), tmp_path / "model")
     records: list[ns.Progress] = []
@@ -62,12 +62,13 @@ def test_a_training_request_makes_a_model_folder_that_predicts(sections, tmp_pat
         model.genes == trained.model.genes and model.metadata.validation == trained.model.metadata.validation
     )
     records = []
-    target_embedding = embedding.for_slides([target])
+    target_embedding = ns.EmbedRequest([target], device="cpu")  # no mode: the model's own (spot)
     from_folder = ns.run_to_end(
         ns.predict(ns.PredictRequest(trained.folder, [target], target_embedding)), records.append
     )
     assert records[0].stage == "predict" and records[0].text == "loading model"
     assert {p.stage for p in records} == {"predict", "embed"}
+    assert [p.values["mode"] for p in records if "mode" in p.values] == ["spot"]  # the model's mode
     assert records[-1].stage == "predict" and records[-1].done == records[-1].total
     in_memory = ns.run_to_end(ns.predict(ns.PredictRequest(trained.model, [target], target_embedding)))
     prediction = from_folder.predictions["C5"]
@@ -81,7 +82,7 @@ def test_a_training_request_makes_a_model_folder_that_predicts(sections, tmp_pat
 
 @pytest.fixture(scope="module")
 def embeddings(sections) -> ns.Embeddings:
-    return ns.run_to_end(ns.embed(ns.EmbedRequest(sections[:3], device="cpu")))
+    return ns.run_to_end(ns.embed(ns.EmbedRequest(sections[:3], device="cpu", mode="spot")))
 
 
 def test_cancelling_training_writes_no_model(sections, embeddings, tmp_path):

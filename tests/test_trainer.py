@@ -104,14 +104,10 @@ def test_seeded_training_reproduces_exactly():
     assert not np.array_equal(first, other)
 
 
-def test_leakage_guards():
-    """A held-out slide among the training slides is refused (the benchmark's guard); a slide in the
-    bank never retrieves its own spots; a slide trained without is absent from the bank."""
-    from napari_spahgc.evaluate.benchmark import LeakageError, check_no_leakage
-
+def test_a_slide_never_retrieves_its_own_spots():
+    """A slide in the bank never retrieves its own spots; a slide trained without is absent from the
+    bank."""
     slides = make_slides(n_slides=5)
-    with pytest.raises(LeakageError, match=r"held-out slides \['S0'\] are in the training data"):
-        check_no_leakage(slides, [slides[0]], gene_slides=[])
     model = fit(make_trainer(slides[:4]))
     # predicting a slide that is in the bank retrieves only other slides' spots
     assert "S0" in set(model.bank.slide_ids)

@@ -75,6 +75,7 @@ def test_full_flow_load_embed_train_predict_pick_gene_export(
     assert sorted(w["Predict"].reference_ids()) == ["C2", "C3"]
 
     w["Embed"].batch_size.setValue(32)  # the run's shared cache: test_viewer_first may have filled it
+    w["Embed"].mode.setCurrentText("per-spot")  # quick on legacy ST's few spots (dense: below)
     w["Embed"].run()
     _finish(qtbot, w["Embed"].panel)
     assert (
@@ -160,6 +161,7 @@ def test_cancel_during_embedding_then_a_rerun_completes_from_the_cache(
     cache = tmp_path / "embeddings"
     w["Embed"].cache.set_text(str(cache))
     w["Embed"].batch_size.setValue(8)
+    w["Embed"].mode.setCurrentText("per-spot")  # quick on legacy ST's few spots
     n_c2 = session.slides["C2"].n_spots
     worker = w["Embed"].run()
     worker.yielded.connect(lambda step: step.done > n_c2 and w["Embed"].panel.cancel())  # C3 part-way
@@ -313,7 +315,25 @@ def test_failing_work_results_and_handlers_of_a_run_panel_are_notifications(
     assert any(m.startswith("Broken result failed: AttributeError: ") for m in messages)
 
 
-def test_embed_mode_combo_defaults_to_auto_and_an_unreachable_scheduler_is_a_notification(
+def test_a_warning_of_the_work_is_a_notification(make_napari_viewer, qtbot, notifications):
+    """What a flow warns about before it starts (a long per-spot embedding) reaches the user."""
+    from napari.utils.notifications import NotificationSeverity
+
+    panel = _widgets(make_napari_viewer(show=True))["Embed"].panel
+
+    def work(cancel):
+        yield Progress(0, 2, "loading", "embed", warning="embedding 200,000 spots per spot")
+        yield Progress(2, 2, "done", "embed")
+        return None
+
+    panel.start(work, "Embedding", lambda result: None)
+    _finish(qtbot, panel)
+    (shown,) = [n for n in notifications if "200,000" in str(n.message)]
+    assert str(shown.message) == "Embedding: embedding 200,000 spots per spot"
+    assert shown.severity == NotificationSeverity.WARNING and panel.status.text() == "Embedding: done"
+
+
+def test_embed_mode_combo_defaults_to_dense_and_an_unreachable_scheduler_is_a_notification(
     make_napari_viewer, qtbot, notifications
 ):
     viewer = make_napari_viewer(show=True)
@@ -324,10 +344,10 @@ def test_embed_mode_combo_defaults_to_auto_and_an_unreachable_scheduler_is_a_not
         session.set_pixel_size(slide_id, 0.5)
     box = embed.mode
     choices = [(box.itemText(i), box.itemData(i)) for i in range(box.count())]
-    assert choices == [("auto", "auto"), ("per-spot", "spot"), ("dense", "dense")]
-    assert box.currentData() == "auto" and "112 µm" in box.toolTip()
-    box.setCurrentText("dense")  # every mode runs on a cluster: the tasks run the same flow
-    assert "tissue tile" in box.toolTip()
+    assert choices == [("dense", "dense"), ("per-spot", "spot")]
+    assert box.currentData() == "dense" and "tissue tile" in box.toolTip()
+    box.setCurrentText("per-spot")  # every mode runs on a cluster: the tasks run the same flow
+    assert "grows with the spots" in box.toolTip()
     embed.scheduler.setText("tcp://127.0.0.1:1")  # nothing listens there
     embed.panel.run_button.click()
     _finish(qtbot, embed.panel)
@@ -351,7 +371,7 @@ def test_the_chosen_embed_mode_reaches_the_embeddings_and_the_cache(
     session = session_for(viewer)
     session.add_slides([block])
     embed.cache.set_text(str(tmp_path / "embeddings"))
-    for label, mode in (("dense", "dense"), ("per-spot", "spot")):  # auto would be per-spot here
+    for label, mode in (("dense", "dense"), ("per-spot", "spot")):
         embed.mode.setCurrentText(label)
         embed.run()
         _finish(qtbot, embed.panel)

@@ -154,7 +154,7 @@ def test_the_embed_flow_in_a_worker_process_is_the_one_in_this_process(her2st_co
     slide = ns.read_cohort(her2st_cohort)[0].load(with_expression=False)
     slide = ns.Slide(slide.slide_id, slide.spot_ids[:12], slide.centers_px[:12], image=slide.image,
                      pixel_size_um=slide.pixel_size_um, sources=slide.sources)  # fmt: skip
-    request = ns.EmbedRequest([slide], device="cpu", batch_size=8, cache=tmp_path / "cache")
+    request = ns.EmbedRequest([slide], device="cpu", batch_size=8, cache=tmp_path / "cache", mode="spot")
     items, there = _drain(ns.WorkerProcess().run(ns.embed, request))
     assert items[-1].values == {"slide_id": "C2", "path": there.files["C2"], "mode": "spot", "cached": False}
     assert [p.stage for p in items] == ["embed"] * len(items) and items[-1].done == items[-1].total == 12

@@ -55,6 +55,7 @@ def main(mode: str, source: str, panel_file: str, record_path: str) -> None:
     slide_names = widgets["Slide"]
     record["slides"] = [slide_names.slides.itemText(i) for i in range(slide_names.slides.count())]
     if mode == "open":
+        widgets["Embed"].mode.setCurrentText("per-spot")  # quick on legacy ST's few spots
         widgets["Embed"].run()
         wait_for(widgets["Embed"].panel)
         target = record["slides"][-1]

@@ -11,7 +11,7 @@ import napari
 from napari.layers import Layer
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -155,7 +155,8 @@ class RunPanel(QWidget):
     worker process, :func:`napari_spahgc.run.worker.run_in_child`); Cancel sets the event handed to the work
     and stops the thread between two yields; errors of the Run handler, of the work (a crashed worker
     process included) and of ``on_done`` become napari notifications (the viewer never sees the
-    exception); a napari progress bar in the activity dock mirrors the counts.
+    exception), and so do the work's warnings (:attr:`Progress.warning`); a napari progress bar in the
+    activity dock mirrors the counts.
     """
 
     def __init__(self, run_text: str, on_run: Callable[[], None], parent: QWidget | None = None) -> None:
@@ -217,6 +218,8 @@ class RunPanel(QWidget):
             self.worker.quit()
 
     def _on_step(self, step: Progress) -> None:
+        if step.warning:  # e.g. a long per-spot embedding, announced before it starts
+            show_warning(f"{self.label}: {step.warning}")
         self.bar.setMaximum(max(step.total, 1))
         self.bar.setValue(step.done)
         if step.text:

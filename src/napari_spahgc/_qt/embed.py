@@ -9,7 +9,6 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QLineEdit, QSpinBox
 
 from napari_spahgc._qt._common import DEVICES, PathField, RunPanel, SessionWidget
 from napari_spahgc.base.files import cache_dir, prepare_output_folder
-from napari_spahgc.embed.cache import DENSE_BELOW_PITCH_UM
 from napari_spahgc.embed.encoders import (  # torch-free: torch loads only to build
     DEFAULT_ENCODER,
     REGISTRY,
@@ -18,20 +17,15 @@ from napari_spahgc.embed.encoders import (  # torch-free: torch loads only to bu
 from napari_spahgc.embed.flow import EmbedRequest, embed
 from napari_spahgc.run.runners import DaskCluster, WorkerProcess
 
-#: The Mode choices: (label, the embedding request's mode, what it means).
+#: The Mode choices, the default first: (label, the embedding request's mode, what it means).
 MODES = (
-    (
-        "auto",
-        "auto",
-        f"dense below a {DENSE_BELOW_PITCH_UM:g} µm spot pitch (Visium, Visium HD), else per spot",
-    ),
-    ("per-spot", "spot", "one 224 px patch per spot through the encoder: its cost grows with the spots"),
     ("dense", "dense", "one encoder pass per tissue tile, spot fields averaged: cost follows the tissue"),
+    ("per-spot", "spot", "one 224 px patch per spot through the encoder: its cost grows with the spots"),
 )
 
 
 def mode_box() -> QComboBox:
-    """The Mode combo box: auto (the default) / per-spot / dense, each with its meaning as tooltip."""
+    """The Mode combo box: dense (the default) / per-spot, each with its meaning as tooltip."""
     box = QComboBox()
     for index, (label, mode, meaning) in enumerate(MODES):
         box.addItem(label, mode)

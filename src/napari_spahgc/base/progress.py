@@ -12,14 +12,17 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Progress:
     """``done`` of ``total`` units (spots, epochs, blocks, slides) of a ``stage`` (embed, train, predict,
-    evaluate), a line of text for a status bar, and the stage's own ``values`` (an epoch's loss and
-    validation PCC; an embedded slide's id, cache file and mode)."""
+    evaluate), a line of text for a status bar, the stage's own ``values`` (an epoch's loss and
+    validation PCC; an embedded slide's id, cache file and mode), and a ``warning`` for the user, shown
+    by every front end as it comes (the CLI on stderr, a widget as a notification): e.g. a long
+    per-spot embedding announced before it starts."""
 
     done: int
     total: int
     text: str = ""
     stage: str = ""
     values: Mapping[str, Any] = field(default_factory=dict, hash=False)  # a dict: not hashed, compared
+    warning: str = ""
 
 
 def run_to_end(flow: Generator[Any, None, T], each: Callable[[Any], object] | None = None) -> T:

@@ -27,6 +27,7 @@ from napari_spahgc.cli.options import (
     JobsOpt,
     MethodsOpt,
     ModeOpt,
+    PredictModeOpt,
     PresetOpt,
     RetriesOpt,
     SchedulerOpt,
@@ -37,6 +38,7 @@ from napari_spahgc.cli.options import (
     gene_choice,
     spahgc_config,
 )
+from napari_spahgc.embed.cache import DEFAULT_MODE
 from napari_spahgc.embed.encoders import DEFAULT_ENCODER
 from napari_spahgc.embed.flow import EmbedRequest
 from napari_spahgc.embed.flow import embed as embed_flow
@@ -99,10 +101,10 @@ def embed(
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
     retries: RetriesOpt = 0,
-    mode: ModeOpt = "auto",
+    mode: ModeOpt = DEFAULT_MODE,
 ) -> None:
-    """Embed every spot's field (224 px at 0.5 µm/px; per spot or densely, --mode) and cache the embeddings
-    per slide (on a Dask cluster with --scheduler or --workers: one task per slide)."""
+    """Embed every spot's field (224 px at 0.5 µm/px; densely, or per spot with --mode spot) and cache the
+    embeddings per slide (on a Dask cluster with --scheduler or --workers: one task per slide)."""
     slides = load_slides(cohort, with_expression=False)  # the spots are all embedding needs
     request = EmbedRequest(slides, encoder, weights, device, batch_size, cache, mode)
     result = drive(runner_for(scheduler, workers, retries), embed_flow, request)
@@ -127,7 +129,7 @@ def train(
     cache: CacheOpt = None,
     preset: PresetOpt = "default",
     settings: SetOpt = None,
-    mode: ModeOpt = "auto",
+    mode: ModeOpt = DEFAULT_MODE,
 ) -> None:
     """Train SpaHGC on every slide of the cohort (by default a cross-validated ensemble: each member holds
     slides out to choose its epoch; --preset paper: one model, final epoch) and save it."""
@@ -154,7 +156,7 @@ def predict(
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
     retries: RetriesOpt = 0,
-    mode: ModeOpt = "auto",
+    mode: PredictModeOpt = None,
 ) -> None:
     """Predict expression for every slide of the cohort with a trained model (embedded with its encoder,
     in its mode unless --mode says otherwise); write h5ad files (on a Dask cluster with --scheduler or
@@ -188,11 +190,21 @@ def benchmark(
     batch_size: BatchOpt = 64,
     cache: CacheOpt = None,
     settings: SetOpt = None,
-    mode: ModeOpt = "auto",
+    mode: ModeOpt = DEFAULT_MODE,
     jobs: JobsOpt = 0,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            "--seeds",
+            min=1,
+            help="Seeds per seeded method (SpaHGC, the MLP probe): --seed, then the next ones; each fold "
+            "reports the mean ± sd over seeds.",
+        ),
+    ] = 1,
 ) -> None:
     """Leave-one-slide-out (or -patient-out) benchmark of SpaHGC (ours and the paper's configuration)
-    and tuned baselines on the same embeddings; --set and --epochs apply to the 'spahgc' method."""
+    and tuned baselines on the same embeddings, with paired statistics against the best baseline;
+    --set and --epochs apply to the 'spahgc' method."""
     from napari_spahgc.evaluate.benchmark import (
         METHODS,
         EvaluateRequest,
@@ -221,6 +233,7 @@ def benchmark(
         chosen,
         config,
         jobs or default_jobs(device),
+        seeds=seeds,
         protocol={"cohort": str(cohort)},
     )
     report = drive(InProcess(), evaluate, request)
@@ -242,6 +255,7 @@ def demo(
     epochs: EpochsOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    mode: ModeOpt = DEFAULT_MODE,
     no_viewer: Annotated[bool, typer.Option("--no-viewer", help="Do not open napari at the end.")] = False,
 ) -> None:
     """The whole pipeline offline on HER2ST: embed, train on all sections but one, predict it, report.
@@ -253,10 +267,11 @@ def demo(
     from napari_spahgc.evaluate.benchmark import default_jobs
 
     config, _ = spahgc_config("default", None, epochs, seed, device)
-    result = run_demo(out, cohort, test_slide, config, log=_to_stderr, jobs=default_jobs(device))
+    result = run_demo(out, cohort, test_slide, config, log=_to_stderr, jobs=default_jobs(device), mode=mode)
     typer.echo(f"{'method':<14} {'PCC':>6} {'RMSE':>6}   (held-out section {result.test_slide})")
     for name, metric in result.metrics.items():
         typer.echo(f"{name:<14} {metric['pcc']:6.3f} {metric['rmse']:6.3f}")
+    typer.echo(result.verdict)
     for label, path in result.files.items():
         typer.echo(f"{label}: {path}")
     if not no_viewer:

@@ -34,8 +34,9 @@ def runner_for(scheduler: str | None = None, workers: int | None = None, retries
 
 def drive(runner: Runner, flow: Flow[R], request: Any) -> R:
     """Run ``flow(request)`` with ``runner``, showing a progress bar per stage (an evaluation's lines as
-    text); return its result. A cluster's failed slides are named as they fail; at the end the slides
-    written are listed and the exit code is 2 when every failure was bad input, else 1."""
+    text) and the flow's warnings on stderr (before the bar of the stage that warns); return its
+    result. A cluster's failed slides are named as they fail; at the end the slides written are listed
+    and the exit code is 2 when every failure was bad input, else 1."""
     from napari_spahgc.run.dask import SlideFailures
 
     work, bar, shown, stack = runner.run(flow, request), None, None, contextlib.ExitStack()
@@ -49,11 +50,16 @@ def drive(runner: Runner, flow: Flow[R], request: Any) -> R:
                 typer.echo(
                     f"\nfailed: slide {progress.values['slide_id']!r}: {progress.values['error']}", err=True
                 )
+            new_bar = progress.stage != "evaluate" and (progress.stage, progress.total) != shown
+            if new_bar:
+                stack.close()  # the last stage's bar: a warning is printed before the next one
+            if progress.warning:
+                below_bar = "\n" if shown is not None and not new_bar else ""  # a bar's line is open
+                typer.echo(f"{below_bar}warning: {progress.warning}", err=True)
             if progress.stage == "evaluate":
                 typer.echo(progress.text, err=True)
                 continue
-            if (progress.stage, progress.total) != shown:
-                stack.close()  # the last stage's bar
+            if new_bar:
                 shown = progress.stage, progress.total
                 label = LABELS.get(progress.stage, progress.text)
                 bar = stack.enter_context(

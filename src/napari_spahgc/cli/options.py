@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from napari_spahgc.embed.cache import MODES
 from napari_spahgc.embed.encoders import DEFAULT_ENCODER, REGISTRY
 from napari_spahgc.evaluate.benchmark import METHODS
 from napari_spahgc.io.expression import GeneChoice
@@ -36,13 +35,17 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Patches per 
 CacheOpt = Annotated[
     Path | None, typer.Option("--cache", help="Embedding cache folder (default: the user cache folder).")
 ]
-ModeOpt = Annotated[
-    str,
+_MODES_HELP = (
+    "dense (one encoder pass per tissue tile, each spot's field averaged from the feature map: its cost "
+    "follows the tissue) or spot (one 224 px patch per spot: its cost grows with the spots)"
+)
+ModeOpt = Annotated[str, typer.Option("--mode", help=f"Embedding: {_MODES_HELP}.")]
+PredictModeOpt = Annotated[
+    str | None,
     typer.Option(
         "--mode",
-        help=f"Embedding ({', '.join(MODES)}): spot (one patch per spot), dense (one pass per tissue tile, "
-        "fields averaged), auto (dense below a 112 µm spot pitch, the patch field: Visium, Visium HD; else spot). "
-        "predict: auto is the model's mode.",
+        help=f"Embedding: {_MODES_HELP}. Default: the model's own mode (a model reads only embeddings "
+        "of the mode it was trained on).",
     ),
 ]
 SchedulerOpt = Annotated[

@@ -23,32 +23,27 @@ from napari_spahgc.base.errors import InputError
 from napari_spahgc.base.files import atomic_path, file_fingerprint, slide_file
 from napari_spahgc.embed.encoders import Encoder, LazyEncoder
 from napari_spahgc.embed.patches import PatchSpec
-from napari_spahgc.io.slide import Slide, spot_pitch
+from napari_spahgc.io.slide import Slide
 
-#: ``spot``: one 224 px patch per spot through the encoder; ``dense``: one encoder pass per tissue tile,
-#: each spot's field averaged from the feature map (:mod:`~napari_spahgc.embed.dense`); ``auto``: dense when
-#: the spot pitch is below :data:`DENSE_BELOW_PITCH_UM` (Visium and Visium HD), else per spot.
-MODES = ("auto", "spot", "dense")
-#: the patch field (224 px at 0.5 µm/px): below it neighbouring spots' fields overlap, so per-spot
-#: patches would encode the same tissue more than once
-DENSE_BELOW_PITCH_UM = PatchSpec().field_um
+#: ``dense``: one encoder pass per tissue tile, each spot's field averaged from the feature map
+#: (:mod:`~napari_spahgc.embed.dense`); ``spot``: one 224 px patch per spot through the encoder.
+MODES = ("dense", "spot")
+#: every slide's mode unless one is asked for: dense predicts at least as well on HER2ST and costs
+#: what the tissue costs, not the spots (docs/embeddings.md)
+DEFAULT_MODE = "dense"
 
 
-def resolve_mode(slide: Slide, mode: str = "auto") -> str:
-    """``spot`` or ``dense`` for ``slide``: ``auto`` is dense when the median nearest-spot distance is
-    below :data:`DENSE_BELOW_PITCH_UM` µm (Visium's 100 µm, Visium HD's 2–16 µm bins), per spot
-    otherwise (legacy ST's 200 µm)."""
+def resolve_mode(mode: str | None = None) -> str:
+    """``dense`` or ``spot``: the mode asked for, :data:`DEFAULT_MODE` when none is; an unknown one is
+    an :class:`~napari_spahgc.base.errors.InputError`."""
+    if mode is None:
+        return DEFAULT_MODE
     if mode not in MODES:
         raise InputError(f"unknown embedding mode {mode!r}; choose one of {', '.join(MODES)}")
-    if mode != "auto":
-        return mode
-    if slide.n_spots < 2:
-        return "spot"
-    pitch_um = spot_pitch(slide.centers_px, max_queries=2000) * slide.require_pixel_size()
-    return "dense" if pitch_um < DENSE_BELOW_PITCH_UM else "spot"
+    return mode
 
 
-def cache_key(slide: Slide, encoder: Encoder, spec: PatchSpec, mode: str = "auto") -> dict:
+def cache_key(slide: Slide, encoder: Encoder, spec: PatchSpec, mode: str | None = None) -> dict:
     """Everything the embeddings of ``slide`` depend on, the resolved embedding mode included."""
     image_file = slide.image.path if slide.image is not None else None
     spots = hashlib.sha256()
@@ -63,7 +58,7 @@ def cache_key(slide: Slide, encoder: Encoder, spec: PatchSpec, mode: str = "auto
         "encoder": encoder.name,
         "weights": encoder.weights_checksum,
         "patch": spec.to_dict(),
-        **_mode_key(slide, encoder, spec, resolve_mode(slide, mode)),
+        **_mode_key(slide, encoder, spec, resolve_mode(mode)),
     }
 
 
@@ -87,7 +82,7 @@ def cached_file(
     encoder: Encoder | LazyEncoder,
     cache_dir: str | Path,
     spec: PatchSpec = PatchSpec(),
-    mode: str = "auto",
+    mode: str | None = None,
 ) -> Path | None:
     """The cache file holding ``slide``'s embeddings for this encoder, patch setting and mode, if one does."""
     key = cache_key(slide, encoder, spec, mode)

@@ -4,8 +4,9 @@ Every front end embeds through :func:`embed` — the CLI in-process, the Embed w
 a Dask cluster one slide per task (:mod:`napari_spahgc.run`) — and the training, prediction and
 evaluation flows embed through it too when they are handed a request instead of embeddings
 (:func:`embeddings_for`). Slides are read from the cache when their entry is there (the encoder is then
-never built), else embedded per spot or densely (:func:`~napari_spahgc.embed.cache.resolve_mode`) and
-written to it once complete, so a cancelled or crashed run leaves no partial entry.
+never built), else embedded densely (the default) or per spot (:func:`~napari_spahgc.embed.cache.resolve_mode`)
+and written to it once complete, so a cancelled or crashed run leaves no partial entry. A run that would
+embed more than :data:`LARGE_SPOT_RUN` spots per spot says so, with its estimated time, before it starts.
 """
 
 from __future__ import annotations
@@ -32,11 +33,20 @@ from napari_spahgc.embed.encoders import DEFAULT_ENCODER, Encoder, LazyEncoder
 from napari_spahgc.embed.patches import PatchSpec, patch_batches, prefetch
 from napari_spahgc.io.slide import Slide
 
+#: A run that would embed more spots than this per spot (not cached) is announced before it starts,
+#: with its estimated time and the faster choice, dense (:func:`large_spot_run_warning`).
+LARGE_SPOT_RUN = 100_000
+#: Per-spot embedding throughput in patches/s, end to end (patch reading and encoding), by (encoder,
+#: device type): measured on 2 CPU cores (docs/performance.md, Embedding); nothing is known for CUDA,
+#: so no time is estimated there.
+SPOT_PATCHES_PER_S = {("efficientnet-lite0", "cpu"): 25.0, ("uni", "cpu"): 1.0, ("uni2-h", "cpu"): 0.4}
+
 
 @dataclass(frozen=True)
 class EmbedRequest:
     """Embed ``slides``' spots with ``encoder`` (a registry name, or an encoder object) into the cache
-    folder ``cache`` (None: the user cache folder), in ``mode`` auto | spot | dense."""
+    folder ``cache`` (None: the user cache folder), in ``mode`` dense | spot (None: dense; where a
+    prediction embeds, the model's own mode)."""
 
     slides: Sequence[Slide]
     encoder: str | Encoder | LazyEncoder = DEFAULT_ENCODER
@@ -44,7 +54,7 @@ class EmbedRequest:
     device: str = "auto"
     batch_size: int = 64
     cache: str | Path | None = None
-    mode: str = "auto"
+    mode: str | None = None
     patch: PatchSpec = field(default_factory=PatchSpec)
     prefetch_depth: int = 2
 
@@ -69,10 +79,9 @@ class EmbedRequest:
 
     def finished(self) -> Embeddings:
         """The slides already in the cache, found without building the encoder."""
-        encoder, folder = self.lazy_encoder(), self.folder()
+        encoder, folder, mode = self.lazy_encoder(), self.folder(), resolve_mode(self.mode)
         files, modes = {}, {}
         for slide in self.slides:
-            mode = resolve_mode(slide, self.mode)
             path = cached_file(slide, encoder, folder, self.patch, mode)
             if path is not None:
                 files[slide.slide_id], modes[slide.slide_id] = str(path), mode
@@ -149,21 +158,24 @@ def encoder_info(encoder: Encoder | LazyEncoder) -> dict:
 
 def embed(request: EmbedRequest) -> Generator[Progress, None, Embeddings]:
     """Embed every slide of ``request`` through the cache, yielding the spots done of the whole cohort
-    (``values``: the slide, and once it is written its ``path``, ``mode`` and whether it was ``cached``);
-    return its :class:`Embeddings` (cache files). Stop iterating to cancel: the slide in progress is
-    not written."""
-    slides, spec = request.slides, request.patch
+    (``values``: the slide, and once it is written its ``path``, ``mode`` and whether it was ``cached``;
+    the first record's ``warning``: a large per-spot run's, before any work); return its
+    :class:`Embeddings` (cache files). Stop iterating to cancel: the slide in progress is not written."""
+    slides, spec, mode = request.slides, request.patch, resolve_mode(request.mode)
     total = sum(s.n_spots for s in slides)
-    name = request.encoder if isinstance(request.encoder, str) else request.encoder.name
-    yield Progress(0, total, f"loading {name}", "embed")
     encoder, folder = request.lazy_encoder(), request.folder()
-    result, before = Embeddings(encoder_info(encoder), patch=spec.to_dict()), 0
+    plan = []  # (slide, its cache key and file, whether that file is there): known without the encoder
     for slide in slides:
         slide.require_pixel_size()
-        mode = resolve_mode(slide, request.mode)
         key = cache_key(slide, encoder, spec, mode)
-        path, n = cache_path(folder, slide, key), slide.n_spots
-        cached = is_valid(path, key)
+        path = cache_path(folder, slide, key)
+        plan.append((slide, key, path, is_valid(path, key)))
+    to_embed = sum(slide.n_spots for slide, _, _, cached in plan if not cached) if mode == "spot" else 0
+    warning = large_spot_run_warning(to_embed, encoder, request.device)
+    yield Progress(0, total, f"loading {encoder.name}", "embed", warning=warning)
+    result, before = Embeddings(encoder_info(encoder), patch=spec.to_dict()), 0
+    for slide, key, path, cached in plan:
+        n = slide.n_spots
         if not cached:
             compute = _dense if mode == "dense" else _per_spot
             flow = compute(slide, encoder, spec, request.batch_size, request.prefetch_depth)
@@ -178,6 +190,38 @@ def embed(request: EmbedRequest) -> Generator[Progress, None, Embeddings]:
             before, total, f"{slide.slide_id}: {n}/{n} spots ({encoder.name}, {mode})", "embed", values
         )
     return result
+
+
+def large_spot_run_warning(n_spots: int, encoder: Encoder | LazyEncoder, device: str) -> str:
+    """What to say before embedding ``n_spots`` spots per spot: nothing up to :data:`LARGE_SPOT_RUN`;
+    above it, the count, the estimated time where :data:`SPOT_PATCHES_PER_S` knows the encoder on this
+    device type, and the faster choice (dense)."""
+    if n_spots <= LARGE_SPOT_RUN:
+        return ""
+    rate = SPOT_PATCHES_PER_S.get((encoder.name, _device_type(encoder, device)))
+    estimate = ""
+    if rate is not None:
+        took = _duration(n_spots / rate)
+        estimate = f": about {took} at the {rate:g} patches/s {encoder.name} embeds on 2 CPU cores"
+    return (
+        f"embedding {n_spots:,} spots per spot{estimate}. Dense mode (--mode dense; Mode 'dense' in the "
+        "Embed widget) encodes each tissue tile once and is much faster; a model reads only embeddings "
+        "of the mode it was trained on."
+    )
+
+
+def _device_type(encoder: Encoder | LazyEncoder, device: str) -> str:
+    """cpu | cuda: where the encoder runs (a built one's device, else the request's; torch decides auto)."""
+    where = getattr(encoder, "device", device)
+    if where == "auto":
+        from napari_spahgc.embed.device import resolve_device
+
+        where = resolve_device("auto")
+    return str(getattr(where, "type", where)).partition(":")[0]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{max(1, round(seconds / 60))} min"
 
 
 def embeddings_for(source: Embeddings | EmbedRequest) -> Generator[Progress, None, Embeddings]:

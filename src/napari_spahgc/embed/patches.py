@@ -22,11 +22,6 @@ class PatchSpec:
     size: int = 224
     um_per_px: float = 0.5
 
-    @property
-    def field_um(self) -> float:
-        """The side of a patch's field in µm."""
-        return self.size * self.um_per_px
-
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -7,13 +7,16 @@ one training slide — scoring each candidate by the benchmark's own metric (mea
 predicts the test slide. The test slide is only predicted: its expression is never read here.
 
 - ``ridge``: the HEST-Benchmark probe (standardise, PCA to 256 components, ridge); α on a log grid.
-- ``knn``: mean expression of the k cosine-nearest training spots (BLEEP / mclSTExp); k tuned.
+- ``knn``: mean expression of the k cosine-nearest training spots (BLEEP / mclSTExp), retrieved on
+  the raw embeddings or on embeddings standardised per feature (mean and sd of the pooled training
+  slides, the test slide transformed with them); k and the choice of standardising tuned.
 - ``ridge_spatial`` / ``knn_spatial``: each spot's prediction mixed with the mean of its Q = 5 nearest
   spots in the same slide, w · self + (1 − w) · neighbours; w tuned with α or k.
-- ``blend_spatial``: λ · ridge + (1 − λ) · kNN (α and k as their own tuning chose), spatially mixed;
-  λ and w tuned.
+- ``blend_spatial``: λ · ridge + (1 − λ) · kNN (α, and kNN's standardising and k, as their own tuning
+  chose), spatially mixed; λ and w tuned.
 - ``mlp``: a one-hidden-layer MLP probe on the standardised embeddings; weight decay and the number
-  of epochs (early stopping) tuned.
+  of epochs (early stopping) tuned. The only stochastic baseline: its ``seed`` (every baseline takes
+  one, see :data:`SEEDED_BASELINES`) seeds its initialisation, dropout and batch order.
 
 Inside :func:`shared_candidates` (the benchmark enters it once per outer fold), ridge's and kNN's
 candidate predictions for a (training slides, slide) pair are computed once and reused by every
@@ -26,6 +29,7 @@ import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -36,6 +40,8 @@ from napari_spahgc.model.slide_data import SlideData, make_folds
 RIDGE_ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(1.0, 10.01, 0.5))  # 1e1 … 1e10
 PCA_COMPONENTS = 256
 KNN_KS = (5, 10, 20, 50, 100, 200, 400)
+KNN_STANDARDISE = (0.0, 1.0)  # retrieve on the raw embeddings (0) or standardised ones (1)
+_SD_FLOOR = 1e-6  # a training feature with a smaller sd is only centred (its sd taken as 1)
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of ridge against kNN
 SPATIAL_Q = 5
 _NEIGHBOUR_BLOCK = 50  # kNN neighbours summed per block
@@ -57,7 +63,12 @@ class Tuned:
     inner_pcc: dict
 
 
-Baseline = Callable[[Sequence[SlideData], SlideData], Tuned]
+class Baseline(Protocol):
+    """A baseline: tunes on ``train``, predicts ``test``. ``seed`` seeds a stochastic baseline (those
+    named in :data:`SEEDED_BASELINES`); the deterministic ones ignore it."""
+
+    def __call__(self, train: Sequence[SlideData], test: SlideData, seed: int = 0) -> Tuned: ...
+
 
 _shared: dict | None = None  # the candidates of the current shared_candidates block; None outside one
 
@@ -113,13 +124,17 @@ def choose(grid: Grid, train: Sequence[SlideData]) -> tuple[Setting, dict[Settin
     return max(means, key=means.get), means
 
 
-def tuned(grid: Grid) -> Baseline:
-    """A baseline that tunes ``grid``'s hyperparameters on the training slides, then predicts."""
+def tuned(grid: Callable[..., dict[Setting, np.ndarray]], seeded: bool = False) -> Baseline:
+    """A baseline that tunes ``grid``'s hyperparameters on the training slides, then predicts.
+    ``seeded``: ``grid`` takes a ``seed`` keyword, the baseline's seed (else the seed is ignored)."""
 
-    def run(train: Sequence[SlideData], test: SlideData) -> Tuned:
-        setting, means = choose(grid, train)
+    def run(train: Sequence[SlideData], test: SlideData, seed: int = 0) -> Tuned:
+        candidates = functools.partial(grid, seed=seed) if seeded else grid
+        setting, means = choose(candidates, train)
         return Tuned(
-            grid(train, test)[setting], dict(setting), {_label(s): round(v, 5) for s, v in means.items()}
+            candidates(train, test)[setting],
+            dict(setting),
+            {_label(s): round(v, 5) for s, v in means.items()},
         )
 
     return run
@@ -165,19 +180,35 @@ def ridge_grid(train: Sequence[SlideData], test: SlideData) -> dict[Setting, np.
     }
 
 
+def standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and sd of ``x`` (the pooled training embeddings), an sd below the floor
+    taken as 1: the statistics kNN's ``standardise`` candidates apply to training and test slides."""
+    mean, sd = x.mean(0, dtype=np.float64), x.std(0, dtype=np.float64)
+    return mean, np.where(sd > _SD_FLOOR, sd, 1.0)
+
+
 @_shareable
 def knn_grid(train: Sequence[SlideData], test: SlideData) -> dict[Setting, np.ndarray]:
-    """kNN predictions for every k at once: one top-max(k) search, then running sums over blocks of
-    neighbours (memory: one block of neighbours' expression, not all max(k) of them)."""
+    """kNN predictions for every (standardise, k) at once: per choice of standardising (statistics of
+    the training slides only, :func:`standardiser`), one top-max(k) search, then running sums over
+    blocks of neighbours (memory: one block of neighbours' expression, not all max(k) of them)."""
     x, y = _pooled(train)
     ks = [k for k in KNN_KS if k <= len(x)] or [len(x)]
-    nearest = topk_cosine(test.embeddings, x, max(ks))
-    total, done, grid = np.zeros((len(nearest), y.shape[1])), 0, {}
-    for k in ks:
-        for start in range(done, k, _NEIGHBOUR_BLOCK):
-            total += y[nearest[:, start : min(start + _NEIGHBOUR_BLOCK, k)]].sum(axis=1, dtype=np.float64)
-        done = k
-        grid[(("k", float(k)),)] = (total / k).astype(np.float32)
+    queries = test.embeddings.astype(np.float32, copy=False)
+    grid = {}
+    for standardise in KNN_STANDARDISE:
+        keys, probes = x, queries
+        if standardise:
+            mean, sd = standardiser(x)
+            keys, probes = (((v - mean) / sd).astype(np.float32) for v in (x, queries))
+        nearest = topk_cosine(probes, keys, max(ks))
+        total, done = np.zeros((len(nearest), y.shape[1])), 0
+        for k in ks:
+            for start in range(done, k, _NEIGHBOUR_BLOCK):
+                block = nearest[:, start : min(start + _NEIGHBOUR_BLOCK, k)]
+                total += y[block].sum(axis=1, dtype=np.float64)
+            done = k
+            grid[(("standardise", standardise), ("k", float(k)))] = (total / k).astype(np.float32)
     return grid
 
 
@@ -195,17 +226,19 @@ def spatially(grid: Grid) -> Grid:
     return mixed
 
 
-def blend_spatial(train: Sequence[SlideData], test: SlideData) -> Tuned:
-    """λ · ridge + (1 − λ) · kNN, spatially mixed: α and k as ridge's and kNN's own tuning choose
-    them on the training slides, then λ and w tuned on the same inner folds."""
-    (alpha,), _ = choose(ridge_grid, train)
-    (k,), _ = choose(knn_grid, train)
+def blend_spatial(train: Sequence[SlideData], test: SlideData, seed: int = 0) -> Tuned:
+    """λ · ridge + (1 − λ) · kNN, spatially mixed: α, and kNN's standardising and k, as ridge's and
+    kNN's own tuning choose them on the training slides, then λ and w tuned on the same inner folds.
+    Deterministic: ``seed`` is ignored."""
+    ridge_setting, _ = choose(ridge_grid, train)
+    knn_setting, _ = choose(knn_grid, train)
 
     def grid(inner_train: Sequence[SlideData], slide: SlideData) -> dict[Setting, np.ndarray]:
-        ridge_prediction = ridge_grid(inner_train, slide)[(alpha,)]
-        knn_prediction = knn_grid(inner_train, slide)[(k,)]
+        ridge_prediction = ridge_grid(inner_train, slide)[ridge_setting]
+        knn_prediction = knn_grid(inner_train, slide)[knn_setting]
+        chosen = (*ridge_setting, *knn_setting)  # e.g. alpha, standardise, k
         return {
-            (alpha, k, ("ridge_weight", lam)): lam * ridge_prediction + (1 - lam) * knn_prediction
+            (*chosen, ("ridge_weight", lam)): lam * ridge_prediction + (1 - lam) * knn_prediction
             for lam in BLEND_WEIGHTS
         }
 
@@ -253,12 +286,16 @@ BASELINES: dict[str, Baseline] = {
     "ridge_spatial": tuned(spatially(ridge_grid)),
     "knn_spatial": tuned(spatially(knn_grid)),
     "blend_spatial": blend_spatial,
-    "mlp": tuned(mlp_grid),
+    "mlp": tuned(mlp_grid, seeded=True),
 }
+
+#: The baselines whose result depends on their seed (a benchmark with N seeds runs only these N times).
+SEEDED_BASELINES: tuple[str, ...] = ("mlp",)
 
 #: The hyperparameter grids inner cross-validation chooses from, as the benchmark report records them.
 TUNING_GRIDS: dict[str, list] = {
     "ridge alpha": list(RIDGE_ALPHAS),
+    "knn standardise": [int(s) for s in KNN_STANDARDISE],
     "knn k": list(KNN_KS),
     "spatial self weight": list(SELF_WEIGHTS),
     "blend ridge weight": list(BLEND_WEIGHTS),

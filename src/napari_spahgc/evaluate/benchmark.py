@@ -3,11 +3,15 @@ benchmark of SpaHGC against tuned baselines, on the same embeddings and genes in
 
 Folds leave out one patient when the cohort names at least two patients, else one slide (or the
 request's own held-out sets: the demo holds out one section). Inside a fold the held-out slides never
-reach gene selection, scaling, training, tuning, model selection or the reference bank (guarded by
-:func:`check_no_leakage`). Every baseline tunes its hyperparameters by inner cross-validation on the
-fold's training slides (:mod:`napari_spahgc.evaluate.baselines`); SpaHGC trains and predicts through
-the training and prediction flows, its members choosing their epochs on held-out training slides; the
-report records what each fold chose (:mod:`napari_spahgc.evaluate.report`, the one report writer).
+reach gene selection, scaling, training, tuning, model selection or the reference bank: every method
+gets the held-out slide without its counts (only the scorer reads them), and a SpaHGC model whose own
+record names a held-out slide among its training slides is refused (:class:`LeakageError`). Every
+baseline tunes its hyperparameters by inner cross-validation on the fold's training slides
+(:mod:`napari_spahgc.evaluate.baselines`); SpaHGC trains and predicts through the training and
+prediction flows, its members choosing their epochs on held-out training slides. With several seeds
+every seeded method runs once per seed; the report gives each fold's mean ± sd over seeds and the
+paired statistics of each SpaHGC method against the best tuned baseline
+(:mod:`napari_spahgc.evaluate.statistics`); :mod:`napari_spahgc.evaluate.report` writes it.
 """
 
 from __future__ import annotations
@@ -27,8 +31,15 @@ from napari_spahgc.base.files import prepare_output_folder, safe_name
 from napari_spahgc.base.metrics import TOP_GENES, most_variable, score
 from napari_spahgc.base.progress import Progress, run_to_end
 from napari_spahgc.embed.flow import Embeddings, EmbedRequest, embeddings_for
-from napari_spahgc.evaluate.baselines import BASELINES, TUNING_GRIDS, Baseline, shared_candidates
+from napari_spahgc.evaluate.baselines import (
+    BASELINES,
+    SEEDED_BASELINES,
+    TUNING_GRIDS,
+    Baseline,
+    shared_candidates,
+)
 from napari_spahgc.evaluate.report import write_benchmark_report
+from napari_spahgc.evaluate.statistics import paired_comparison
 from napari_spahgc.io.expression import GeneChoice
 from napari_spahgc.io.slide import Slide
 from napari_spahgc.model import slide_data as dataset
@@ -37,7 +48,8 @@ from napari_spahgc.model.slide_data import SlideData, make_folds
 
 
 class LeakageError(Exception):
-    """A fold's held-out data reached its training side: the benchmark refuses to score it."""
+    """A model trained for a fold records a held-out slide among its training slides: the benchmark
+    refuses to score it."""
 
 
 @dataclass(frozen=True)
@@ -61,11 +73,13 @@ Outcome = tuple[np.ndarray, dict]  # the test slide's prediction and what the tr
 @dataclass(frozen=True)
 class Method:
     """A benchmark method: ``kind`` spahgc (trained through the SpaHGC flows; its own report rows and
-    ratios) or baseline (tuned by inner cross-validation); ``run`` scores one held-out slide."""
+    ratios) or baseline (tuned by inner cross-validation); ``run`` predicts one held-out slide;
+    ``seeded``: its result depends on the seed (run once per seed of the request)."""
 
     kind: str
     run: Callable[[Sequence[SlideData], SlideData, Fold], Outcome]
     preset: str | None = None
+    seeded: bool = False
 
 
 def _spahgc(preset: str) -> Method:
@@ -81,6 +95,9 @@ def _spahgc(preset: str) -> Method:
             fold.train_slides, fold.embeddings, GeneChoice(panel=tuple(fold.genes)), config, out
         )
         model = run_to_end(train(request)).model
+        leaked = sorted(set(model.metadata.training_slides) & {test.slide_id})
+        if leaked:
+            raise LeakageError(f"the model for held-out slide {test.slide_id} trained on {leaked}")
         predicted = run_to_end(
             predict(PredictRequest(model, [fold.test_slide], fold.embeddings, device=config.train.device))
         )
@@ -96,17 +113,17 @@ def _spahgc(preset: str) -> Method:
             "smoothing": model.config.graph.smoothing,
         }
 
-    return Method("spahgc", run, preset)
+    return Method("spahgc", run, preset, seeded=True)
 
 
-def _baseline(tune: Baseline) -> Method:
-    """A baseline as a benchmark method: it needs only the fold's data."""
+def _baseline(tune: Baseline, seeded: bool) -> Method:
+    """A baseline as a benchmark method: it needs only the fold's data (and the fold's seed)."""
 
-    def run(train: Sequence[SlideData], test: SlideData, _fold: Fold) -> Outcome:
-        tuned = tune(train, test)
+    def run(train: Sequence[SlideData], test: SlideData, fold: Fold) -> Outcome:
+        tuned = tune(train, test, seed=fold.config.train.seed)
         return tuned.prediction, {"chosen": tuned.chosen, "inner_pcc": tuned.inner_pcc}
 
-    return Method("baseline", run)
+    return Method("baseline", run, seeded=seeded)
 
 
 #: Every method the benchmark runs, by name: SpaHGC with each preset of :data:`PRESETS` (``spahgc``:
@@ -114,7 +131,7 @@ def _baseline(tune: Baseline) -> Method:
 #: baseline of :data:`BASELINES`.
 METHODS: dict[str, Method] = {
     **{("spahgc" if preset == "default" else f"spahgc_{preset}"): _spahgc(preset) for preset in PRESETS},
-    **{name: _baseline(tune) for name, tune in BASELINES.items()},
+    **{name: _baseline(tune, name in SEEDED_BASELINES) for name, tune in BASELINES.items()},
 }
 
 
@@ -123,8 +140,10 @@ class EvaluateRequest:
     """Benchmark ``methods`` on ``slides`` with their ``embeddings`` (or embedded now) and ``genes``,
     holding out each of ``held_out`` in turn (None: leave one patient, else one slide, out); write the
     report to ``out``. ``config``: the ``spahgc`` method's (its seed and device serve every method);
-    ``jobs``: worker processes; ``models``: a folder to keep each fold's SpaHGC models in (``<held-out slide>/<preset>``);
-    ``protocol``: more to record in the report (encoder, cohort)."""
+    ``jobs``: worker processes; ``models``: a folder to keep each fold's SpaHGC models in
+    (``<held-out slide>/<preset>``, under ``seed-<seed>/`` with several seeds); ``seeds``: how many
+    seeds (the config's seed, then the next ones) each seeded method runs with; ``protocol``: more to
+    record in the report (encoder, cohort)."""
 
     slides: Sequence[Slide]
     embeddings: Embeddings | EmbedRequest
@@ -135,35 +154,8 @@ class EvaluateRequest:
     jobs: int = 1
     held_out: Sequence[Sequence[str]] | None = None
     models: str | Path | None = None
+    seeds: int = 1
     protocol: Mapping = field(default_factory=dict)
-
-
-def check_no_leakage(
-    train: Sequence[SlideData], test: Sequence[SlideData], gene_slides: Sequence[str]
-) -> None:
-    """Held-out slides must share neither slide id nor (slide, spot) id with the training data, and
-    must not be among the slides the genes were chosen on (``gene_slides``)."""
-    test_ids = {s.slide_id for s in test}
-    if {s.slide_id for s in train} & test_ids:
-        raise LeakageError(
-            f"held-out slides {sorted({s.slide_id for s in train} & test_ids)} are in the training data"
-        )
-    if set(gene_slides) & test_ids:
-        raise LeakageError(f"the genes were chosen on held-out slides {sorted(set(gene_slides) & test_ids)}")
-    train_spots = {(s.slide_id, spot) for s in train for spot in s.spot_ids}
-    if any((s.slide_id, spot) in train_spots for s in test for spot in s.spot_ids):
-        raise LeakageError("held-out spots are in the training data")
-
-
-def _checked_fold(
-    slides: Sequence[Slide], embeddings: Mapping[str, np.ndarray], held_out: Sequence[str], genes: GeneChoice
-) -> tuple[list[str], list[SlideData], list[SlideData]]:
-    """One fold's genes (chosen on its training slides only), training and test data, leakage-checked."""
-    training = [s for s in slides if s.slide_id not in held_out]
-    by_id = {s.slide_id: s for s in slides}
-    chosen, train, tests = dataset.fold_data(training, embeddings, genes, [by_id[i] for i in held_out])
-    check_no_leakage(train, tests, gene_slides=[s.slide_id for s in training])
-    return chosen, train, tests
 
 
 def evaluate(request: EvaluateRequest) -> Generator[Progress, None, dict]:
@@ -176,6 +168,8 @@ def evaluate(request: EvaluateRequest) -> Generator[Progress, None, dict]:
     the genes, data and leakage check of each fold are made here first, as with ``jobs`` 1."""
     methods, config = list(request.methods), request.config
     check_methods(methods)
+    if request.seeds < 1:
+        raise InputError(f"seeds must be at least 1, not {request.seeds}")
     out = prepare_output_folder(request.out)
     embeddings = yield from embeddings_for(request.embeddings)
     slides = request.slides
@@ -183,28 +177,38 @@ def evaluate(request: EvaluateRequest) -> Generator[Progress, None, dict]:
     folds = [list(f) for f in folds]
     models = None if request.models is None else str(request.models)
     units, test_genes = [], {}
+    by_id = {s.slide_id: s for s in slides}
     for held_out in folds:
-        genes, train, tests = _checked_fold(slides, embeddings, held_out, request.genes)
-        top = most_variable([s.expression for s in train])
         train_slides = [s for s in slides if s.slide_id not in held_out]
+        genes, train, tests = dataset.fold_data(
+            train_slides, embeddings, request.genes, [by_id[i] for i in held_out]
+        )
+        top = most_variable([s.expression for s in train])
         for test in tests:
             test_genes[test.slide_id] = genes
-            test_slide = replace(next(s for s in slides if s.slide_id == test.slide_id), expression=None)
+            test_slide = replace(by_id[test.slide_id], expression=None)
             used = embeddings.only([*(s.slide_id for s in train_slides), test.slide_id])
-            fold = Fold(genes, config, train_slides, test_slide, used, models)
-            units += [(group, train, test, top, fold) for group in _unit_methods(methods)]
-    outcomes = {}
-    for test_id, method, record, per_gene in _run_units(units, request.jobs):
-        outcomes[method, test_id] = record, per_gene
+            for index in range(request.seeds):
+                seed = config.train.seed + index
+                seeded = replace(config, train=replace(config.train, seed=seed))
+                kept = models if models is None or request.seeds == 1 else str(Path(models, f"seed-{seed}"))
+                fold = Fold(genes, seeded, train_slides, test_slide, used, kept)
+                run = methods if index == 0 else [m for m in methods if METHODS[m].seeded]
+                units += [(group, train, test, top, fold) for group in _unit_methods(run)]
+    outcomes: dict[tuple[str, str], list] = {}
+    total = sum(len(unit[0]) for unit in units)
+    for done, (test_id, method, seed, record, per_gene) in enumerate(_run_units(units, request.jobs), 1):
+        outcomes.setdefault((method, test_id), []).append((seed, record, per_gene))
         text = (
-            f"{test_id}  {method:<14} PCC {record['pcc']:.4f}  top-{TOP_GENES} "
+            f"{test_id}  {method:<14} seed {seed}  PCC {record['pcc']:.4f}  top-{TOP_GENES} "
             f"{record[f'pcc_top{TOP_GENES}']:.4f}  RMSE {record['rmse']:.3f}  {record['seconds']:.1f} s"
         )
-        yield Progress(len(outcomes), len(test_genes) * len(methods), text, "evaluate", record)
+        yield Progress(done, total, text, "evaluate", record)
     results, per_gene_rows = _tabulate(outcomes, test_genes, methods)
     n_genes = {test_id: len(genes) for test_id, genes in test_genes.items()}
     report = {
         "methods": results,
+        "comparisons": compare_to_best_baseline(results),
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "protocol": _protocol(scheme, folds, request, embeddings, n_genes),
     }
@@ -216,18 +220,57 @@ def evaluate(request: EvaluateRequest) -> Generator[Progress, None, dict]:
 
 
 def _tabulate(outcomes: dict, test_genes: dict, methods: Sequence[str]) -> tuple[dict, list]:
-    """Per method its folds' records (folds in order, whatever order they finished in) and summary;
-    and the per-gene rows (method, held-out slide, gene, PCC)."""
+    """Per method its folds' records (folds in order, whatever order they finished in; a seeded
+    method's over its seeds) and summary; and the per-gene rows (method, held-out slide, gene, PCC:
+    the mean over seeds)."""
     results: dict[str, dict] = {m: {"kind": METHODS[m].kind, "folds": {}} for m in methods}
     per_gene_rows = []
     for test_id, genes in test_genes.items():
         for method in methods:
-            record, per_gene = outcomes[method, test_id]
-            results[method]["folds"][test_id] = record
+            runs = sorted(outcomes[method, test_id], key=lambda run: run[0])
+            per_gene = np.mean([run[2] for run in runs], axis=0)
+            results[method]["folds"][test_id] = runs[0][1] if len(runs) == 1 else _over_seeds(runs)
             per_gene_rows += [(method, test_id, g, v) for g, v in zip(genes, per_gene, strict=True)]
     for summary in results.values():
         _summarise(summary)
     return results, per_gene_rows
+
+
+def _over_seeds(runs: list) -> dict:
+    """One fold's record over several seeds: the metrics' means, the PCC's sd over seeds, the seconds'
+    sum, and every seed's own record under ``seeds``."""
+    records = [record for _, record, _ in runs]
+    pccs = [r["pcc"] for r in records]
+    return {
+        "pcc": float(np.mean(pccs)),
+        "pcc_seed_sd": float(np.std(pccs, ddof=1)),
+        f"pcc_top{TOP_GENES}": float(np.mean([r[f"pcc_top{TOP_GENES}"] for r in records])),
+        "rmse": float(np.mean([r["rmse"] for r in records])),
+        "n_genes_excluded": records[0]["n_genes_excluded"],
+        "seconds": round(sum(r["seconds"] for r in records), 2),
+        "seeds": {str(seed): record for seed, record, _ in runs},
+    }
+
+
+def compare_to_best_baseline(results: dict) -> dict:
+    """Each SpaHGC method against the baseline with the best mean PCC of the same run: paired
+    statistics over the folds (:func:`~napari_spahgc.evaluate.statistics.paired_comparison`)."""
+    baselines = {n: m for n, m in results.items() if m["kind"] != "spahgc"}
+    if not baselines:
+        return {}
+    best = max(baselines, key=lambda n: baselines[n]["pcc_mean"])
+    slides = list(results[best]["folds"])
+    return {
+        name: {
+            "against": best,
+            "slides": slides,
+            **paired_comparison(
+                [m["folds"][s]["pcc"] for s in slides], [results[best]["folds"][s]["pcc"] for s in slides]
+            ),
+        }
+        for name, m in results.items()
+        if m["kind"] == "spahgc"
+    }
 
 
 def default_jobs(device: str) -> int:
@@ -248,8 +291,8 @@ def _unit_methods(methods: Sequence[str]) -> list[tuple[str, ...]]:
     return [(m,) for m in spahgc] + ([baselines] if baselines else [])
 
 
-def _run_units(units: list, jobs: int) -> Iterator[tuple[str, str, dict, np.ndarray]]:
-    """(held-out slide, method, record, per-gene PCC) of every method of every unit, as they finish:
+def _run_units(units: list, jobs: int) -> Iterator[tuple[str, str, int, dict, np.ndarray]]:
+    """(held-out slide, method, seed, record, per-gene PCC) of every method of every unit, as they finish:
     here one by one, or in ``jobs`` spawned single-threaded processes (all stopped if this stops)."""
     if jobs <= 1:
         for unit in units:
@@ -265,14 +308,14 @@ def _run_units(units: list, jobs: int) -> Iterator[tuple[str, str, dict, np.ndar
         pool.join()
 
 
-def _run_unit(unit) -> Iterator[tuple[str, str, dict, np.ndarray]]:
+def _run_unit(unit) -> Iterator[tuple[str, str, int, dict, np.ndarray]]:
     methods, train, test, top, fold = unit
     with shared_candidates():
         for method in methods:
-            yield (test.slide_id, method, *_score(method, train, test, top, fold))
+            yield (test.slide_id, method, fold.config.train.seed, *_score(method, train, test, top, fold))
 
 
-def _run_unit_list(unit) -> list[tuple[str, str, dict, np.ndarray]]:
+def _run_unit_list(unit) -> list[tuple[str, str, int, dict, np.ndarray]]:
     return list(_run_unit(unit))
 
 
@@ -304,6 +347,7 @@ def _protocol(
         "n_genes": n_genes,
         "targets": "log1p(counts / spot total × 1e6) on the fold's genes",
         "seed": config.train.seed,
+        "seeds": list(range(config.train.seed, config.train.seed + request.seeds)),
         **METRICS,
         "tuning": {
             "inner folds": "leave one training patient out (≥ 2 patients), else one training slide",

@@ -1,6 +1,6 @@
-"""The benchmark's report: the protocol, the table of per-fold scores, SpaHGC's ratios to the best
-tuned baseline, what every fold chose — as ``report.md`` beside ``report.json``, ``per_gene.csv``
-and a figure."""
+"""The benchmark's report: the protocol, the table of per-fold scores (mean ± sd over seeds where
+there are several), SpaHGC's ratios to the best tuned baseline with their paired statistics, what
+every fold chose — as ``report.md`` beside ``report.json``, ``per_gene.csv`` and a figure."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ def _protocol_lines(protocol: dict) -> str:
         f"- Folds: {protocol['folds']}; held out: {', '.join('+'.join(f) for f in protocol['held_out'])}.",
         f"- Genes: {protocol['genes']} ({', '.join(f'{k} {v}' for k, v in protocol['n_genes'].items())}).",
         f"- Targets: {protocol.get('targets', '')}.",
+        f"- Seeds: {', '.join(map(str, protocol.get('seeds', [protocol.get('seed', 0)])))} (methods whose "
+        "result depends on the seed run once per seed; a fold's cell is then the mean ± sd over seeds).",
         f"- PCC: {protocol['pcc']}. Top-{TOP_GENES}: {protocol.get(f'pcc_top{TOP_GENES}', '')}. "
         f"RMSE: {protocol['rmse']}.",
         *(f"- Tuning, {name}: {_grid(values)}" for name, values in tuning.items()),
@@ -43,8 +45,8 @@ def _grid(values) -> str:
 
 
 def report_table(report: dict) -> str:
-    """Per-fold PCC, mean ± sd, top-gene PCC, RMSE and seconds per method, then SpaHGC's ratios to
-    the best tuned baseline of the same run."""
+    """Per-fold PCC (± sd over seeds), mean ± sd over folds, top-gene PCC, RMSE and seconds per
+    method, then SpaHGC's ratios to the best tuned baseline of the same run with paired statistics."""
     methods = report["methods"]
     slides = list(next(iter(methods.values()))["folds"])
     lines = [
@@ -52,29 +54,38 @@ def report_table(report: dict) -> str:
         "|---|" + "---|" * (len(slides) + 4),
     ]
     for name, m in methods.items():
-        folds = " | ".join(f"{m['folds'][s]['pcc']:.3f}" for s in slides)
+        folds = " | ".join(_fold_cell(m["folds"][s]) for s in slides)
         lines.append(
             f"| {name} | {folds} | {m['pcc_mean']:.3f} ± {m['pcc_sd']:.3f} | {m['pcc_top_mean']:.3f} "
             f"| {m['rmse_mean']:.3f} | {m['seconds_total']:.0f} |"
         )
-    lines += ["", *_ratios(methods, slides), f"Peak memory: {report['peak_memory_mb']:.0f} MB"]
+    ratios = [_ratio_line(name, c, methods) for name, c in report.get("comparisons", {}).items()]
+    lines += ["", *ratios, f"Peak memory: {report['peak_memory_mb']:.0f} MB"]
     return "\n".join(lines)
 
 
-def _ratios(methods: dict, slides: list[str]) -> list[str]:
-    baselines = {n: m for n, m in methods.items() if m["kind"] != "spahgc"}
-    if not baselines:
-        return []
-    best = max(baselines, key=lambda n: baselines[n]["pcc_mean"])
-    lines = []
-    for name in (n for n, m in methods.items() if m["kind"] == "spahgc"):
-        ours, theirs = methods[name], baselines[best]
-        wins = sum(ours["folds"][s]["pcc"] > theirs["folds"][s]["pcc"] for s in slides)
-        lines.append(
-            f"{name} / best tuned baseline ({best}) PCC: {ours['pcc_mean'] / theirs['pcc_mean']:.2f}× "
-            f"(higher on {wins} of {len(slides)} folds; RMSE {ours['rmse_mean']:.3f} vs {theirs['rmse_mean']:.3f})"
-        )
-    return lines
+def _fold_cell(record: dict) -> str:
+    cell = f"{record['pcc']:.3f}"
+    return cell + f" ± {record['pcc_seed_sd']:.3f}" if "pcc_seed_sd" in record else cell
+
+
+def _ratio_line(name: str, comparison: dict, methods: dict) -> str:
+    """A SpaHGC method against the best tuned baseline: the ratio with its bootstrap interval, the
+    folds won, the paired tests and the RMSEs."""
+    best, (low, high) = comparison["against"], comparison["ratio_ci"]
+    behind = [s for s, d in zip(comparison["slides"], comparison["differences"], strict=True) if d <= 0]
+    tests = ", ".join(
+        f"{label} p = {comparison[key]:.3g}" if comparison[key] is not None else f"{label}: n/a"
+        for label, key in (("paired t", "t_test_p"), ("Wilcoxon", "wilcoxon_p"))
+    )
+    return (
+        f"{name} / best tuned baseline ({best}) PCC: {comparison['ratio']:.2f}× "
+        f"({comparison['ratio_ci_level']:.0%} bootstrap CI over folds {low:.2f}–{high:.2f}; higher on "
+        f"{comparison['wins']} of {comparison['folds']} folds"
+        + (f", not ahead on {', '.join(behind)}" if behind else "")
+        + f"; {tests}; "
+        f"RMSE {methods[name]['rmse_mean']:.3f} vs {methods[best]['rmse_mean']:.3f})"
+    )
 
 
 def _choices(methods: dict) -> str:
@@ -82,18 +93,20 @@ def _choices(methods: dict) -> str:
     lines = ["## What each fold chose (on its training slides only)", ""]
     for name, m in methods.items():
         per_fold = []
-        for slide, record in m["folds"].items():
-            if "chosen" in record:
-                choice = ", ".join(f"{k}={v:g}" for k, v in record["chosen"].items())
-            else:
-                epochs = [str(e["best_epoch"]) for e in record.get("members", [])]
-                choice = (
-                    f"member epochs {'/'.join(epochs)}" if epochs else f"final epoch {record['epochs_run']}"
-                )
-                choice += f", smoothing {record['smoothing']:g}" if record.get("smoothing") else ""
-            per_fold.append(f"{slide}: {choice}")
+        for slide, fold in m["folds"].items():
+            records = fold.get("seeds", {"": fold})
+            per_fold.append(f"{slide}: " + " | ".join(_choice(r) for r in records.values()))
         lines.append(f"- {name}: " + "; ".join(per_fold))
     return "\n".join(lines)
+
+
+def _choice(record: dict) -> str:
+    """What one run of a method chose on its training slides."""
+    if "chosen" in record:
+        return ", ".join(f"{k}={v:g}" for k, v in record["chosen"].items())
+    epochs = [str(e["best_epoch"]) for e in record.get("members", [])]
+    choice = f"member epochs {'/'.join(epochs)}" if epochs else f"final epoch {record['epochs_run']}"
+    return choice + (f", smoothing {record['smoothing']:g}" if record.get("smoothing") else "")
 
 
 def write_benchmark_report(out_dir: Path, report: dict, per_gene_rows: list) -> None:
@@ -118,7 +131,9 @@ def _plot(path: Path, report: dict) -> None:
     figure, axes = plt.subplots(figsize=(1.6 + 1.4 * len(slides), 3.8))
     for i, (name, m) in enumerate(methods.items()):
         x = np.arange(len(slides)) + (i - (len(methods) - 1) / 2) * width
-        axes.bar(x, [m["folds"][s]["pcc"] for s in slides], width, label=f"{name} ({m['pcc_mean']:.3f})")
+        folds = [m["folds"][s] for s in slides]
+        spread = [f.get("pcc_seed_sd", 0.0) for f in folds]  # sd over seeds, where there are several
+        axes.bar(x, [f["pcc"] for f in folds], width, yerr=spread, label=f"{name} ({m['pcc_mean']:.3f})")
     axes.set_xticks(np.arange(len(slides)), slides)
     axes.set_ylabel("mean PCC over genes")
     axes.set_title(f"Per-fold PCC ({report['protocol']['folds']})")

@@ -25,6 +25,7 @@ from anndata import AnnData
 
 from napari_spahgc.base.files import prepare_output_folder, slide_file
 from napari_spahgc.base.progress import Progress
+from napari_spahgc.embed.cache import MODES
 from napari_spahgc.embed.flow import Embeddings, EmbedRequest, embeddings_for
 from napari_spahgc.io.export import blockwise_pcc, measured_values, spot_anndata, stream_h5ad
 from napari_spahgc.io.slide import Slide
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # torch: the requests are made in napari's process, which nev
 @dataclass(frozen=True)
 class PredictRequest:
     """Predict ``slides`` with ``model`` (a model folder, a model, or a training request) from their
-    ``embeddings`` (or embedded now, in the model's mode when the request's is auto); write one
+    ``embeddings`` (or embedded now, in the model's own mode unless the request names one); write one
     ``SLIDE_ID.h5ad`` per slide into ``out`` when given."""
 
     model: str | Path | SpaHGCPredictor | TrainRequest
@@ -86,9 +87,9 @@ def predict(request: PredictRequest) -> Generator[Progress, None, PredictResult]
         prepare_output_folder(request.out)
     model, folder = yield from _model(request.model)
     source = request.embeddings
-    if isinstance(source, EmbedRequest) and source.mode == "auto":
-        recorded = model.metadata.encoder.get("embedding_mode")
-        source = replace(source, mode=recorded if recorded in ("spot", "dense") else "auto")
+    if isinstance(source, EmbedRequest) and source.mode is None:  # no mode asked for: the model's own
+        recorded = model.metadata.encoder.get("embedding_mode")  # {slide: mode} if mixed: the default
+        source = replace(source, mode=recorded if recorded in MODES else None)
     embeddings = yield from embeddings_for(source)
     model.check_embeddings(embeddings.info)
     result = PredictResult(model_folder=folder)
