@@ -53,15 +53,14 @@ def main() -> None:
         training = [s for s in slides if s.slide_id not in held_out]  # the test section is not used
         started = time.perf_counter()
         used = embeddings.only([s.slide_id for s in training])
-        history, flow = [], ns.train(ns.TrainRequest(training, used, genes, config))
-        while True:  # the genes are chosen, and the members validated, on the training sections only
-            try:
-                p = next(flow)
-            except StopIteration as finished:
-                model = finished.value.model
-                break
+        history = []
+
+        def keep(p, history=history) -> None:
             if p.values.get("member_pcc") is not None:
                 history.append((p.done, p.values["member_pcc"]))
+
+        # the genes are chosen, and the members validated, on the training sections only
+        model = ns.run_to_end(ns.train(ns.TrainRequest(training, used, genes, config)), keep).model
         members = model.metadata.validation["members"]
         row = {
             "fold": "+".join(held_out),
