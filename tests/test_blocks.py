@@ -12,7 +12,7 @@ from napari_spahgc.model.blocks import predict_blocks, row_blocks
 from napari_spahgc.model.config import SpaHGCConfig
 from napari_spahgc.model.graph import ReferenceBank, build_graph, graph_parts, reference_features
 from napari_spahgc.model.neighbours import spatial_blocks, spatial_mix, spatial_neighbours
-from napari_spahgc.model.network import SpaHGC
+from napari_spahgc.model.network import CrossNodeAttention, SpaHGC
 from napari_spahgc.model.slide_data import FeatureScale
 from napari_spahgc.train import trainer
 from napari_spahgc.train.batch import GraphBatch
@@ -53,6 +53,33 @@ def test_blocked_prediction_equals_the_whole_graph(block_spots, prior_k, monkeyp
     smoothed = _blocked(network, parts, slides[0], bank, block_spots, (neighbours, 0.25))
     expected = spatial_mix(whole.mean(0).numpy(), neighbours, 0.75)
     np.testing.assert_allclose(smoothed.numpy(), expected, atol=1e-5, rtol=0)
+
+
+def test_a_reference_every_target_retrieved_is_computed_in_bounded_chunks(monkeypatch):
+    """When every target retrieves the same references (a slide of identical tiles: glass), those
+    references' reverse-CNDA edges come in chunks of at most the edge budget, and the result still
+    equals the whole graph's."""
+    monkeypatch.setattr(model_blocks, "EDGES_PER_BLOCK", 8)
+    slides = make_slides(n_slides=4)
+    glass = slides[0]
+    glass.embeddings[:] = glass.embeddings[0]  # 36 targets, one embedding: each reference gets 36 edges
+    config = SpaHGCConfig.from_options({"hidden": 32, "q": 3, "k": 4, "members": 3})
+    torch.manual_seed(2)
+    network = SpaHGC(16, len(GENES), config.model).eval()
+    bank = ReferenceBank.from_slides(slides[1:], FeatureScale.fit(slides))
+    with torch.no_grad():
+        whole = network(*GraphBatch.from_graphs([build_graph(glass, bank, config.graph)] * 3).inputs)
+    edges_per_call = []
+    gather = CrossNodeAttention.gather
+
+    def counting(self, state, source, destination, edge_index):
+        edges_per_call.append(edge_index.shape[1])
+        return gather(self, state, source, destination, edge_index)
+
+    monkeypatch.setattr(CrossNodeAttention, "gather", counting)
+    blocked = _blocked(network, graph_parts(glass, bank, config.graph), glass, bank, 1000)
+    assert float((blocked - whole.mean(0)).abs().max()) <= 1e-5
+    assert max(edges_per_call) == 3 * 8  # members × the budget, though a reference receives 36 edges
 
 
 def test_predictor_blocks_agree_and_cancel():

@@ -6,7 +6,8 @@ block with a halo is exact. So the encoder runs *layer by layer*: each layer com
 new features in blocks of destination rows, each block receiving its messages from the previous
 layer's features of all nodes (only the source rows its edges touch are projected). The results
 equal :meth:`SpaHGC.forward` on the whole graph up to float rounding (a test holds them to 1e-5).
-Memory: two copies of the hidden features (members × nodes × hidden) plus one block's messages.
+Memory: two copies of the hidden features (members × nodes × hidden) plus one chunk's messages, at
+most ``EDGES_PER_BLOCK`` edges whatever one row receives.
 """
 
 from __future__ import annotations
@@ -34,25 +35,28 @@ class _Route:
         self.src, self.dst = edge_index[0][order], edge_index[1][order]
         self.ptr = torch.searchsorted(self.dst, torch.arange(n_rows + 1, device=self.dst.device)).cpu()
 
-    def block(self, h: dict[str, Tensor], start: int, stop: int) -> tuple[str, Tensor, Tensor]:
-        """(operator name, the source rows this block's edges touch, their edges in flattened
-        members × rows indices) for destination rows ``start:stop``."""
+    def chunks(self, h: dict[str, Tensor], start: int, stop: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The edges into destination rows ``start:stop`` in chunks of at most ``EDGES_PER_BLOCK``
+        (per member): ``(the source rows the chunk's edges touch, its edges in flattened members × rows
+        indices)``. A row with more incoming edges than that is split over several chunks."""
         first, last = int(self.ptr[start]), int(self.ptr[stop])
-        used, src = torch.unique(self.src[first:last], return_inverse=True)
         members = h[self.source].shape[0]
-        shift = torch.arange(members, device=src.device).unsqueeze(1)
-        edge_index = torch.stack(
-            [
-                (shift * len(used) + src).reshape(-1),
-                (shift * (stop - start) + (self.dst[first:last] - start)).reshape(-1),
-            ]
-        )
-        return self.name, h[self.source].index_select(1, used), edge_index
+        for begin in range(first, max(last, first + 1), EDGES_PER_BLOCK):
+            end = min(begin + EDGES_PER_BLOCK, last)
+            used, src = torch.unique(self.src[begin:end], return_inverse=True)
+            shift = torch.arange(members, device=src.device).unsqueeze(1)
+            edge_index = torch.stack(
+                [
+                    (shift * len(used) + src).reshape(-1),
+                    (shift * (stop - start) + (self.dst[begin:end] - start)).reshape(-1),
+                ]
+            )
+            yield h[self.source].index_select(1, used), edge_index
 
 
-def row_blocks(degree: np.ndarray, max_rows: int, max_edges: int = EDGES_PER_BLOCK) -> list[tuple[int, int]]:
-    """Consecutive row ranges of at most ``max_rows`` rows and (unless one row alone has more) at most
-    ``max_edges`` incoming edges."""
+def row_blocks(degree: np.ndarray, max_rows: int, max_edges: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges of at most ``max_rows`` rows and (unless one row alone has more: its
+    edges then come in chunks, :meth:`_Route.chunks`) at most ``max_edges`` incoming edges."""
     ends = np.cumsum(degree)
     blocks, start = [], 0
     while start < len(degree):
@@ -123,7 +127,7 @@ def _layer(layer, h: dict, routes: dict, blocks: dict) -> Iterator[None]:
     new = {node: torch.empty_like(h[node]) if routes[node] else h[node] for node in NODE_TYPES}
     for node in NODE_TYPES:
         for start, stop in blocks[node]:
-            inputs = [route.block(h, start, stop) for route in routes[node]]
+            inputs = [(route.name, route.chunks(h, start, stop)) for route in routes[node]]
             new[node][:, start:stop] = layer.update(node, h[node][:, start:stop], inputs)
             yield None
     h.update(new)
@@ -160,4 +164,4 @@ def _predict_targets(
 def _blocks(routes: list[_Route], n_rows: int, block_spots: int) -> list[tuple[int, int]]:
     """Blocks of destination rows, bounded in rows and in incoming edges."""
     degree = sum((np.diff(route.ptr.numpy()) for route in routes), np.zeros(n_rows, dtype=np.int64))
-    return row_blocks(degree, block_spots)
+    return row_blocks(degree, block_spots, EDGES_PER_BLOCK)

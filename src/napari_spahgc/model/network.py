@@ -14,12 +14,12 @@ runs CNAP (multi-head attention of each target over its CS references, residual)
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.utils import scatter, softmax
+from torch_geometric.utils import scatter
 
 from napari_spahgc.model import relations
 from napari_spahgc.model.config import ModelOptions
@@ -74,28 +74,60 @@ def _flat(x: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-class GraphSAGE(nn.Module):
+class MessageOperator(nn.Module):
+    """An operator that aggregates messages along edges source → destination, over edges given in
+    chunks: :meth:`gather` folds one chunk into a running state per destination row, :meth:`finish`
+    turns the state into the output. Any split of the edges gives the same result (up to float
+    rounding), so a destination row with millions of incoming edges costs one chunk's memory."""
+
+    def forward(self, source: Tensor, destination: Tensor, edge_index: Tensor) -> Tensor:
+        return self.stream(destination, [(source, edge_index)])
+
+    def stream(self, destination: Tensor, chunks: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
+        """The output for ``destination`` from ``(source features, edges into destination)`` chunks."""
+        state = None
+        for source, edge_index in chunks:
+            state = self.gather(state, source, destination, edge_index)
+        return self.finish(destination, state)
+
+    def gather(self, state, source: Tensor, destination: Tensor, edge_index: Tensor):
+        raise NotImplementedError
+
+    def finish(self, destination: Tensor, state) -> Tensor:
+        raise NotImplementedError
+
+
+class GraphSAGE(MessageOperator):
     """GraphSAGE with mean aggregation: W₁·mean_{j→i} x_j + W₂·x_i (``SAGEConv``'s operator, with a
-    weight per member)."""
+    weight per member). State: the sum of the incoming features and their count per row."""
 
     def __init__(self, members: int, hidden: int) -> None:
         super().__init__()
         self.neighbours = MemberLinear(members, hidden, hidden)
         self.root = MemberLinear(members, hidden, hidden, bias=False)
 
-    def forward(self, source: Tensor, destination: Tensor, edge_index: Tensor) -> Tensor:
+    def gather(self, state, source: Tensor, destination: Tensor, edge_index: Tensor):
         src, dst = edge_index
         n_destination = destination.shape[0] * destination.shape[1]
-        mean = scatter(_flat(source).index_select(0, src), dst, dim=0, dim_size=n_destination, reduce="mean")
+        total = scatter(_flat(source).index_select(0, src), dst, dim=0, dim_size=n_destination, reduce="sum")
+        count = torch.bincount(dst, minlength=n_destination).to(total.dtype).unsqueeze(1)
+        return (total, count) if state is None else (state[0] + total, state[1] + count)
+
+    def finish(self, destination: Tensor, state) -> Tensor:
+        total, count = state
+        mean = total / count.clamp_min(1)
         root = self.root.member_weights(self.root.weight)
         return torch.baddbmm(self.neighbours(mean.view_as(destination)), destination, root)  # + W₂·x, fused
 
 
-class CrossNodeAttention(nn.Module):
-    """One direction of CNDA: nodes of the destination type attend over their incoming CS edges.
+class CrossNodeAttention(MessageOperator):
+    """One direction of CNDA: nodes of the destination type attend over their incoming CS edges,
 
-    Queries come from the destination nodes, keys and values from the source nodes; the softmax runs
-    over each destination node's incoming edges (``torch_geometric.utils.softmax``).
+        out_i = W_o · Σ_{j→i} softmax_j(q_i · k_j / √d) v_j,   per head,
+
+    queries from the destination nodes, keys and values from the source nodes. The softmax is an
+    online one (state: the running maximum logit, Σ exp and Σ exp·v per row and head), so the edges
+    may come in any number of chunks.
     """
 
     def __init__(self, members: int, hidden: int, heads: int) -> None:
@@ -108,7 +140,7 @@ class CrossNodeAttention(nn.Module):
         self.value = MemberLinear(members, hidden, hidden)
         self.out = MemberLinear(members, hidden, hidden)
 
-    def forward(self, source: Tensor, destination: Tensor, edge_index: Tensor) -> Tensor:
+    def gather(self, state, source: Tensor, destination: Tensor, edge_index: Tensor):
         src, dst = edge_index
         shape = (-1, self.heads, self.head_dim)
         n_destination = destination.shape[0] * destination.shape[1]
@@ -116,10 +148,23 @@ class CrossNodeAttention(nn.Module):
         q = self.query(destination).reshape(shape).index_select(0, dst)
         k = self.key(source).reshape(shape).index_select(0, src)
         v = self.value(source).reshape(shape).index_select(0, src)
-        weights = softmax((q * k).sum(-1) / self.head_dim**0.5, dst, num_nodes=n_destination)
-        messages = (weights.unsqueeze(-1) * v).reshape(len(src), -1)
-        pooled = scatter(messages, dst, dim=0, dim_size=n_destination, reduce="sum")
-        return self.out(pooled.view_as(destination))
+        logits = (q * k).sum(-1) / self.head_dim**0.5  # (edges, heads)
+        top = logits.new_full((n_destination, self.heads), -math.inf)
+        top = top.scatter_reduce(0, dst.unsqueeze(1).expand_as(logits), logits.detach(), "amax")
+        if state is not None:
+            top = torch.maximum(top, state[0])
+        weights = torch.exp(logits - top.index_select(0, dst))
+        total = scatter(weights, dst, dim=0, dim_size=n_destination, reduce="sum")
+        pooled = scatter(weights.unsqueeze(-1) * v, dst, dim=0, dim_size=n_destination, reduce="sum")
+        if state is None:
+            return top, total, pooled
+        rescale = torch.exp(state[0] - top).nan_to_num(0.0)  # rows without edges so far: −inf − −inf
+        return top, state[1] * rescale + total, state[2] * rescale.unsqueeze(-1) + pooled
+
+    def finish(self, destination: Tensor, state) -> Tensor:
+        _, total, pooled = state
+        pooled = pooled / total.clamp_min(1e-16).unsqueeze(-1)  # rows without edges: 0
+        return self.out(pooled.reshape(destination.shape))
 
 
 OPERATORS = {
@@ -157,18 +202,21 @@ class HeteroLayer(nn.Module):
             if relation.both_ways and relation.source == node:
                 yield f"{relation.name}_reverse", relation.destination, edge_index.flip(0)
 
-    def update(self, node: str, destination: Tensor, inputs: Sequence[tuple[str, Tensor, Tensor]]) -> Tensor:
+    def update(
+        self, node: str, destination: Tensor, inputs: Sequence[tuple[str, Iterable[tuple[Tensor, Tensor]]]]
+    ) -> Tensor:
         """New features of ``destination`` (rows of type ``node``: all of them or a block) from its
-        incoming messages, ``(operator name, source features, edges source → destination rows)``."""
-        messages = [
-            self.operators[name](source, destination, edge_index) for name, source, edge_index in inputs
-        ]
+        incoming messages, ``(operator name, chunks of (source features, edges source → destination
+        rows))``."""
+        messages = [self.operators[name].stream(destination, chunks) for name, chunks in inputs]
         return self._update(destination, messages, node)
 
     def forward(self, target: Tensor, reference: Tensor, edges: dict) -> tuple[Tensor, Tensor]:
         h = {"target": target, "reference": reference}
         target, reference = (
-            self.update(node, h[node], [(name, h[source], e) for name, source, e in self.routes(node, edges)])
+            self.update(
+                node, h[node], [(name, [(h[source], e)]) for name, source, e in self.routes(node, edges)]
+            )
             for node in NODE_TYPES
         )
         return target, reference
