@@ -28,17 +28,19 @@ def _blocked(network, parts, slide, bank, block_spots, smoothing=None) -> torch.
     )  # fmt: skip
     for _, _, result in steps:
         if result is not None:
-            start, stop, genes = result
-            out[start:stop] = genes
+            start, stop, share, first = result
+            out[start:stop] = share if first else out[start:stop] + share
     return out
 
 
+@pytest.mark.parametrize("group", [3, 2, 1])
 @pytest.mark.parametrize("prior_k", [0, 3])
 @pytest.mark.parametrize("block_spots", [1, 5, 36, 1000])
-def test_blocked_prediction_equals_the_whole_graph(block_spots, prior_k, monkeypatch):
-    """Layer-wise blocks (down to one spot, and references split by a tiny edge budget) give the
-    network's whole-graph output to 1e-5."""
+def test_blocked_prediction_equals_the_whole_graph(block_spots, prior_k, group, monkeypatch):
+    """Layer-wise blocks (down to one spot, references split by a tiny edge budget, the 3 members in
+    groups of ``group``) give the network's whole-graph output to 1e-5."""
     monkeypatch.setattr(model_blocks, "EDGES_PER_BLOCK", 9)
+    monkeypatch.setattr(model_blocks, "FEATURE_BYTES", group * 2 * 36 * 32 * 4)  # 36 spots, hidden 32
     slides = make_slides(n_slides=4)
     config = SpaHGCConfig.from_options({"hidden": 32, "q": 3, "k": 4, "members": 3, "prior_k": prior_k})
     torch.manual_seed(1)
@@ -82,13 +84,16 @@ def test_a_reference_every_target_retrieved_is_computed_in_bounded_chunks(monkey
     assert max(edges_per_call) == 3 * 8  # members × the budget, though a reference receives 36 edges
 
 
-def test_predictor_blocks_agree_and_cancel():
-    """A trained model predicts the same with blocks of 7 spots as in one block; its steps report
-    progress and stop when closed."""
+def test_predictor_blocks_agree_and_cancel(monkeypatch):
+    """A trained model predicts the same with blocks of 7 spots, and with one member at a time, as in
+    one block; its steps report progress and stop when closed."""
     slides = make_slides(n_slides=4)
     model = fit(make_trainer(slides[:3]))
     one_block = model.predict(slides[3], block_spots=10_000)
     np.testing.assert_allclose(model.predict(slides[3], block_spots=7), one_block, atol=1e-5, rtol=0)
+    with monkeypatch.context() as patch:  # members one at a time, their shares summed
+        patch.setattr(model_blocks, "FEATURE_BYTES", 1)
+        np.testing.assert_allclose(model.predict(slides[3], block_spots=7), one_block, atol=1e-5, rtol=0)
     steps = model.predict_steps(slides[3], block_spots=7)
     progress = [next(steps) for _ in range(3)]
     assert progress[-1].done < progress[-1].total and {p.stage for p in progress} == {"predict"}

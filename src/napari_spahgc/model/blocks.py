@@ -6,8 +6,9 @@ block with a halo is exact. So the encoder runs *layer by layer*: each layer com
 new features in blocks of destination rows, each block receiving its messages from the previous
 layer's features of all nodes (only the source rows its edges touch are projected). The results
 equal :meth:`SpaHGC.forward` on the whole graph up to float rounding (a test holds them to 1e-5).
-Memory: two copies of the hidden features (members × nodes × hidden) plus one chunk's messages, at
-most ``EDGES_PER_BLOCK`` edges whatever one row receives.
+Memory: two copies of the hidden features of a group of members (group × nodes × hidden, at most
+``FEATURE_BYTES`` for the targets) plus one chunk's messages, at most ``EDGES_PER_BLOCK`` edges
+whatever one row receives.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from napari_spahgc.model.config import ModelOptions
 from napari_spahgc.model.graph import GraphParts
 from napari_spahgc.model.network import NODE_TYPES, SpaHGC
 
 #: most incoming edges (over all relations) a block's messages are computed for at once
 EDGES_PER_BLOCK = 1 << 16
+#: most bytes the two copies of the target features of one group of members may take
+FEATURE_BYTES = 1 << 30
 
 
 class _Route:
@@ -77,17 +81,20 @@ def predict_blocks(
     prior: Callable[[np.ndarray], Tensor | None],
     block_spots: int,
     smoothing: tuple[np.ndarray, float] | None = None,
-) -> Iterator[tuple[int, int, tuple[int, int, Tensor] | None]]:
+) -> Iterator[tuple[int, int, tuple[int, int, Tensor, bool] | None]]:
     """The members' mean standardised genes of every target, block by block.
 
-    Yields ``(blocks done, blocks in all, result)`` after every block of every stage; ``result`` is
-    ``(start, stop, genes (stop − start, n_genes))`` for the final stage's blocks, else None.
-    ``target_rows(start, stop)`` gives those targets' (standardised) embeddings; ``prior(rows)`` the
-    retrieval prior of target rows ``rows`` or None. ``smoothing = (neighbours (n, q), s)`` mixes each
-    spot's genes with its neighbours' mean, (1 − s) · own + s · mean (the neighbours' genes are computed
-    with the block: no second slide-sized array). Stop iterating to cancel.
+    The members run in groups (:func:`member_groups`) whose two copies of the target features fit
+    ``FEATURE_BYTES``: all at once on a small slide, one by one on a Visium HD slide. Yields
+    ``(blocks done, blocks in all, result)`` after every block of every stage; ``result`` is
+    ``(start, stop, share (stop − start, n_genes), first)`` for the final stage's blocks, else None:
+    ``share`` is one group's part of the members' mean (the sum of its members' genes / members), and
+    the mean is the sum of the shares, the first group's ``first`` True. ``target_rows(start, stop)``
+    gives those targets' (standardised) embeddings; ``prior(rows)`` the retrieval prior of target rows
+    ``rows`` or None. ``smoothing = (neighbours (n, q), s)`` mixes each spot's genes with its neighbours'
+    mean, (1 − s) · own + s · mean (the neighbours' genes are computed with the block: no second
+    slide-sized array). Stop iterating to cancel.
     """
-    members = network.options.members
     n_rows = {"target": len(parts.retrieved), "reference": len(reference_x)}
     first = network.layers[0] if len(network.layers) else None
     routes = {
@@ -100,20 +107,34 @@ def predict_blocks(
         node: _blocks(routes[node], n_rows[node], block_spots) if routes[node] else [] for node in NODE_TYPES
     }
     targets = [(s, min(s + block_spots, n_rows["target"])) for s in range(0, n_rows["target"], block_spots)]
-    total = 2 * len(targets) + len(network.layers) * sum(map(len, blocks.values()))
-    h = {"reference": network.project_reference(reference_x.expand(members, -1, -1))}
-    stages = chain(
-        _project_targets(network, h, target_rows, targets, n_rows["target"]),
-        *(_layer(layer, h, routes, blocks) for layer in network.layers),
-        _predict_targets(network, h, parts.retrieved, prior, targets, smoothing),
-    )
-    for done, result in enumerate(stages, 1):
-        yield done, total, result
+    groups = member_groups(network.options, n_rows["target"])
+    total = len(groups) * (2 * len(targets) + len(network.layers) * sum(map(len, blocks.values())))
+    done = 0
+    for group in groups:
+        with network.members_only(group):
+            h = {"reference": network.project_reference(reference_x.expand(len(group), -1, -1))}
+            stages = chain(
+                _project_targets(network, h, target_rows, targets, n_rows["target"]),
+                *(_layer(layer, h, routes, blocks) for layer in network.layers),
+                _predict_targets(network, h, parts.retrieved, prior, targets, smoothing),
+            )
+            for result in stages:
+                done += 1
+                yield done, total, None if result is None else (*result, group[0] == 0)
+        del h, stages  # the group's features go before the next group's are made
+
+
+def member_groups(options: ModelOptions, n_targets: int) -> list[list[int]]:
+    """The members in consecutive groups whose two copies of the target features (float32) fit
+    ``FEATURE_BYTES`` (at least one member a group)."""
+    per_member = 2 * n_targets * options.hidden * 4
+    size = max(1, min(options.members, FEATURE_BYTES // max(per_member, 1)))
+    return [list(range(m, min(m + size, options.members))) for m in range(0, options.members, size)]
 
 
 def _project_targets(network: SpaHGC, h: dict, rows, blocks, n: int) -> Iterator[None]:
     """The targets' input projection, block by block, into ``h["target"]``."""
-    members = network.options.members
+    members = h["reference"].shape[0]
     for start, stop in blocks:
         projected = network.project_target(rows(start, stop).expand(members, -1, -1))
         if "target" not in h:
@@ -136,9 +157,9 @@ def _layer(layer, h: dict, routes: dict, blocks: dict) -> Iterator[None]:
 def _predict_targets(
     network: SpaHGC, h: dict, retrieved, prior, blocks, smoothing
 ) -> Iterator[tuple[int, int, Tensor]]:
-    """CNAP and the head per block of targets: ``(start, stop, the members' mean genes)``, smoothed
-    with the block's neighbours when ``smoothing`` is given."""
-    members, n_references = network.options.members, h["reference"].shape[1]
+    """CNAP and the head per block of targets: ``(start, stop, the group's share of the members' mean
+    genes)``, smoothed with the block's neighbours when ``smoothing`` is given."""
+    members, n_references = h["reference"].shape[:2]
     device = h["reference"].device
     shift = (torch.arange(members, device=device) * n_references).view(-1, 1, 1)
     retrieved = torch.from_numpy(retrieved).to(device)
@@ -150,7 +171,7 @@ def _predict_targets(
         index = torch.from_numpy(rows).to(device)
         table = retrieved.index_select(0, index).unsqueeze(0) + shift
         genes = network.predict_genes(h["target"].index_select(1, index), h["reference"], table, prior(rows))
-        genes = genes.mean(0)
+        genes = genes.sum(0) / network.options.members
         if smoothing is not None:
             own, around = (
                 torch.from_numpy(position[: stop - start]),

@@ -45,7 +45,7 @@ class ModelOptions:
     ablations (``use_cs=False`` drops every CS edge, so neither CNDA nor CNAP runs and the references
     are not used)."""
 
-    hidden: int = 96
+    hidden: int = 192
     layers: int = 4
     heads: int = 4
     cnap_heads: int = 4

@@ -144,9 +144,13 @@ class SpaHGCPredictor:
             mix,
         )
         for done, total, result in blocks:
-            if result is not None:
-                start, stop, genes = result
-                prediction[start:stop] = self.scale.inverse(genes.float().cpu().numpy())
+            if result is not None:  # the members' mean, a group's share at a time (affine scale)
+                start, stop, share, first = result
+                share = share.float().cpu().numpy()
+                if first:
+                    prediction[start:stop] = self.scale.inverse(share)
+                else:
+                    prediction[start:stop] = prediction[start:stop] + share * self.scale.sd
             yield Progress(done, total, f"{slide.slide_id}: block {done}/{total}", "predict")
         return prediction
 
