@@ -421,7 +421,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int)
     parser.add_argument("--result", type=Path)
     args = parser.parse_args(argv)
-    if "predict-model" in {args.worker, *args.stages} and args.model is None:
+    wanted = {args.worker} if args.worker else set(args.stages)  # a worker runs one stage only
+    if "predict-model" in wanted and args.model is None:
         parser.error("the predict-model stage needs --model DIR")
     if args.worker:
         stage = globals()[f"stage_{args.worker.replace('-', '_')}"]

@@ -40,7 +40,7 @@ def test_blocked_prediction_equals_the_whole_graph(block_spots, prior_k, group, 
     """Layer-wise blocks (down to one spot, references split by a tiny edge budget, the 3 members in
     groups of ``group``) give the network's whole-graph output to 1e-5."""
     monkeypatch.setattr(model_blocks, "EDGES_PER_BLOCK", 9)
-    monkeypatch.setattr(model_blocks, "FEATURE_BYTES", group * 2 * 36 * 32 * 4)  # 36 spots, hidden 32
+    monkeypatch.setattr(model_blocks, "FEATURE_BYTES", group * 4 * 36 * 32 * 4)  # 36 spots, hidden 32
     slides = make_slides(n_slides=4)
     config = SpaHGCConfig.from_options({"hidden": 32, "q": 3, "k": 4, "members": 3, "prior_k": prior_k})
     torch.manual_seed(1)

@@ -6,9 +6,9 @@ block with a halo is exact. So the encoder runs *layer by layer*: each layer com
 new features in blocks of destination rows, each block receiving its messages from the previous
 layer's features of all nodes (only the source rows its edges touch are projected). The results
 equal :meth:`SpaHGC.forward` on the whole graph up to float rounding (a test holds them to 1e-5).
-Memory: two copies of the hidden features of a group of members (group × nodes × hidden, at most
-``FEATURE_BYTES`` for the targets) plus one chunk's messages, at most ``EDGES_PER_BLOCK`` edges
-whatever one row receives.
+Memory: two copies of the hidden features of a group of members (group × nodes × hidden) and CNDA's
+keys and values of the targets (at most ``FEATURE_BYTES`` for the targets' four), plus one chunk's
+messages, at most ``EDGES_PER_BLOCK`` edges whatever one row receives.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from napari_spahgc.model.network import NODE_TYPES, SpaHGC
 
 #: most incoming edges (over all relations) a block's messages are computed for at once
 EDGES_PER_BLOCK = 1 << 16
-#: most bytes the two copies of the target features of one group of members may take
+#: most bytes the target features of one group of members may take (see :func:`member_groups`)
 FEATURE_BYTES = 1 << 30
 
 
@@ -39,12 +39,13 @@ class _Route:
         self.src, self.dst = edge_index[0][order], edge_index[1][order]
         self.ptr = torch.searchsorted(self.dst, torch.arange(n_rows + 1, device=self.dst.device)).cpu()
 
-    def chunks(self, h: dict[str, Tensor], start: int, stop: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def chunks(self, prepared: Tensor, start: int, stop: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The edges into destination rows ``start:stop`` in chunks of at most ``EDGES_PER_BLOCK``
-        (per member): ``(the source rows the chunk's edges touch, its edges in flattened members × rows
-        indices)``. A row with more incoming edges than that is split over several chunks."""
+        (per member): ``(the prepared source rows the chunk's edges touch, its edges in flattened
+        members × rows indices)``. A row with more incoming edges than that is split over several
+        chunks."""
         first, last = int(self.ptr[start]), int(self.ptr[stop])
-        members = h[self.source].shape[0]
+        members = prepared.shape[0]
         for begin in range(first, max(last, first + 1), EDGES_PER_BLOCK):
             end = min(begin + EDGES_PER_BLOCK, last)
             used, src = torch.unique(self.src[begin:end], return_inverse=True)
@@ -55,7 +56,7 @@ class _Route:
                     (shift * (stop - start) + (self.dst[begin:end] - start)).reshape(-1),
                 ]
             )
-            yield h[self.source].index_select(1, used), edge_index
+            yield prepared.index_select(1, used), edge_index
 
 
 def row_blocks(degree: np.ndarray, max_rows: int, max_edges: int) -> list[tuple[int, int]]:
@@ -84,8 +85,8 @@ def predict_blocks(
 ) -> Iterator[tuple[int, int, tuple[int, int, Tensor, bool] | None]]:
     """The members' mean standardised genes of every target, block by block.
 
-    The members run in groups (:func:`member_groups`) whose two copies of the target features fit
-    ``FEATURE_BYTES``: all at once on a small slide, one by one on a Visium HD slide. Yields
+    The members run in groups (:func:`member_groups`) whose target features fit ``FEATURE_BYTES``:
+    all at once on a small slide, one by one on a Visium HD slide. Yields
     ``(blocks done, blocks in all, result)`` after every block of every stage; ``result`` is
     ``(start, stop, share (stop − start, n_genes), first)`` for the final stage's blocks, else None:
     ``share`` is one group's part of the members' mean (the sum of its members' genes / members), and
@@ -125,9 +126,9 @@ def predict_blocks(
 
 
 def member_groups(options: ModelOptions, n_targets: int) -> list[list[int]]:
-    """The members in consecutive groups whose two copies of the target features (float32) fit
-    ``FEATURE_BYTES`` (at least one member a group)."""
-    per_member = 2 * n_targets * options.hidden * 4
+    """The members in consecutive groups whose target features — two copies, and CNDA's keys and
+    values (float32) — fit ``FEATURE_BYTES`` (at least one member a group)."""
+    per_member = 4 * n_targets * options.hidden * 4
     size = max(1, min(options.members, FEATURE_BYTES // max(per_member, 1)))
     return [list(range(m, min(m + size, options.members))) for m in range(0, options.members, size)]
 
@@ -144,13 +145,18 @@ def _project_targets(network: SpaHGC, h: dict, rows, blocks, n: int) -> Iterator
 
 
 def _layer(layer, h: dict, routes: dict, blocks: dict) -> Iterator[None]:
-    """One encoder layer over every node, block by block of destination rows; then ``h`` holds its output."""
+    """One encoder layer over every node, block by block of destination rows; then ``h`` holds its
+    output. Each route's source rows are prepared once (CNDA's keys and values) for all its blocks."""
     new = {node: torch.empty_like(h[node]) if routes[node] else h[node] for node in NODE_TYPES}
     for node in NODE_TYPES:
+        prepared = {
+            route.name: layer.operators[route.name].prepare(h[route.source]) for route in routes[node]
+        }
         for start, stop in blocks[node]:
-            inputs = [(route.name, route.chunks(h, start, stop)) for route in routes[node]]
+            inputs = [(route.name, route.chunks(prepared[route.name], start, stop)) for route in routes[node]]
             new[node][:, start:stop] = layer.update(node, h[node][:, start:stop], inputs)
             yield None
+        del prepared
     h.update(new)
 
 

@@ -76,21 +76,26 @@ def _flat(x: Tensor) -> Tensor:
 
 class MessageOperator(nn.Module):
     """An operator that aggregates messages along edges source → destination, over edges given in
-    chunks: :meth:`gather` folds one chunk into a running state per destination row, :meth:`finish`
-    turns the state into the output. Any split of the edges gives the same result (up to float
-    rounding), so a destination row with millions of incoming edges costs one chunk's memory."""
+    chunks: :meth:`prepare` computes what the messages need of every source row once, :meth:`gather`
+    folds one chunk of edges into a running state per destination row, :meth:`finish` turns the state
+    into the output. Any split of the edges gives the same result (up to float rounding), so a
+    destination row with millions of incoming edges costs one chunk's memory."""
 
     def forward(self, source: Tensor, destination: Tensor, edge_index: Tensor) -> Tensor:
-        return self.stream(destination, [(source, edge_index)])
+        return self.stream(destination, [(self.prepare(source), edge_index)])
 
     def stream(self, destination: Tensor, chunks: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
-        """The output for ``destination`` from ``(source features, edges into destination)`` chunks."""
+        """The output for ``destination`` from ``(prepared source rows, edges into destination)`` chunks."""
         state = None
-        for source, edge_index in chunks:
-            state = self.gather(state, source, destination, edge_index)
+        for prepared, edge_index in chunks:
+            state = self.gather(state, prepared, destination, edge_index)
         return self.finish(destination, state)
 
-    def gather(self, state, source: Tensor, destination: Tensor, edge_index: Tensor):
+    def prepare(self, source: Tensor) -> Tensor:
+        """What the messages need of every source row, ``(members, rows, …)``: its features."""
+        return source
+
+    def gather(self, state, prepared: Tensor, destination: Tensor, edge_index: Tensor):
         raise NotImplementedError
 
     def finish(self, destination: Tensor, state) -> Tensor:
@@ -106,10 +111,12 @@ class GraphSAGE(MessageOperator):
         self.neighbours = MemberLinear(members, hidden, hidden)
         self.root = MemberLinear(members, hidden, hidden, bias=False)
 
-    def gather(self, state, source: Tensor, destination: Tensor, edge_index: Tensor):
+    def gather(self, state, prepared: Tensor, destination: Tensor, edge_index: Tensor):
         src, dst = edge_index
         n_destination = destination.shape[0] * destination.shape[1]
-        total = scatter(_flat(source).index_select(0, src), dst, dim=0, dim_size=n_destination, reduce="sum")
+        total = scatter(
+            _flat(prepared).index_select(0, src), dst, dim=0, dim_size=n_destination, reduce="sum"
+        )
         count = torch.bincount(dst, minlength=n_destination).to(total.dtype).unsqueeze(1)
         return (total, count) if state is None else (state[0] + total, state[1] + count)
 
@@ -125,9 +132,9 @@ class CrossNodeAttention(MessageOperator):
 
         out_i = W_o · Σ_{j→i} softmax_j(q_i · k_j / √d) v_j,   per head,
 
-    queries from the destination nodes, keys and values from the source nodes. The softmax is an
-    online one (state: the running maximum logit, Σ exp and Σ exp·v per row and head), so the edges
-    may come in any number of chunks.
+    queries from the destination nodes, keys and values from the source nodes (:meth:`prepare`
+    projects each source row once, keys ‖ values). The softmax is an online one (state: the running
+    maximum logit, Σ exp and Σ exp·v per row and head), so the edges may come in any number of chunks.
     """
 
     def __init__(self, members: int, hidden: int, heads: int) -> None:
@@ -140,14 +147,19 @@ class CrossNodeAttention(MessageOperator):
         self.value = MemberLinear(members, hidden, hidden)
         self.out = MemberLinear(members, hidden, hidden)
 
-    def gather(self, state, source: Tensor, destination: Tensor, edge_index: Tensor):
+    def prepare(self, source: Tensor) -> Tensor:
+        """Keys ‖ values of every source row, one batched product."""
+        weights = [self.key.member_weights(self.key.weight), self.value.member_weights(self.value.weight)]
+        biases = [self.key.member_weights(self.key.bias), self.value.member_weights(self.value.bias)]
+        return torch.baddbmm(torch.cat(biases, -1), source, torch.cat(weights, -1))
+
+    def gather(self, state, prepared: Tensor, destination: Tensor, edge_index: Tensor):
         src, dst = edge_index
         shape = (-1, self.heads, self.head_dim)
         n_destination = destination.shape[0] * destination.shape[1]
         # index_select (not fancy indexing): its backward is a cheap index_add, not index_put
         q = self.query(destination).reshape(shape).index_select(0, dst)
-        k = self.key(source).reshape(shape).index_select(0, src)
-        v = self.value(source).reshape(shape).index_select(0, src)
+        k, v = (part.reshape(shape).index_select(0, src) for part in prepared.chunk(2, dim=-1))
         logits = (q * k).sum(-1) / self.head_dim**0.5  # (edges, heads)
         top = logits.new_full((n_destination, self.heads), -math.inf)
         top = top.scatter_reduce(0, dst.unsqueeze(1).expand_as(logits), logits.detach(), "amax")
@@ -207,7 +219,7 @@ class HeteroLayer(nn.Module):
     ) -> Tensor:
         """New features of ``destination`` (rows of type ``node``: all of them or a block) from its
         incoming messages, ``(operator name, chunks of (source features, edges source → destination
-        rows))``."""
+        rows))``, the source rows as :meth:`MessageOperator.prepare` gives them."""
         messages = [self.operators[name].stream(destination, chunks) for name, chunks in inputs]
         return self._update(destination, messages, node)
 
@@ -215,7 +227,12 @@ class HeteroLayer(nn.Module):
         h = {"target": target, "reference": reference}
         target, reference = (
             self.update(
-                node, h[node], [(name, [(h[source], e)]) for name, source, e in self.routes(node, edges)]
+                node,
+                h[node],
+                [
+                    (name, [(self.operators[name].prepare(h[source]), e)])
+                    for name, source, e in self.routes(node, edges)
+                ],
             )
             for node in NODE_TYPES
         )
