@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import napari_spahgc as ns
-from napari_spahgc.evaluate.benchmark import METHODS, Method
+from napari_spahgc.evaluate.benchmark import METHODS, Method, Outcome
 from napari_spahgc.evaluate.statistics import paired_comparison
 from synthetic_slides import poisson_cohort
 
@@ -39,7 +39,7 @@ def test_seeded_methods_run_once_per_seed_and_folds_report_mean_and_sd(tmp_path,
             calls.append((seeded, test.slide_id, seed))
             rng = np.random.default_rng(seed if seeded else 0)
             x = fold.embeddings[test.slide_id] @ rng.normal(size=(12, len(fold.genes)))
-            return x.astype(np.float32), {"chosen": {"seed": float(seed)}}
+            return Outcome(x.astype(np.float32), {"chosen": {"seed": float(seed)}})
 
         return Method("spahgc" if seeded else "baseline", run, seeded=seeded)
 

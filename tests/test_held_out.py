@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 
 import napari_spahgc as ns
 from napari_spahgc.evaluate import benchmark
-from napari_spahgc.evaluate.benchmark import METHODS, LeakageError, Method
+from napari_spahgc.evaluate.benchmark import METHODS, LeakageError, Method, Outcome
 from synthetic_slides import count_table, poisson_cohort
 
 
@@ -37,7 +37,7 @@ def test_poisoned_held_out_counts_change_the_score_only(tmp_path):
     poisoned = _benchmark(poisoned_slides, embeddings, tmp_path / "poisoned")
 
     before, after = clean["methods"]["spahgc"]["folds"]["S3"], poisoned["methods"]["spahgc"]["folds"]["S3"]
-    for choice in ("epochs_run", "members", "validation_pcc", "smoothing"):
+    for choice in ("epochs_run", "members", "validation_pcc", "smoothing", "interval_mix"):
         assert before[choice] == after[choice], choice
     clean_weights, poisoned_weights = (
         load_file(tmp_path / run / "models" / "S3" / "default" / "model.safetensors")
@@ -57,7 +57,7 @@ def test_every_method_gets_the_held_out_section_without_its_counts(tmp_path, mon
 
     def spy(train, test, fold):
         seen.append((test.expression, fold.test_slide.expression, [s.slide_id for s in train]))
-        return np.zeros((test.n_spots, len(fold.genes)), np.float32), {"chosen": {}}
+        return Outcome(np.zeros((test.n_spots, len(fold.genes)), np.float32), {"chosen": {}})
 
     monkeypatch.setitem(METHODS, "spy", Method("baseline", spy))
     slides, embeddings = poisson_cohort()

@@ -47,6 +47,7 @@ _API = {
     "GeneChoice": "io.expression",
     "spot_anndata": "io.export",
     "write_h5ad": "io.export",
+    "prediction_interval": "io.intervals",
     # the four stages
     "EmbedRequest": "embed.flow",
     "Embeddings": "embed.flow",

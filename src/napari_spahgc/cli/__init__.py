@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from napari_spahgc.base.conformal import check_level
 from napari_spahgc.base.errors import InputError
 from napari_spahgc.base.files import prepare_output_file, prepare_output_folder
 from napari_spahgc.base.interrupts import StopSignals
@@ -25,6 +26,7 @@ from napari_spahgc.cli.options import (
     GenesOpt,
     HvgOpt,
     JobsOpt,
+    LevelOpt,
     MethodsOpt,
     ModeOpt,
     PredictModeOpt,
@@ -157,18 +159,20 @@ def predict(
     workers: WorkersOpt = None,
     retries: RetriesOpt = 0,
     mode: PredictModeOpt = None,
+    level: LevelOpt = 0.9,
 ) -> None:
     """Predict expression for every slide of the cohort with a trained model (embedded with its encoder,
     in its mode unless --mode says otherwise); write h5ad files (on a Dask cluster with --scheduler or
     --workers: one task per slide, the model loaded once per worker)."""
     from napari_spahgc.predict.flow import PredictRequest, load_model, predict
 
+    level = check_level(level)  # before any work
     model_dir = model_dir.resolve()  # the same folder for this process and a cluster's workers
     encoder = load_model(model_dir).metadata.encoder.get("name", DEFAULT_ENCODER)  # verified before any work
     prepare_output_folder(out)
     slides = load_slides(cohort)
     embedding = EmbedRequest(slides, encoder, weights, device, batch_size, cache, mode)
-    request = PredictRequest(model_dir, slides, embedding, out.resolve(), device)
+    request = PredictRequest(model_dir, slides, embedding, out.resolve(), device, level)
     result = drive(runner_for(scheduler, workers, retries), predict, request)
     written(result.files, slides)
 
@@ -201,6 +205,7 @@ def benchmark(
             "reports the mean ± sd over seeds.",
         ),
     ] = 1,
+    level: LevelOpt = 0.9,
 ) -> None:
     """Leave-one-slide-out (or -patient-out) benchmark of SpaHGC (ours and the paper's configuration)
     and tuned baselines on the same embeddings, with paired statistics against the best baseline;
@@ -217,6 +222,7 @@ def benchmark(
     config, given = spahgc_config("default", settings, epochs, seed, device)
     chosen = [m.strip() for m in methods.split(",") if m.strip()] or list(METHODS)
     check_methods(chosen)  # before any work
+    level = check_level(level)
     if given and "spahgc" not in chosen:
         raise InputError(
             "SpaHGC options (--set, --epochs) apply to the 'spahgc' method, which --methods leaves out"
@@ -234,6 +240,7 @@ def benchmark(
         config,
         jobs or default_jobs(device),
         seeds=seeds,
+        level=level,
         protocol={"cohort": str(cohort)},
     )
     report = drive(InProcess(), evaluate, request)

@@ -64,6 +64,14 @@ GenesOpt = Annotated[Path | None, typer.Option("--genes", help="Gene panel file:
 HvgOpt = Annotated[
     int | None, typer.Option("--n-hvg", min=1, help="Use the top-N HVGs of each training slide, intersected.")
 ]
+LevelOpt = Annotated[
+    float,
+    typer.Option(
+        "--level",
+        help="Level of the prediction intervals, in (0, 1) (0.9: 90 % intervals, calibrated on the model's "
+        "held-out training slides).",
+    ),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (training is reproducible on CPU).")]
 EpochsOpt = Annotated[
     int | None,

@@ -18,9 +18,14 @@ predicts the test slide. The test slide is only predicted: its expression is nev
   of epochs (early stopping) tuned. The only stochastic baseline: its ``seed`` (every baseline takes
   one, see :data:`SEEDED_BASELINES`) seeds its initialisation, dropout and batch order.
 
-Inside :func:`shared_candidates` (the benchmark enters it once per outer fold), ridge's and kNN's
-candidate predictions for a (training slides, slide) pair are computed once and reused by every
-baseline that needs them: the same values, without recomputing them up to three times.
+Each baseline also returns the calibration of its conformal prediction intervals: the chosen
+setting's absolute residuals on the inner validation slides (predicted by refits that never saw
+them), from which the benchmark takes a constant width per gene
+(:mod:`napari_spahgc.base.conformal` with σ = 1), at the same level as SpaHGC's.
+
+Inside :func:`shared_candidates` (the benchmark enters it once per outer fold), the candidate
+predictions of ridge, kNN and the MLP for a (training slides, slide, seed) are computed once and
+reused by every baseline and by the calibration that need them: the same values, never recomputed.
 """
 
 from __future__ import annotations
@@ -55,12 +60,14 @@ Grid = Callable[[Sequence[SlideData], SlideData], dict[Setting, np.ndarray]]
 
 @dataclass(frozen=True)
 class Tuned:
-    """A baseline's prediction of the test slide and the hyperparameters the training slides chose
-    (with each candidate's mean inner-validation PCC)."""
+    """A baseline's prediction of the test slide, the hyperparameters the training slides chose
+    (with each candidate's mean inner-validation PCC) and the chosen setting's absolute residuals on
+    the inner validation slides (spots × genes: its intervals' calibration)."""
 
     prediction: np.ndarray
     chosen: dict
     inner_pcc: dict
+    inner_residuals: np.ndarray
 
 
 class Baseline(Protocol):
@@ -86,15 +93,16 @@ def shared_candidates() -> Iterator[None]:
 
 def _shareable(grid: Grid) -> Grid:
     """``grid``, its results kept for the current :func:`shared_candidates` block (keyed by the slide
-    objects themselves, which the entry keeps alive, so a key can never name other data)."""
+    objects themselves, which the entry keeps alive, so a key can never name other data, and by the
+    keyword options, e.g. a seed)."""
 
     @functools.wraps(grid)
-    def shared(train: Sequence[SlideData], test: SlideData) -> dict[Setting, np.ndarray]:
+    def shared(train: Sequence[SlideData], test: SlideData, **options) -> dict[Setting, np.ndarray]:
         if _shared is None:
-            return grid(train, test)
-        key = (grid.__name__, *map(id, train), id(test))
+            return grid(train, test, **options)
+        key = (grid.__name__, *map(id, train), id(test), *sorted(options.items()))
         if key not in _shared:
-            _shared[key] = (list(train), test, grid(train, test))
+            _shared[key] = (list(train), test, grid(train, test, **options))
         return _shared[key][2]
 
     return shared
@@ -124,6 +132,17 @@ def choose(grid: Grid, train: Sequence[SlideData]) -> tuple[Setting, dict[Settin
     return max(means, key=means.get), means
 
 
+def inner_residuals(grid: Grid, train: Sequence[SlideData], setting: Setting) -> np.ndarray:
+    """``setting``'s absolute residuals on every inner validation slide, pooled (float32)."""
+    return np.concatenate(
+        [
+            np.abs(slide.expression - grid(inner_train, slide)[setting]).astype(np.float32)
+            for inner_train, inner_validation in inner_folds(train)
+            for slide in inner_validation
+        ]
+    )
+
+
 def tuned(grid: Callable[..., dict[Setting, np.ndarray]], seeded: bool = False) -> Baseline:
     """A baseline that tunes ``grid``'s hyperparameters on the training slides, then predicts.
     ``seeded``: ``grid`` takes a ``seed`` keyword, the baseline's seed (else the seed is ignored)."""
@@ -135,6 +154,7 @@ def tuned(grid: Callable[..., dict[Setting, np.ndarray]], seeded: bool = False) 
             candidates(train, test)[setting],
             dict(setting),
             {_label(s): round(v, 5) for s, v in means.items()},
+            inner_residuals(candidates, train, setting),
         )
 
     return run
@@ -245,6 +265,7 @@ def blend_spatial(train: Sequence[SlideData], test: SlideData, seed: int = 0) ->
     return tuned(spatially(grid))(train, test)
 
 
+@_shareable
 def mlp_grid(train: Sequence[SlideData], test: SlideData, seed: int = 0) -> dict[Setting, np.ndarray]:
     """MLP probe predictions for every weight decay and every checkpoint epoch of one seeded run each,
     on the ridge probe's standardised PCA inputs (one common scale, so components keep their variance)."""

@@ -12,6 +12,11 @@ prediction flows, its members choosing their epochs on held-out training slides.
 every seeded method runs once per seed; the report gives each fold's mean ± sd over seeds and the
 paired statistics of each SpaHGC method against the best tuned baseline
 (:mod:`napari_spahgc.evaluate.statistics`); :mod:`napari_spahgc.evaluate.report` writes it.
+
+Every method also gives prediction intervals at the request's ``level``, calibrated on data it never
+trained on (SpaHGC: its members' held-out training slides; a baseline: its inner validation slides),
+scored by their coverage of the held-out values and their mean width; SpaHGC's per-spot uncertainty
+by its Spearman correlation with the spot's mean absolute error.
 """
 
 from __future__ import annotations
@@ -26,6 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_spahgc.base.conformal import (
+    DEFAULT_LEVEL,
+    check_level,
+    conformal_quantile,
+    coverage_and_width,
+    interval,
+)
 from napari_spahgc.base.errors import InputError
 from napari_spahgc.base.files import prepare_output_folder, safe_name
 from napari_spahgc.base.metrics import TOP_GENES, most_variable, score
@@ -57,7 +69,7 @@ class Fold:
     """What a method may know of a fold besides its data: the genes (chosen on the training slides),
     the config of the ``spahgc`` method (its seed and device serve every method), the training slides
     and the held-out slide, without its counts, with their embeddings (for SpaHGC's flows), and where
-    to keep the fold's SpaHGC model (None: not kept)."""
+    to keep the fold's SpaHGC model (None: not kept), and the intervals' level."""
 
     genes: Sequence[str]
     config: SpaHGCConfig
@@ -65,9 +77,20 @@ class Fold:
     test_slide: Slide | None = None
     embeddings: Embeddings = field(default_factory=Embeddings)
     models: str | None = None
+    level: float = DEFAULT_LEVEL
 
 
-Outcome = tuple[np.ndarray, dict]  # the test slide's prediction and what the training slides chose
+@dataclass(frozen=True)
+class Outcome:
+    """A method's prediction of the held-out slide, what its training slides chose, its intervals
+    (lower, upper; None for a SpaHGC model trained without held-out slides) and, where the method has
+    one, each spot's uncertainty."""
+
+    prediction: np.ndarray
+    choices: dict
+    lower: np.ndarray | None = None
+    upper: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +109,7 @@ def _spahgc(preset: str) -> Method:
     """SpaHGC with ``preset``: ``default`` is the request's config (``--set``), others the preset's own."""
 
     def run(_train: Sequence[SlideData], test: SlideData, fold: Fold) -> Outcome:
+        from napari_spahgc.io.intervals import prediction_interval
         from napari_spahgc.predict.flow import PredictRequest, predict
         from napari_spahgc.train.flow import TrainRequest, train
 
@@ -98,20 +122,26 @@ def _spahgc(preset: str) -> Method:
         leaked = sorted(set(model.metadata.training_slides) & {test.slide_id})
         if leaked:
             raise LeakageError(f"the model for held-out slide {test.slide_id} trained on {leaked}")
-        predicted = run_to_end(
-            predict(PredictRequest(model, [fold.test_slide], fold.embeddings, device=config.train.device))
+        request = PredictRequest(
+            model, [fold.test_slide], fold.embeddings, device=config.train.device, level=fold.level
         )
+        predicted = run_to_end(predict(request)).predictions[test.slide_id]
         validation = model.metadata.validation
         members = [
             {k: m[k] for k in ("validation_slides", "best_epoch")} for m in validation.get("members", [])
         ]
-        return predicted.predictions[test.slide_id].X, {
+        choices = {
             "preset": preset,
             "epochs_run": validation["epochs_run"],
             "members": members,
             "validation_pcc": validation.get("pcc"),
             "smoothing": model.config.graph.smoothing,
         }
+        uncertainty = predicted.obs["uncertainty"].to_numpy()
+        if model.calibration is None:  # trained without held-out slides: nothing to calibrate on
+            return Outcome(predicted.X, choices, uncertainty=uncertainty)
+        choices["interval_mix"] = model.calibration.mix
+        return Outcome(predicted.X, choices, *prediction_interval(predicted), uncertainty)
 
     return Method("spahgc", run, preset, seeded=True)
 
@@ -121,7 +151,9 @@ def _baseline(tune: Baseline, seeded: bool) -> Method:
 
     def run(train: Sequence[SlideData], test: SlideData, fold: Fold) -> Outcome:
         tuned = tune(train, test, seed=fold.config.train.seed)
-        return tuned.prediction, {"chosen": tuned.chosen, "inner_pcc": tuned.inner_pcc}
+        width = conformal_quantile(tuned.inner_residuals, fold.level)  # a constant width per gene: σ = 1
+        bounds = interval(tuned.prediction, np.ones((1, 1), np.float32), width)
+        return Outcome(tuned.prediction, {"chosen": tuned.chosen, "inner_pcc": tuned.inner_pcc}, *bounds)
 
     return Method("baseline", run, seeded=seeded)
 
@@ -142,8 +174,8 @@ class EvaluateRequest:
     report to ``out``. ``config``: the ``spahgc`` method's (its seed and device serve every method);
     ``jobs``: worker processes; ``models``: a folder to keep each fold's SpaHGC models in
     (``<held-out slide>/<preset>``, under ``seed-<seed>/`` with several seeds); ``seeds``: how many
-    seeds (the config's seed, then the next ones) each seeded method runs with; ``protocol``: more to
-    record in the report (encoder, cohort)."""
+    seeds (the config's seed, then the next ones) each seeded method runs with; ``level``: the
+    prediction intervals' level; ``protocol``: more to record in the report (encoder, cohort)."""
 
     slides: Sequence[Slide]
     embeddings: Embeddings | EmbedRequest
@@ -155,6 +187,7 @@ class EvaluateRequest:
     held_out: Sequence[Sequence[str]] | None = None
     models: str | Path | None = None
     seeds: int = 1
+    level: float = DEFAULT_LEVEL
     protocol: Mapping = field(default_factory=dict)
 
 
@@ -170,6 +203,7 @@ def evaluate(request: EvaluateRequest) -> Generator[Progress, None, dict]:
     check_methods(methods)
     if request.seeds < 1:
         raise InputError(f"seeds must be at least 1, not {request.seeds}")
+    level = check_level(request.level)
     out = prepare_output_folder(request.out)
     embeddings = yield from embeddings_for(request.embeddings)
     slides = request.slides
@@ -192,7 +226,7 @@ def evaluate(request: EvaluateRequest) -> Generator[Progress, None, dict]:
                 seed = config.train.seed + index
                 seeded = replace(config, train=replace(config.train, seed=seed))
                 kept = models if models is None or request.seeds == 1 else str(Path(models, f"seed-{seed}"))
-                fold = Fold(genes, seeded, train_slides, test_slide, used, kept)
+                fold = Fold(genes, seeded, train_slides, test_slide, used, kept, level)
                 run = methods if index == 0 else [m for m in methods if METHODS[m].seeded]
                 units += [(group, train, test, top, fold) for group in _unit_methods(run)]
     outcomes: dict[tuple[str, str], list] = {}
@@ -246,6 +280,7 @@ def _over_seeds(runs: list) -> dict:
         "pcc_seed_sd": float(np.std(pccs, ddof=1)),
         f"pcc_top{TOP_GENES}": float(np.mean([r[f"pcc_top{TOP_GENES}"] for r in records])),
         "rmse": float(np.mean([r["rmse"] for r in records])),
+        **{k: float(np.mean([r[k] for r in records])) for k in INTERVAL_METRICS if k in records[0]},
         "n_genes_excluded": records[0]["n_genes_excluded"],
         "seconds": round(sum(r["seconds"] for r in records), 2),
         "seeds": {str(seed): record for seed, record, _ in runs},
@@ -348,6 +383,7 @@ def _protocol(
         "targets": "log1p(counts / spot total × 1e6) on the fold's genes",
         "seed": config.train.seed,
         "seeds": list(range(config.train.seed, config.train.seed + request.seeds)),
+        "interval_level": request.level,
         **METRICS,
         "tuning": {
             "inner folds": "leave one training patient out (≥ 2 patients), else one training slide",
@@ -366,6 +402,13 @@ METRICS = {
     "truth are excluded and counted (n_genes_excluded); genes constant in the prediction count as 0",
     f"pcc_top{TOP_GENES}": f"the same mean over the {TOP_GENES} genes most variable on the training slides",
     "rmse": "over all spot × gene values, log1p(CPM) units",
+    "coverage": "share of the held-out measured values inside their prediction interval (split "
+    "conformal; SpaHGC: calibrated on its members' held-out training slides, residuals normalised by "
+    "the retrieved references' deviation; baselines: a constant width per gene from their inner "
+    "validation residuals); both clipped at 0",
+    "interval_width": "mean upper − lower over all spot × gene values, log1p(CPM) units",
+    "uncertainty_spearman": "Spearman correlation across held-out spots of a spot's uncertainty with "
+    "its mean absolute error over genes",
 }
 
 
@@ -373,14 +416,39 @@ def _score(method: str, train, test: SlideData, top: np.ndarray, fold: Fold) -> 
     """One method on one held-out slide: its fold record (metrics, seconds, choices) and per-gene PCC.
     The method gets the slide without its expression; only the scorer reads it."""
     started = time.perf_counter()
-    prediction, choices = METHODS[method].run(train, replace(test, expression=None), fold)
+    outcome = METHODS[method].run(train, replace(test, expression=None), fold)
     seconds = time.perf_counter() - started
-    record, per_gene = score(test.expression, prediction, top)
-    return {**record, "seconds": round(seconds, 2), **choices}, per_gene
+    record, per_gene = score(test.expression, outcome.prediction, top)
+    return {
+        **record,
+        **interval_scores(test.expression, outcome),
+        "seconds": round(seconds, 2),
+        **outcome.choices,
+    }, per_gene
+
+
+#: the interval metrics of a fold record (the Spearman only for methods with an uncertainty)
+INTERVAL_METRICS = ("coverage", "interval_width", "uncertainty_spearman")
+
+
+def interval_scores(truth: np.ndarray, outcome: Outcome) -> dict:
+    """Coverage and mean width of the intervals; Spearman of each spot's uncertainty with its mean
+    absolute error over genes, where the method has an uncertainty."""
+    from scipy.stats import spearmanr
+
+    scores = {}
+    if outcome.lower is not None:
+        coverage, width = coverage_and_width(truth, outcome.lower, outcome.upper)
+        scores.update(coverage=coverage, interval_width=width)
+    if outcome.uncertainty is not None:
+        error = np.nanmean(np.abs(truth - outcome.prediction), axis=1)
+        scores["uncertainty_spearman"] = float(spearmanr(outcome.uncertainty, error).statistic)
+    return scores
 
 
 def _summarise(summary: dict) -> None:
-    """Mean ± sd of the folds' PCC, mean top-gene PCC and RMSE, total seconds, added to a method's summary."""
+    """Mean ± sd of the folds' PCC, mean top-gene PCC, RMSE and interval metrics, total seconds, added
+    to a method's summary."""
     folds = summary["folds"].values()
     pccs = [f["pcc"] for f in folds]
     summary.update(
@@ -389,4 +457,9 @@ def _summarise(summary: dict) -> None:
         pcc_top_mean=float(np.mean([f[f"pcc_top{TOP_GENES}"] for f in folds])),
         rmse_mean=float(np.mean([f["rmse"] for f in folds])),
         seconds_total=round(sum(f["seconds"] for f in folds), 1),
+        **{
+            f"{k}_mean": float(np.mean([f[k] for f in folds]))
+            for k in INTERVAL_METRICS
+            if k in next(iter(folds))
+        },
     )

@@ -20,6 +20,7 @@ def report_markdown(report: dict) -> str:
             f"# Benchmark ({protocol['folds']})",
             _protocol_lines(protocol),
             report_table(report),
+            interval_table(report),
             _choices(report["methods"]),
         ]
     )
@@ -61,6 +62,47 @@ def report_table(report: dict) -> str:
         )
     ratios = [_ratio_line(name, c, methods) for name, c in report.get("comparisons", {}).items()]
     lines += ["", *ratios, f"Peak memory: {report['peak_memory_mb']:.0f} MB"]
+    return "\n".join(lines)
+
+
+def interval_table(report: dict) -> str:
+    """Per method and fold the intervals' coverage / mean width, their means, and SpaHGC's
+    uncertainty–error Spearman; then each SpaHGC method's width against the best tuned baseline's."""
+    methods = {n: m for n, m in report["methods"].items() if "coverage_mean" in m}
+    if not methods:
+        return ""
+    level = report["protocol"].get("interval_level", 0.9)
+    slides = list(next(iter(methods.values()))["folds"])
+    lines = [
+        f"## Prediction intervals at {level:.0%} (coverage / mean width per fold)",
+        "",
+        "| method | " + " | ".join(slides) + " | coverage | width | Spearman(uncertainty, MAE) |",
+        "|---|" + "---|" * (len(slides) + 3),
+    ]
+    for name, m in methods.items():
+        folds = " | ".join(
+            f"{m['folds'][s]['coverage']:.3f} / {m['folds'][s]['interval_width']:.2f}" for s in slides
+        )
+        rho = m.get("uncertainty_spearman_mean")
+        lines.append(
+            f"| {name} | {folds} | {m['coverage_mean']:.3f} | {m['interval_width_mean']:.3f} | "
+            + ("—" if rho is None else f"{rho:.3f}")
+            + " |"
+        )
+    for name, comparison in report.get("comparisons", {}).items():
+        if name not in methods or comparison["against"] not in methods:
+            continue
+        best = methods[comparison["against"]]
+        mine = methods[name]
+        narrower = sum(
+            mine["folds"][s]["interval_width"] < best["folds"][s]["interval_width"] for s in slides
+        )
+        lines.append(
+            f"\n{name}: mean width {mine['interval_width_mean']:.3f} vs {comparison['against']} "
+            f"{best['interval_width_mean']:.3f} ({mine['interval_width_mean'] / best['interval_width_mean']:.3f}×, "
+            f"narrower on {narrower} of {len(slides)} folds); coverage per fold "
+            f"{min(mine['folds'][s]['coverage'] for s in slides):.3f}–{max(mine['folds'][s]['coverage'] for s in slides):.3f}."
+        )
     return "\n".join(lines)
 
 

@@ -73,8 +73,9 @@ def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
 @contextmanager
 def stream_h5ad(adata: ad.AnnData, path: str | Path) -> Iterator[h5py.Dataset]:
     """Write ``adata`` (without X) to ``path`` and yield its X, an empty float32 (n_obs, n_vars) h5py
-    dataset to fill by row blocks; columns of ``adata.var`` added inside the block are written at the
-    end. Atomic as :func:`write_h5ad`: the file appears, complete, only when the block succeeds."""
+    dataset to fill by row blocks; what is added to ``adata``'s obs, var, obsm, varm and uns inside
+    the block is written at the end. Atomic as :func:`write_h5ad`: the file appears, complete, only
+    when the block succeeds."""
     if adata.X is not None:
         raise ValueError("stream_h5ad writes X itself: pass AnnData without X")
     path = Path(path)
@@ -84,7 +85,10 @@ def stream_h5ad(adata: ad.AnnData, path: str | Path) -> Iterator[h5py.Dataset]:
             x = file.create_dataset("X", shape=adata.shape, dtype=np.float32)
             x.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
             yield x
-            write_elem(file, "var", adata.var)
+            for key in ("obs", "var"):
+                write_elem(file, key, getattr(adata, key))
+            for key in ("obsm", "varm", "uns"):
+                write_elem(file, key, dict(getattr(adata, key)))
 
 
 def measured_values(

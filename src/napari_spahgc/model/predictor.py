@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from napari_spahgc.base.conformal import Calibration
 from napari_spahgc.base.errors import InputError
 from napari_spahgc.base.files import atomic_path
 from napari_spahgc.base.progress import Progress, run_to_end
@@ -55,6 +56,9 @@ class ModelMetadata:
     training_slides: list[str] = field(default_factory=list)
     validation_slides: list[list[str]] = field(default_factory=list)
     validation: dict = field(default_factory=dict)
+    #: the prediction intervals' calibration (``Calibration.record``); empty: none (an earlier model,
+    #: or one trained without held-out slides)
+    calibration: dict = field(default_factory=dict)
 
     def validation_summary(self) -> str:
         """One sentence on how the epochs were chosen and how the members validated."""
@@ -72,9 +76,31 @@ class ModelMetadata:
         )
 
 
+@dataclass
+class SlideReferences:
+    """Each spot's K retrieved reference spots, most similar first: ``rows`` (n, K) index the
+    references used, which are rows ``bank_rows`` of the model's bank, from slides ``slide_ids``,
+    with their measured ``expression`` (log1p CPM, references × genes)."""
+
+    rows: np.ndarray
+    bank_rows: np.ndarray
+    slide_ids: np.ndarray
+    expression: np.ndarray
+
+
+@dataclass
+class Predicted:
+    """A slide's prediction (``values``: an array, or the ``out`` it was written to) and the references
+    it drew on."""
+
+    values: np.ndarray
+    references: SlideReferences
+
+
 class SpaHGCPredictor:
     """A trained SpaHGC: the ensemble network, its reference bank (standardised embeddings and
-    expression), the expression and embedding scales, and its metadata."""
+    expression), the expression and embedding scales, its metadata and, when its training had held-out
+    slides, the calibration of its prediction intervals."""
 
     def __init__(
         self,
@@ -85,11 +111,13 @@ class SpaHGCPredictor:
         config: SpaHGCConfig,
         metadata: ModelMetadata,
         folder: Path | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         self.network = network.eval()
         self.bank, self.scale, self.embedding_scale = bank, scale, embedding_scale
         self.config, self.metadata = config, metadata
         self.folder = folder  # the model folder it was loaded from; None when built in memory
+        self.calibration = calibration
 
     @property
     def genes(self) -> list[str]:
@@ -99,19 +127,21 @@ class SpaHGCPredictor:
         """Predicted log1p-CPM (n_spots, n_genes): the mean of the ensemble members, mixed with the
         spots' Q nearest neighbours by the chosen smoothing; deterministic: no masking, no dropout.
         Computed in blocks of ``block_spots`` rows (:mod:`~napari_spahgc.model.blocks`)."""
-        return run_to_end(self.predict_steps(slide, device, block_spots))
+        return run_to_end(self.predict_steps(slide, device, block_spots)).values
 
     def predict_steps(
         self, slide: SlideData, device: str = "cpu", block_spots: int = BLOCK_SPOTS, out=None
-    ) -> Generator[Progress, None, np.ndarray]:
+    ) -> Generator[Progress, None, Predicted]:
         """:meth:`predict` as a generator: yields after every block (stop iterating to cancel),
-        returns the prediction. ``out``: where the blocks go, anything that takes row-range
-        assignment (an array, or an h5py dataset to stream a large slide to disk); a new array if None."""
+        returns the prediction and the references it drew on. ``out``: where the blocks go, anything
+        that takes row-range assignment (an array, or an h5py dataset to stream a large slide to
+        disk); a new array if None."""
         if slide.embeddings.shape[1] != self.metadata.embedding_dim:
             raise InputError(
                 f"slide {slide.slide_id!r} has {slide.embeddings.shape[1]}-d embeddings but the model was "
                 f"trained on {self.metadata.embedding_dim}-d ({self.metadata.encoder.get('name', '?')})"
             )
+        kept = self._bank_rows_without(slide.slide_id)
         bank = self._bank_without(slide.slide_id)
         yield Progress(0, 1, f"{slide.slide_id}: retrieving references", "predict")
         parts = graph_parts(slide, bank, self.config.graph, self.embedding_scale)
@@ -152,7 +182,17 @@ class SpaHGCPredictor:
                 else:
                     prediction[start:stop] = prediction[start:stop] + share * self.scale.sd
             yield Progress(done, total, f"{slide.slide_id}: block {done}/{total}", "predict")
-        return prediction
+        references = SlideReferences(
+            parts.retrieved.astype(np.int32),
+            kept[parts.nodes],
+            bank.slide_ids[parts.nodes],
+            self.scale.inverse(bank.expression[parts.nodes]).astype(np.float32),
+        )
+        return Predicted(prediction, references)
+
+    def _bank_rows_without(self, slide_id: str) -> np.ndarray:
+        """The rows of the bank that are not ``slide_id``'s spots."""
+        return np.flatnonzero(self.bank.slide_ids != slide_id)
 
     def _bank_without(self, slide_id: str) -> ReferenceBank:
         """The reference bank without ``slide_id``'s spots: a slide never retrieves its own spots."""
@@ -190,6 +230,8 @@ class SpaHGCPredictor:
             "embedding_scale.mean": self.embedding_scale.mean,
             "embedding_scale.sd": self.embedding_scale.sd,
         }
+        if self.calibration is not None:
+            arrays["calibration.scores"] = self.calibration.scores
         return tensors | {name: torch.from_numpy(array) for name, array in arrays.items()}
 
     def _config(self) -> dict:
@@ -223,7 +265,9 @@ class SpaHGCPredictor:
         embedding_scale = FeatureScale(
             tensors["embedding_scale.mean"].numpy(), tensors["embedding_scale.sd"].numpy()
         )
-        return cls(network, bank, scale, embedding_scale, options, metadata, folder)
+        return cls(
+            network, bank, scale, embedding_scale, options, metadata, folder, _calibration(metadata, tensors)
+        )
 
     def check_embeddings(self, encoder_info: dict) -> None:
         """:meth:`check_compatible` with an encoder's info (``name``, ``weights_checksum``,
@@ -283,6 +327,14 @@ def _network(metadata: ModelMetadata, options: ModelOptions, tensors: dict, weig
     return network
 
 
+def _calibration(metadata: ModelMetadata, tensors: dict) -> Calibration | None:
+    """The folder's calibration (None for a model without one)."""
+    record = metadata.calibration
+    if not record or "calibration.scores" not in tensors:
+        return None
+    return Calibration(tensors["calibration.scores"].numpy(), record["mix"], record["spots"], record["inner"])
+
+
 def _refuse_earlier_format(config: dict, tensors: dict, folder: Path) -> None:
     """Refuse a folder of the format before ensembles and standardised embeddings."""
     model_options = config.get("model_options")
@@ -324,6 +376,8 @@ def _check_shapes(
         "embedding_scale.mean": (dim,),
         "embedding_scale.sd": (dim,),
     }
+    if metadata.calibration:
+        expected["calibration.scores"] = (metadata.calibration.get("kept_spots"), genes)
     wrong = [
         f"{name} is {tuple(tensors[name].shape) if name in tensors else 'missing'}, not {shape}"
         for name, shape in expected.items()

@@ -1,8 +1,10 @@
 """The prediction stage's one flow: a :class:`PredictRequest` in, a :class:`PredictResult` out.
 
 A slide's predictions are an AnnData: X = predicted log1p(CPM) on the model's genes, ``obsm['spatial']``,
-provenance, ``var['validation_pcc']`` (the members' held-out PCC per gene) and, when the slide has
-counts, ``layers['measured']`` (same preprocessing) and ``var['pcc']``. With an output folder each
+provenance, ``var['validation_pcc']`` (the members' held-out PCC per gene), each spot's uncertainty
+and references and the per-gene interval quantiles (:mod:`napari_spahgc.io.intervals`, read back by
+:func:`~napari_spahgc.io.intervals.prediction_interval`) and, when the slide has counts,
+``layers['measured']`` (same preprocessing) and ``var['pcc']``. With an output folder each
 slide's predictions are written block by block straight into ``SLIDE_ID.h5ad`` (no slide-sized
 prediction in memory: a Visium HD slide's is 2.2 GB); without one they are returned in memory.
 
@@ -23,30 +25,34 @@ from typing import TYPE_CHECKING
 import numpy as np
 from anndata import AnnData
 
+from napari_spahgc.base.conformal import DEFAULT_LEVEL, LEVELS, check_level, spot_uncertainty
 from napari_spahgc.base.files import prepare_output_folder, slide_file
 from napari_spahgc.base.progress import Progress
 from napari_spahgc.embed.cache import MODES
 from napari_spahgc.embed.flow import Embeddings, EmbedRequest, embeddings_for
 from napari_spahgc.io.export import blockwise_pcc, measured_values, spot_anndata, stream_h5ad
+from napari_spahgc.io.intervals import store_intervals, store_references
 from napari_spahgc.io.slide import Slide
 from napari_spahgc.model.slide_data import slide_data
 from napari_spahgc.train.flow import TrainRequest, train
 
 if TYPE_CHECKING:  # torch: the requests are made in napari's process, which never imports it
-    from napari_spahgc.model.predictor import SpaHGCPredictor
+    from napari_spahgc.model.predictor import Predicted, SpaHGCPredictor
 
 
 @dataclass(frozen=True)
 class PredictRequest:
     """Predict ``slides`` with ``model`` (a model folder, a model, or a training request) from their
     ``embeddings`` (or embedded now, in the model's own mode unless the request names one); write one
-    ``SLIDE_ID.h5ad`` per slide into ``out`` when given."""
+    ``SLIDE_ID.h5ad`` per slide into ``out`` when given. ``level``: the prediction intervals' level
+    (the files hold every level from 0.50 to 0.99 in steps of 0.01 besides)."""
 
     model: str | Path | SpaHGCPredictor | TrainRequest
     slides: Sequence[Slide]
     embeddings: Embeddings | EmbedRequest
     out: str | Path | None = None
     device: str = "auto"
+    level: float = DEFAULT_LEVEL
 
     def for_slides(self, slides: Sequence[Slide]) -> PredictRequest:
         """The same request for other slides (one task a slide on a cluster)."""
@@ -82,7 +88,9 @@ class PredictResult:
 
 def predict(request: PredictRequest) -> Generator[Progress, None, PredictResult]:
     """Get the model, embed when asked, check the embeddings fit the model, predict every slide
-    (yielding blocks). Stop iterating to cancel: no output file is left."""
+    (yielding blocks) with its uncertainty and intervals. Stop iterating to cancel: no output file is
+    left."""
+    level = check_level(request.level)
     if request.out is not None:
         prepare_output_folder(request.out)
     model, folder = yield from _model(request.model)
@@ -92,21 +100,48 @@ def predict(request: PredictRequest) -> Generator[Progress, None, PredictResult]
         source = replace(source, mode=recorded if recorded in MODES else None)
     embeddings = yield from embeddings_for(source)
     model.check_embeddings(embeddings.info)
+    if model.calibration is None:
+        yield Progress(0, 1, "no intervals", "predict", warning=NO_INTERVALS)
     result = PredictResult(model_folder=folder)
     for slide in request.slides:
         data = slide_data(slide, embeddings[slide.slide_id], None)
         if request.out is None:
-            prediction = yield from model.predict_steps(data, device=request.device)
-            result.predictions[slide.slide_id] = prediction_anndata(model, slide, prediction)
+            predicted = yield from model.predict_steps(data, device=request.device)
+            adata = prediction_anndata(model, slide, predicted.values)
+            add_intervals(adata, model, predicted, level)
+            result.predictions[slide.slide_id] = adata
         else:
             path = slide_file(request.out, slide.slide_id, ".h5ad")
             adata = prediction_anndata(model, slide, None)
             with stream_h5ad(adata, path) as x:
-                yield from model.predict_steps(data, device=request.device, out=x)
+                predicted = yield from model.predict_steps(data, device=request.device, out=x)
+                add_intervals(adata, model, predicted, level)
                 if "measured" in adata.layers:
                     adata.var["pcc"] = blockwise_pcc(adata.layers["measured"], x).astype(np.float32)
             result.files[slide.slide_id] = str(path)
     return result
+
+
+NO_INTERVALS = (
+    "this model has no calibration for prediction intervals (saved before intervals existed, or "
+    "trained without held-out slides): predicting without intervals"
+)
+
+
+def add_intervals(adata: AnnData, model: SpaHGCPredictor, predicted: Predicted, level: float) -> None:
+    """Each spot's references and uncertainty and, when the model is calibrated, the quantiles of
+    its intervals at every stored level and ``level``."""
+    references = predicted.references
+    uncertainty = spot_uncertainty(predicted.values, references.rows, references.expression)
+    store_references(
+        adata, references.rows, references.expression, references.slide_ids, references.bank_rows, uncertainty
+    )
+    calibration = model.calibration
+    if calibration is not None:
+        levels = sorted({*LEVELS, round(level, 6)})
+        store_intervals(
+            adata, calibration.quantiles(levels), levels, level, calibration.mix, calibration.record()
+        )
 
 
 def _model(source) -> Generator[Progress, None, tuple[SpaHGCPredictor, str | None]]:

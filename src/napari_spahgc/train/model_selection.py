@@ -1,6 +1,7 @@
 """Model selection on held-out training slides: which slides each ensemble member holds out, its
-best epoch (early stopping member by member), its validation scores, and the prediction smoothing
-the held-out slides choose. Test slides never reach this module."""
+best epoch (early stopping member by member), its validation scores, the prediction smoothing the
+held-out slides choose, and their out-of-fold predictions that calibrate the prediction intervals.
+Test slides never reach this module."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from napari_spahgc.base.conformal import Calibration, gathered_deviation
 from napari_spahgc.base.metrics import gene_pcc, score
 from napari_spahgc.model.neighbours import SELF_WEIGHTS, spatial_mix, spatial_neighbours
 from napari_spahgc.model.network import SpaHGC
+from napari_spahgc.model.relations import CS
 from napari_spahgc.model.slide_data import FeatureScale
 from napari_spahgc.train.batch import GraphBatch
 
@@ -114,6 +117,36 @@ def choose_smoothing(
             values_scored.append(score(truth, spatial_mix(prediction, neighbours, 1 - smoothing))[0]["pcc"])
     means = {smoothing: float(np.mean(v)) for smoothing, v in scores.items()}
     return max(means, key=means.get), {f"{k:g}": round(v, 5) for k, v in means.items()}
+
+
+def calibrate(
+    network: SpaHGC, rounds, scale: FeatureScale, q: int, smoothing: float, device, seed: int = 0
+) -> Calibration:
+    """The prediction intervals' calibration (:class:`~napari_spahgc.base.conformal.Calibration`) on
+    the members' predictions of their own held-out slides, smoothed as the model predicts, each spot
+    with the deviation of its retrieved references (the slide's bank: the member's training slides);
+    the held-out slides are the inner validation's groups."""
+    parts: dict[str, list[np.ndarray]] = {"truth": [], "prediction": [], "deviation": [], "group": []}
+    members = list(range(len(rounds[0])))
+    for _, (graph, truth, coords), prediction in _round_predictions(network, rounds, members, scale, device):
+        if truth is None:
+            continue
+        if smoothing:
+            prediction = spatial_mix(prediction, spatial_neighbours(coords, q), 1 - smoothing)
+        store = graph["reference"]
+        bank_rows = store.bank_index[graph[CS].edge_index[0].view(len(truth), -1)].numpy()
+        used, rows = np.unique(bank_rows, return_inverse=True)
+        table = scale.inverse(store["shared_x"][used, -prediction.shape[1] :].numpy())
+        group = np.full(len(truth), len(parts["group"]))
+        values = (
+            truth,
+            prediction,
+            gathered_deviation(prediction, rows.reshape(bank_rows.shape), table),
+            group,
+        )
+        for name, value in zip(parts, values, strict=True):
+            parts[name].append(value)
+    return Calibration.fit(*(np.concatenate(v) for v in parts.values()), seed=seed)
 
 
 def nanmean_columns(values: np.ndarray) -> np.ndarray:

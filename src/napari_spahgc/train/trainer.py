@@ -26,6 +26,7 @@ from napari_spahgc.train.batch import GraphBatch
 from napari_spahgc.train.losses import bernoulli_mask, contrastive, masked, pearson_per_gene
 from napari_spahgc.train.model_selection import (
     BestEpochs,
+    calibrate,
     choose_smoothing,
     nanmean_columns,
     validate,
@@ -176,9 +177,27 @@ class Trainer:
                 )
                 graph_options = replace(graph_options, smoothing=smoothing)
                 self.metadata.validation["smoothing_pcc"] = means
+        calibration = None
+        if validation:  # the intervals: calibrated on the held-out slides, as the model now predicts
+            calibration = calibrate(
+                network,
+                validation,
+                self.scale,
+                graph_options.q,
+                graph_options.smoothing,
+                device,
+                self.options.seed,
+            )
+            self.metadata.calibration = calibration.record()
         config = SpaHGCConfig(graph_options, self.model_options, replace(self.options, epochs=epochs_run))
         return SpaHGCPredictor(
-            network.cpu().eval(), self.bank, self.scale, self.embedding_scale, config, self.metadata
+            network.cpu().eval(),
+            self.bank,
+            self.scale,
+            self.embedding_scale,
+            config,
+            self.metadata,
+            calibration=calibration,
         )
 
     def _backward(self, network: SpaHGC, batch: GraphBatch, mask_rng: np.random.Generator) -> float:
