@@ -2,9 +2,11 @@
 
     xvfb-run -a -s "-screen 0 1920x1200x24" python docs/make_screenshots.py [--epochs 200] [--out FOLDER]
 
-Opens napari with the five dock widgets, opens C2–C6, embeds them (offline encoder, cached), trains on
+Opens napari with the six dock widgets, opens C2–C6, embeds them (offline encoder, cached), trains on
 C2–C5 and predicts C6, shows a gene, then saves the window, the canvas and each widget under
-docs/images/. It drives the widgets the way a user does (their public methods).
+docs/images/; then the predicted map faded where uncertain (canvas-confidence.png) with a spot picked
+for the Why widget. It drives the widgets the way a user does (their public methods; the pick is what
+a click on the spot does).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
 from napari_spahgc._qt._common import session_for
+from napari_spahgc._qt.genes import FADED
 from napari_spahgc._qt.viewer import WIDGETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +54,7 @@ def main() -> None:
         name: viewer.window.add_dock_widget(w, name=name.title(), area="right") for name, w in widgets.items()
     }
     window = viewer.window._qt_window
-    for name in ("embed", "predict", "export"):
+    for name in ("embed", "predict", "export", "why"):
         window.tabifyDockWidget(docks["slide"], docks[name])
     window.resizeDocks([docks["slide"], docks["genes"]], [380, 700], Qt.Orientation.Vertical)
     session = session_for(viewer)
@@ -78,7 +81,14 @@ def main() -> None:
         docks[name].raise_()
         QApplication.processEvents()
         widget.grab().save(str(out / f"widget-{name}.png"))
-    print(f"screenshots in {out} (gene {session.gene}, slide {session.current})")
+    widgets["genes"].show_mode.setCurrentText(FADED)
+    prediction = session.predictions[session.current]
+    session.set_spot(str(prediction.obs_names[int(prediction.obs["uncertainty"].argmin())]))
+    docks["why"].raise_()
+    QApplication.processEvents()
+    viewer.screenshot(str(out / "canvas-confidence.png"), canvas_only=True, flash=False)
+    widgets["why"].grab().save(str(out / "widget-why.png"))
+    print(f"screenshots in {out} (gene {session.gene}, slide {session.current}, spot {session.spot})")
     viewer.close()
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 import torch_geometric  # noqa: F401
@@ -112,3 +114,24 @@ def notifications():
     notification_manager.notification_ready.connect(_record)
     yield seen
     notification_manager.notification_ready.disconnect(_record)
+
+
+@pytest.fixture(scope="session")
+def her2st_model(tmp_path_factory, _isolated_cache) -> Path:
+    """A model trained by ``spahgc train`` on HER2ST C2–C5 (per-spot embeddings, 12 epochs: four
+    members, each holding one section out, so it is calibrated), in another process (torch stays out
+    of this one for the napari tests); C6 is never seen. Its embeddings are in the run's cache."""
+    if not HER2ST.is_dir():
+        pytest.skip("the HER2ST sections are not beside the checkout (../shared/data/her2st)")
+    root = tmp_path_factory.mktemp("her2st-model")
+    table = pd.read_csv(HER2ST_COHORT)
+    for column in ("image", "spots", "counts"):
+        table[column] = [str((HER2ST_COHORT.parent / p).resolve()) for p in table[column]]
+    cohort = root / "c2-c5.csv"
+    table[table["slide_id"].isin(["C2", "C3", "C4", "C5"])].to_csv(cohort, index=False)
+    command = [sys.executable, "-c", "from napari_spahgc.cli import main; main()", "train", str(cohort),
+               "--genes", str(HER2ST / "her2st_785_genes.txt"), "--out", str(root / "model"), "--epochs", "12",
+               "--set", "eval_every=3", "--mode", "spot", "--device", "cpu"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "model"

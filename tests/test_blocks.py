@@ -19,18 +19,21 @@ from napari_spahgc.train.batch import GraphBatch
 from synthetic_slides import GENES, fit, make_slides, make_trainer
 
 
-def _blocked(network, parts, slide, bank, block_spots, smoothing=None) -> torch.Tensor:
+def _blocked(network, parts, slide, bank, block_spots, smoothing=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blocks' members' mean genes and CNAP attention (n_spots, k), summed over the groups' shares."""
     x = torch.from_numpy(slide.embeddings)
     out = torch.full((slide.n_spots, len(GENES)), float("nan"))
+    attention = torch.zeros(parts.retrieved.shape)
     steps = predict_blocks(
         network, parts, lambda a, b: x[a:b], reference_features(bank, parts.nodes),
         lambda rows: parts.prior(bank, rows), block_spots, smoothing,
     )  # fmt: skip
     for _, _, result in steps:
         if result is not None:
-            start, stop, share, first = result
+            start, stop, share, attention_share, first = result
             out[start:stop] = share if first else out[start:stop] + share
-    return out
+            attention[start:stop] += attention_share
+    return out, attention
 
 
 @pytest.mark.parametrize("group", [3, 2, 1])
@@ -46,15 +49,20 @@ def test_blocked_prediction_equals_the_whole_graph(block_spots, prior_k, group, 
     torch.manual_seed(1)
     network = SpaHGC(16, len(GENES), config.model).eval()
     bank = ReferenceBank.from_slides(slides[1:], FeatureScale.fit(slides))
+    batch = GraphBatch.from_graphs([build_graph(slides[0], bank, config.graph)] * 3)
     with torch.no_grad():
-        whole = network(*GraphBatch.from_graphs([build_graph(slides[0], bank, config.graph)] * 3).inputs)
+        target, reference = network.encode(batch.target_x, batch.reference_x, batch.edges)
+        whole, whole_attention = network.explained_genes(target, reference, batch.retrieved, batch.prior)
     parts = graph_parts(slides[0], bank, config.graph)
-    blocked = _blocked(network, parts, slides[0], bank, block_spots)
+    blocked, attention = _blocked(network, parts, slides[0], bank, block_spots)
     assert float((blocked - whole.mean(0)).abs().max()) <= 1e-5
+    assert float((attention - whole_attention.mean(0)).abs().max()) <= 1e-5  # the same weights, per row
+    np.testing.assert_allclose(attention.sum(1).numpy(), 1.0, atol=1e-5)  # a softmax over the k references
     neighbours = spatial_neighbours(slides[0].coords, 3)  # smoothing inside the blocks = afterwards
-    smoothed = _blocked(network, parts, slides[0], bank, block_spots, (neighbours, 0.25))
+    smoothed, smoothed_attention = _blocked(network, parts, slides[0], bank, block_spots, (neighbours, 0.25))
     expected = spatial_mix(whole.mean(0).numpy(), neighbours, 0.75)
     np.testing.assert_allclose(smoothed.numpy(), expected, atol=1e-5, rtol=0)
+    assert float((smoothed_attention - attention).abs().max()) <= 1e-5  # smoothing mixes genes only
 
 
 def test_a_reference_every_target_retrieved_is_computed_in_bounded_chunks(monkeypatch):
@@ -79,7 +87,7 @@ def test_a_reference_every_target_retrieved_is_computed_in_bounded_chunks(monkey
         return gather(self, state, source, destination, edge_index)
 
     monkeypatch.setattr(CrossNodeAttention, "gather", counting)
-    blocked = _blocked(network, graph_parts(glass, bank, config.graph), glass, bank, 1000)
+    blocked, _ = _blocked(network, graph_parts(glass, bank, config.graph), glass, bank, 1000)
     assert float((blocked - whole.mean(0)).abs().max()) <= 1e-5
     assert max(edges_per_call) == 3 * 8  # members × the budget, though a reference receives 36 edges
 

@@ -6,14 +6,17 @@ held-out C6 (a band, not a value), stored compactly in the h5ad and read back by
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
 import napari_spahgc as ns
-from conftest import HER2ST, HER2ST_COHORT
+from conftest import HER2ST_COHORT
 from napari_spahgc.base.conformal import (
     Calibration,
     check_level,
@@ -22,9 +25,10 @@ from napari_spahgc.base.conformal import (
     interval,
     scale,
 )
+from napari_spahgc.io.expression import log_cpm
 from napari_spahgc.io.intervals import has_intervals, interval_levels
-
-PANEL = HER2ST / "her2st_785_genes.txt"
+from napari_spahgc.model.slide_data import slide_data
+from napari_spahgc.view.explain import reference_patches, reference_table, write_mosaic
 
 
 def test_the_quantile_is_the_finite_sample_rank():
@@ -71,22 +75,17 @@ def test_intervals_cover_at_their_level_and_widen_where_references_disagree():
 
 
 @pytest.fixture(scope="module")
-def her2st(tmp_path_factory):
-    """C2–C6 embedded per spot, a model trained on C2–C5 (four members, each holding one out) saved to
-    a folder, and C6 predicted with intervals into an h5ad."""
-    if not HER2ST.is_dir():
-        pytest.skip("the HER2ST sections are not beside the checkout (../shared/data/her2st)")
+def her2st(her2st_model, tmp_path_factory):
+    """C2–C6 embedded per spot (the model's cache), the model trained on C2–C5 (``her2st_model``: four
+    members, each holding one section out) and C6 predicted with intervals into an h5ad."""
     root = tmp_path_factory.mktemp("intervals")
     slides = ns.load_cohort(HER2ST_COHORT)
     embeddings = ns.run_to_end(
         ns.embed(ns.EmbedRequest(slides, "efficientnet-lite0", device="cpu", mode="spot"))
     )
-    config = ns.SpaHGCConfig.from_options({"epochs": 12, "eval_every": 3}, device="cpu")
-    genes = ns.GeneChoice.from_file(PANEL)
-    ns.run_to_end(ns.train(ns.TrainRequest(slides[:4], embeddings, genes, config, root / "model")))
-    request = ns.PredictRequest(root / "model", slides[4:], embeddings, root / "predictions", "cpu")
+    request = ns.PredictRequest(her2st_model, slides[4:], embeddings, root / "predictions", "cpu")
     written = ns.run_to_end(ns.predict(request))
-    return slides, embeddings, root, ad.read_h5ad(written.files["C6"])
+    return slides, embeddings, her2st_model, ad.read_h5ad(written.files["C6"])
 
 
 def test_intervals_on_a_held_out_section_cover_near_their_level(her2st):
@@ -113,8 +112,8 @@ def test_intervals_on_a_held_out_section_cover_near_their_level(her2st):
 
 
 def test_the_model_folder_keeps_its_calibration(her2st):
-    *_, root, adata = her2st
-    model = ns.load_model(root / "model")
+    *_, model_dir, adata = her2st
+    model = ns.load_model(model_dir)
     record = model.metadata.calibration
     assert model.calibration.scores.shape == (record["kept_spots"], 785) and record["spots"] > 600
     assert record["mix"] == model.calibration.mix == adata.uns["napari_spahgc"]["intervals"]["mix"]
@@ -124,10 +123,10 @@ def test_the_model_folder_keeps_its_calibration(her2st):
 
 
 def test_another_level_is_asked_for_at_prediction(her2st):
-    slides, embeddings, root, adata = her2st
+    slides, embeddings, model_dir, adata = her2st
     with pytest.raises(ns.InputError, match=r"no intervals at level 0\.925"):
         ns.prediction_interval(adata, 0.925)
-    request = ns.PredictRequest(root / "model", slides[4:], embeddings, device="cpu", level=0.925)
+    request = ns.PredictRequest(model_dir, slides[4:], embeddings, device="cpu", level=0.925)
     predicted = ns.run_to_end(ns.predict(request)).predictions["C6"]
     assert interval_levels(predicted)[0] == 0.925
     wide = ns.prediction_interval(predicted)
@@ -137,8 +136,8 @@ def test_another_level_is_asked_for_at_prediction(her2st):
 
 
 def test_a_model_without_calibration_predicts_without_intervals_and_says_so_once(her2st, tmp_path):
-    slides, embeddings, root, _ = her2st
-    model = ns.load_model(root / "model")
+    slides, embeddings, model_dir, _ = her2st
+    model = ns.load_model(model_dir)
     model.calibration, model.metadata.calibration = None, {}  # as a folder from before intervals
     model.save(tmp_path / "earlier")
     records, flow = (
@@ -159,3 +158,84 @@ def test_a_model_without_calibration_predicts_without_intervals_and_says_so_once
     assert not has_intervals(adata) and "uncertainty" in adata.obs
     with pytest.raises(ns.InputError, match="these predictions have no intervals"):
         ns.prediction_interval(adata)
+
+
+def test_each_gene_records_its_mean_width_and_coverage(her2st):
+    *_, adata = her2st
+    lower, upper = ns.prediction_interval(adata)
+    np.testing.assert_allclose(adata.var["interval_width"], (upper - lower).mean(axis=0), rtol=1e-4)
+    inside = (adata.layers["measured"] >= lower) & (adata.layers["measured"] <= upper)
+    np.testing.assert_allclose(adata.var["coverage"], inside.mean(axis=0), rtol=1e-5)
+
+
+def test_why_a_spot_was_predicted_names_its_references_and_their_measured_values(her2st):
+    slides, embeddings, model_dir, adata = her2st
+    spot, gene = str(adata.obs_names[10]), "SCD"
+    frame = reference_table(adata, spot, gene)
+    assert len(frame) == 7 and set(frame["slide_id"]) <= {"C2", "C3", "C4", "C5"}
+    assert np.all(np.diff(frame["similarity"]) <= 1e-6)  # most similar first
+    assert frame["attention"].sum() == pytest.approx(1.0, abs=1e-4)  # CNAP's softmax over the seven
+    by_id = {s.slide_id: s for s in slides}
+    for _, ref in frame.iterrows():  # each reference's measured value is that spot's own, in its slide
+        reference = by_id[ref.slide_id]
+        measured = log_cpm(reference.expression, [gene]).X[reference.spot_ids.get_loc(ref.spot_id), 0]
+        assert ref.measured == pytest.approx(measured, abs=1e-4)
+        np.testing.assert_allclose(
+            (ref.x, ref.y), reference.centers_px[reference.spot_ids.get_loc(ref.spot_id)], atol=0.01
+        )
+    low, high = frame.attrs["interval"]
+    assert low <= frame.attrs["prediction"] <= high
+    model = ns.load_model(model_dir)  # the same from Python, predicting the slide
+    from_python = model.explain(slide_data(slides[4], embeddings["C6"], None), spot, gene)
+    pd.testing.assert_frame_equal(from_python, frame, check_exact=False, atol=1e-5)
+    patches, notes = reference_patches(adata, frame)
+    assert notes == [] and all(p.shape == (112, 112, 3) and p.std() > 5 for p in patches)  # real tissue
+
+
+def test_unknown_spots_and_genes_name_close_matches_and_gone_images_are_said(her2st, tmp_path):
+    *_, adata = her2st
+    spot = str(adata.obs_names[0])
+    with pytest.raises(
+        ns.InputError, match=rf"no spot '{spot}9' among the slide's 178 spots; close: .*{spot}"
+    ):
+        reference_table(adata, spot + "9", "SCD")
+    with pytest.raises(ns.InputError, match="gene 'SCDD' was not predicted; close: SCD"):
+        reference_table(adata, spot, "SCDD")
+    moved = adata.copy()
+    images = moved.uns["spahgc_references"]["images"]
+    images["C2"] = {"image": str(tmp_path / "moved.tif"), "pixel_size_um": 0.5}
+    frame = reference_table(moved, spot, "SCD")
+    patches, notes = reference_patches(moved, frame)
+    assert notes == [f"C2: its image is gone ({tmp_path / 'moved.tif'})"]
+    assert all((p is None) == (slide == "C2") for p, slide in zip(patches, frame["slide_id"], strict=True))
+    write_mosaic(tmp_path / "why.png", frame, patches)  # the rest is still shown
+    assert (tmp_path / "why.png").stat().st_size > 10_000
+
+
+def test_explain_from_the_command_line(her2st, tmp_path):
+    *_, model_dir, adata = her2st
+    spot = str(adata.obs_names[10])
+    command = [sys.executable, "-c", "from napari_spahgc.cli import main; main()", "explain", str(model_dir),
+               str(HER2ST_COHORT), "--slide", "C6", "--spot", spot, "--gene", "SCD", "--out", str(tmp_path / "why.png"),
+               "--device", "cpu", "--cache", str(tmp_path / "cache")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{spot}, SCD: predicted" in done.stdout and "similarity" in done.stdout
+    assert (tmp_path / "why.png").stat().st_size > 10_000
+    bad = subprocess.run([*command[:8], "--spot", "99x99"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no spot '99x99'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_bad_level_on_the_command_line_exits_2_before_any_work(her2st, tmp_path):
+    *_, model_dir, _ = her2st
+    for command in (
+        ["predict", str(model_dir), str(HER2ST_COHORT), "--out", str(tmp_path / "p"), "--level", "1.5"],
+        ["benchmark", str(HER2ST_COHORT), "--n-hvg", "10", "--out", str(tmp_path / "b"), "--level", "0"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", "from napari_spahgc.cli import main; main()", *command],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 2 and "outside (0, 1)" in done.stderr and "Traceback" not in done.stderr
+        assert not (tmp_path / "p").exists() and not (tmp_path / "b").exists()

@@ -16,6 +16,7 @@ import pandas as pd
 
 from conftest import HER2ST
 from napari_spahgc.io.cohort import read_cohort
+from napari_spahgc.predict.flow import NO_INTERVALS
 
 SCRIPT = Path(__file__).with_name("viewer_first.py")
 
@@ -39,7 +40,8 @@ def test_open_with_the_reader_then_dock_every_widget_and_train_predict(her2st_co
     cohort = tmp_path / "cohort.csv"
     pd.DataFrame(rows).to_csv(cohort, index=False)
     record = _run(tmp_path, "open", str(cohort), str(HER2ST / "her2st_785_genes.txt"))
-    assert record["notifications"] == []
+    # two reference slides: one model, no held-out slide to calibrate intervals on; said once
+    assert record["notifications"] == [f"Predicting: {NO_INTERVALS}"]
     assert record["slides"] == ["C2", "C3", "C4"]  # the reader's slides are the widgets' slides
     assert sorted(record["references"]) == ["C2", "C3"]
     n_spots = len(pd.read_csv(rows[2]["spots"], sep="\t"))

@@ -19,6 +19,7 @@ from napari_spahgc.base.progress import Progress
 from napari_spahgc.embed.flow import Embeddings
 from napari_spahgc.io.cohort import read_cohort
 from napari_spahgc.io.slide import Slide
+from napari_spahgc.predict.flow import NO_INTERVALS
 
 PLUGIN = "napari-spahgc"
 LONG = 300_000  # ms: generous for 2 busy cores
@@ -89,7 +90,8 @@ def test_full_flow_load_embed_train_predict_pick_gene_export(
     w["Predict"].save_to.set_text(str(tmp_path / "model"))
     w["Predict"].run()
     _finish(qtbot, w["Predict"].panel)
-    assert not notifications, [str(n.message) for n in notifications]
+    # two reference slides: one model, no held-out slide to calibrate intervals on; said once
+    assert [str(n.message) for n in notifications] == [f"Predicting: {NO_INTERVALS}"]
     prediction = session.predictions["C4"]
     assert prediction.n_vars == 785 and "measured" in prediction.layers
     assert (tmp_path / "model" / "config.json").is_file()

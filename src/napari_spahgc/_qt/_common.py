@@ -8,7 +8,8 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 import napari
-from napari.layers import Layer
+import numpy as np
+from napari.layers import Image, Layer
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_warning
@@ -92,6 +93,20 @@ class LayerSync:
         session.prediction_changed.connect(self._show_prediction)
         self._adopt(list(viewer.layers))
         viewer.layers.events.inserted.connect(lambda event: self._adopt([event.value]))
+        viewer.mouse_drag_callbacks.append(self._picked)
+
+    def _picked(self, _viewer, event) -> None:
+        """A click on a spot of the slide on show, predicted or measured beside it, picks that spot."""
+        slide_id = self.session.current
+        prediction = self.session.predictions.get(slide_id) if slide_id else None
+        if prediction is None or event.button != 1:
+            return
+        kinds = (LayerKind.PREDICTED, LayerKind.MEASURED_BESIDE_PREDICTION)
+        for layer in self.layers_of(slide_id, *kinds):
+            row = spot_under(layer, event.position) if layer.visible else None
+            if row is not None:
+                self.session.set_spot(str(prediction.obs_names[row]))
+                return
 
     def _adopt(self, layers: list[Layer]) -> None:
         """Slides whose layers came from elsewhere (File ▸ Open, sample data) join the session."""
@@ -146,6 +161,17 @@ class LayerSync:
     def _hide_plain_spots(self, slide_id: str) -> None:
         for layer in self.layers_of(slide_id, LayerKind.MEASURED, LayerKind.SPOTS):
             layer.visible = False
+
+
+def spot_under(layer: Layer, position) -> int | None:
+    """The row of the spot under a world ``position`` in a spot layer: the point there, or the bin of
+    a raster of binned spots; None where there is none."""
+    if isinstance(layer, Image):
+        row, col = np.round(np.asarray(layer.world_to_data(position))[-2:]).astype(int)
+        found = np.flatnonzero((layer_info(layer)["grid_index"] == (row, col)).all(axis=1))
+        return int(found[0]) if len(found) else None
+    value = layer.get_value(position, world=True)
+    return None if value is None else int(value)
 
 
 class RunPanel(QWidget):

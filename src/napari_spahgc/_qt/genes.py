@@ -1,10 +1,12 @@
-"""Genes widget: the gene shown by the predicted and measured maps, their colour scale and display."""
+"""Genes widget: the gene shown by the predicted and measured maps, what the predicted map shows (the
+value, its interval's width, or the value faded where the interval is wide), colour scale and display."""
 
 from __future__ import annotations
 
 import napari
 import numpy as np
 from napari.layers import Image
+from napari.utils.colormaps import ensure_colormap
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -24,18 +26,23 @@ from qtpy.QtWidgets import (
 )
 
 from napari_spahgc._qt._common import SessionWidget, layer_info
+from napari_spahgc.io.intervals import has_intervals, prediction_interval
 from napari_spahgc.view.layers import LayerKind, gene_raster, gene_values, layer_name, shared_limits
 from napari_spahgc.view.session import gene_scores
 
 COLORMAPS = ("viridis", "magma", "inferno", "plasma", "turbo", "gray")
 #: The spot layers that show the gene, in the order of :func:`~napari_spahgc.view.layers.gene_values`.
 _GENE_KINDS = (LayerKind.PREDICTED, LayerKind.MEASURED_BESIDE_PREDICTION)
+#: What the predicted map can show
+VALUE, WIDTH, FADED = "predicted value", "interval width", "predicted, faded where uncertain"
+#: the least opacity of a spot faded for its interval's width
+_FAINTEST = 0.15
 
 
 class GenesWidget(SessionWidget):
     """Pick the gene shown by the predicted and measured spot layers; colour scale and spot display."""
 
-    COLUMNS = ("gene", "validation PCC", "PCC here")
+    COLUMNS = ("gene", "validation PCC", "PCC here", "interval width", "coverage here")
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer)
@@ -48,6 +55,12 @@ class GenesWidget(SessionWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.show_mode = QComboBox()
+        self.show_mode.addItems((VALUE, WIDTH, FADED))
+        self.show_mode.setToolTip(
+            "What the predicted map shows: the value, the width of its prediction interval (wide: less to "
+            "trust), or the value with spots faded where the interval is wide"
+        )
         self.colormap = QComboBox()
         self.colormap.addItems(COLORMAPS)
         self.low, self.high = (QDoubleSpinBox(decimals=3, minimum=-1e6, maximum=1e6) for _ in range(2))
@@ -59,6 +72,7 @@ class GenesWidget(SessionWidget):
         for widget in (self.low, self.high, self.auto):
             limits.addWidget(widget)
         display = QFormLayout()
+        display.addRow("Show", self.show_mode)
         display.addRow("Colormap", self.colormap)
         display.addRow("Limits", limits)
         display.addRow("Spot size", self.spot_size)
@@ -72,6 +86,7 @@ class GenesWidget(SessionWidget):
         layout.addWidget(box)
         self.filter.textChanged.connect(self._filter)
         self.table.itemSelectionChanged.connect(self._picked)
+        self.show_mode.currentTextChanged.connect(lambda _: self.auto_limits())
         self.colormap.currentTextChanged.connect(lambda _: self.apply())
         self.low.editingFinished.connect(self.apply)
         self.high.editingFinished.connect(self.apply)
@@ -102,11 +117,16 @@ class GenesWidget(SessionWidget):
         self.table.setRowCount(0)
         if prediction is None:
             return
-        validation, here = gene_scores(prediction, "validation_pcc"), gene_scores(prediction, "pcc")
+        validation = gene_scores(prediction, "validation_pcc")
+        columns = [validation, *(gene_scores(prediction, c) for c in ("pcc", "interval_width", "coverage"))]
+        intervals = has_intervals(prediction)
+        if not intervals:
+            self.show_mode.setCurrentText(VALUE)
+        self.show_mode.setEnabled(intervals)
         self.table.setRowCount(prediction.n_vars)
         for row, gene in enumerate(map(str, prediction.var_names)):
             self.table.setItem(row, 0, QTableWidgetItem(gene))
-            for column, scores in ((1, validation), (2, here)):
+            for column, scores in enumerate(columns, 1):
                 item = QTableWidgetItem()
                 value = scores.get(gene, np.nan)
                 item.setData(
@@ -141,14 +161,21 @@ class GenesWidget(SessionWidget):
         prediction = self.prediction
         if prediction is None or gene not in prediction.var_names:
             return
-        low, high = shared_limits(*gene_values(prediction, gene))
+        values = self.shown_values(gene)
+        shown = values[LayerKind.PREDICTED] if self.show_mode.currentText() == WIDTH else None
+        low, high = shared_limits(shown) if shown is not None else shared_limits(*values.values())
         self.low.setValue(low)
         self.high.setValue(high)
         self.apply(display=self._new_layers)
         self._new_layers = False
         scores = [
             f"{label} {v:.2f}"
-            for label, col in (("validation PCC", "validation_pcc"), ("PCC here", "pcc"))
+            for label, col in (
+                ("validation PCC", "validation_pcc"),
+                ("PCC here", "pcc"),
+                ("interval width", "interval_width"),
+                ("coverage here", "coverage"),
+            )
             if np.isfinite(v := gene_scores(prediction, col).get(gene, np.nan))
         ]
         self.title.setText(
@@ -162,24 +189,39 @@ class GenesWidget(SessionWidget):
         if self.session.gene and self.prediction is not None:
             self.show_gene(self.session.gene)
 
+    def shown_values(self, gene: str) -> dict:
+        """Per spot layer kind, the values it shows of ``gene``: the predicted layer its value, or its
+        interval's width (Show: interval width); the measured layer the measured values."""
+        predicted, measured = gene_values(self.prediction, gene)
+        if self.show_mode.currentText() == WIDTH:
+            lower, upper = prediction_interval(self.prediction, genes=[gene])
+            predicted = (upper - lower)[:, 0]
+        return dict(zip(_GENE_KINDS, (predicted, measured), strict=True))
+
     def apply(self, display: bool = True) -> None:
         """Colour the current slide's spot layers by the gene on the set limits; with ``display`` also
         apply colormap, spot size and opacity (a gene switch leaves those as they are)."""
         gene, slide = self.session.gene, self.session.current_slide
         if gene is None or slide is None or self.prediction is None:
             return
+        mode = self.show_mode.currentText()
         limits = (self.low.value(), max(self.high.value(), self.low.value() + 1e-6))
-        values = dict(zip(_GENE_KINDS, gene_values(self.prediction, gene), strict=True))
+        values = self.shown_values(gene)
         for layer in self.gene_layers():
             kind = layer_info(layer)["kind"]
+            own = limits if kind == LayerKind.PREDICTED or mode != WIDTH else shared_limits(values[kind])
             raster = isinstance(layer, Image)  # binned spots drawn as one pixel per bin
             if raster:
                 layer.data = gene_raster(values[kind], layer_info(layer)["grid_index"])
-                layer.contrast_limits = limits
+                layer.contrast_limits = own
+            elif kind == LayerKind.PREDICTED and mode != VALUE:
+                self._colour_by_interval(layer, values[kind], own, mode)
             else:
                 layer.face_color = gene
-                layer.face_contrast_limits = limits
-            layer.name = layer_name(slide.slide_id, gene, kind)
+                layer.face_contrast_limits = own
+            layer.name = layer_name(slide.slide_id, gene, kind) + (
+                " (interval width)" if kind == LayerKind.PREDICTED and mode == WIDTH else ""
+            )
             if display:
                 colorbar = layer.colorbar if raster else layer.face_colorbar
                 colorbar.visible = kind == LayerKind.PREDICTED
@@ -189,3 +231,21 @@ class GenesWidget(SessionWidget):
                 else:
                     layer.face_colormap = self.colormap.currentText()
                     layer.size = self.spot_size.value() / (slide.pixel_size_um or 1.0)
+
+    def _colour_by_interval(self, layer, values: np.ndarray, limits: tuple[float, float], mode: str) -> None:
+        """Predicted spots coloured by their interval's width, or by their value with an opacity that
+        falls from 1 (the gene's narrowest interval) to ``_FAINTEST`` (its widest)."""
+        if mode == WIDTH:
+            features = layer.features.copy()
+            features[WIDTH] = values
+            layer.features = features
+            layer.face_color = WIDTH
+            layer.face_contrast_limits = limits
+            return
+        lower, upper = prediction_interval(self.prediction, genes=[self.session.gene])
+        width = (upper - lower)[:, 0]
+        spread = max(float(np.ptp(width)), 1e-6)
+        scaled = np.clip((values - limits[0]) / (limits[1] - limits[0]), 0, 1)
+        colours = ensure_colormap(self.colormap.currentText()).map(scaled)
+        colours[:, 3] = 1 - (1 - _FAINTEST) * (width - width.min()) / spread
+        layer.face_color = colours

@@ -13,7 +13,7 @@ import typer
 
 from napari_spahgc.base.conformal import check_level
 from napari_spahgc.base.errors import InputError
-from napari_spahgc.base.files import prepare_output_file, prepare_output_folder
+from napari_spahgc.base.files import prepare_output_file, prepare_output_folder, safe_name
 from napari_spahgc.base.interrupts import StopSignals
 from napari_spahgc.cli.drive import drive, load_slides, runner_for, written
 from napari_spahgc.cli.options import (
@@ -320,6 +320,53 @@ def render(
     prediction = read_anndata(predictions, "predictions file")
     prepare_output_file(out, "PNG")
     typer.echo(str(render_gene(prediction, gene, out, image=image, colormap=colormap)))
+
+
+@app.command()
+def explain(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder written by 'spahgc train'.")],
+    cohort: CohortArg,
+    slide: Annotated[str, typer.Option("--slide", help="Slide id (a row of the cohort table).")],
+    spot: Annotated[str, typer.Option("--spot", help="Spot (or bin) id of that slide.")],
+    gene: Annotated[str | None, typer.Option("--gene", help="Gene (default: the model's first).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="PNG mosaic of the references (default: SLIDE_SPOT_why.png).")
+    ] = None,
+    device: DeviceOpt = "auto",
+    cache: CacheOpt = None,
+) -> None:
+    """Why a spot's prediction: the K reference spots it drew on (slide, spot, cosine similarity,
+    attention, their measured value of the gene) as a table, and their patches as a PNG mosaic."""
+    from napari_spahgc.predict.flow import PredictRequest, load_model, predict
+    from napari_spahgc.view.explain import (
+        check_gene,
+        reference_patches,
+        reference_table,
+        spot_row,
+        summary_line,
+        write_mosaic,
+    )
+
+    model = load_model(model_dir.resolve())
+    slides = {s.slide_id: s for s in load_slides(cohort)}
+    if slide not in slides:
+        raise InputError(f"no slide {slide!r} in the cohort table (its slides: {', '.join(slides)})", cohort)
+    target = slides[slide]
+    spot_row(target.spot_ids, spot)  # before any work: a typo fails at once
+    check_gene(model.genes, gene)
+    out = out or Path(f"{safe_name(slide)}_{safe_name(spot)}_why.png")
+    prepare_output_file(out, "PNG")
+    encoder = model.metadata.encoder.get("name", DEFAULT_ENCODER)
+    embedding = EmbedRequest([target], encoder, device=device, cache=cache)
+    request = PredictRequest(model_dir.resolve(), [target], embedding, device=device)
+    adata = drive(InProcess(), predict, request).predictions[slide]
+    frame = reference_table(adata, spot, gene)
+    patches, notes = reference_patches(adata, frame)
+    typer.echo(summary_line(frame))
+    typer.echo(frame.to_string(float_format=lambda v: f"{v:.3f}"))
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(str(write_mosaic(out, frame, patches)))
 
 
 def _to_stderr(line: str) -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from PIL import Image
 
 from napari_spahgc.io.slide import Slide
 
@@ -32,21 +30,9 @@ def spot_patch(slide: Slide, center_xy: np.ndarray, spec: PatchSpec = PatchSpec(
     Reads only the needed region from the pyramid level nearest the target scale (at least as fine),
     resamples it with sub-pixel accuracy, and pads outside the image with white.
     """
-    image = slide.image
-    if image is None:
+    if slide.image is None:
         raise ValueError(f"slide {slide.slide_id!r} has no image")
-    full_px_per_patch_px = spec.um_per_px / slide.require_pixel_size()
-    level = image.level_for_downsample(full_px_per_patch_px)
-    step = image.downsamples[level]
-    side = spec.size * full_px_per_patch_px / step  # patch side in level pixels
-    left = center_xy[0] / step - side / 2
-    top = center_xy[1] / step - side / 2
-    col0, row0 = math.floor(left), math.floor(top)
-    cols, rows = math.ceil(left + side) - col0, math.ceil(top + side) - row0
-    region = image.read_region(level, row0, col0, max(rows, 1), max(cols, 1))
-    box = (left - col0, top - row0, left - col0 + side, top - row0 + side)
-    resized = Image.fromarray(region).resize((spec.size, spec.size), Image.Resampling.BILINEAR, box=box)
-    return np.asarray(resized)
+    return slide.image.patch(center_xy, slide.require_pixel_size(), spec.size, spec.um_per_px)
 
 
 def patch_batches(slide: Slide, spec: PatchSpec = PatchSpec(), batch_size: int = 64) -> Iterator[np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,24 @@ class SlideImage:
                     self.path,
                 ) from None
         return out
+
+    def patch(self, center_xy, pixel_size_um: float, size: int = 224, um_per_px: float = 0.5) -> np.ndarray:
+        """The (size, size, 3) uint8 patch of ``size`` · ``um_per_px`` µm centred on a full-resolution
+        (x, y) centre, for an image of ``pixel_size_um`` µm per full-resolution pixel. Reads only the
+        needed region from the pyramid level nearest the scale (at least as fine), resamples it with
+        sub-pixel accuracy, and pads outside the image with white."""
+        from PIL import Image
+
+        full_px_per_patch_px = um_per_px / pixel_size_um
+        level = self.level_for_downsample(full_px_per_patch_px)
+        step = self.downsamples[level]
+        side = size * full_px_per_patch_px / step  # patch side in level pixels
+        left, top = center_xy[0] / step - side / 2, center_xy[1] / step - side / 2
+        col0, row0 = math.floor(left), math.floor(top)
+        cols, rows = math.ceil(left + side) - col0, math.ceil(top + side) - row0
+        region = self.read_region(level, row0, col0, max(rows, 1), max(cols, 1))
+        box = (left - col0, top - row0, left - col0 + side, top - row0 + side)
+        return np.asarray(Image.fromarray(region).resize((size, size), Image.Resampling.BILINEAR, box=box))
 
     def thumbnail(self, max_side: int = 2000) -> tuple[np.ndarray, float]:
         """An RGB thumbnail no larger than ``max_side`` and its scale factor relative to full resolution."""

@@ -88,9 +88,10 @@ def predict_blocks(
     The members run in groups (:func:`member_groups`) whose target features fit ``FEATURE_BYTES``:
     all at once on a small slide, one by one on a Visium HD slide. Yields
     ``(blocks done, blocks in all, result)`` after every block of every stage; ``result`` is
-    ``(start, stop, share (stop − start, n_genes), first)`` for the final stage's blocks, else None:
-    ``share`` is one group's part of the members' mean (the sum of its members' genes / members), and
-    the mean is the sum of the shares, the first group's ``first`` True. ``target_rows(start, stop)``
+    ``(start, stop, share (stop − start, n_genes), attention (stop − start, k) or None, first)`` for the
+    final stage's blocks, else None: ``share`` is one group's part of the members' mean (the sum of its
+    members' genes / members), and the mean is the sum of the shares, the first group's ``first``
+    True; ``attention`` the same share of CNAP's attention over each target's references. ``target_rows(start, stop)``
     gives those targets' (standardised) embeddings; ``prior(rows)`` the retrieval prior of target rows
     ``rows`` or None. ``smoothing = (neighbours (n, q), s)`` mixes each spot's genes with its neighbours'
     mean, (1 − s) · own + s · mean (the neighbours' genes are computed with the block: no second
@@ -162,9 +163,10 @@ def _layer(layer, h: dict, routes: dict, blocks: dict) -> Iterator[None]:
 
 def _predict_targets(
     network: SpaHGC, h: dict, retrieved, prior, blocks, smoothing
-) -> Iterator[tuple[int, int, Tensor]]:
+) -> Iterator[tuple[int, int, Tensor, Tensor | None]]:
     """CNAP and the head per block of targets: ``(start, stop, the group's share of the members' mean
-    genes)``, smoothed with the block's neighbours when ``smoothing`` is given."""
+    genes, and of their attention over the references)``, the genes smoothed with the block's
+    neighbours when ``smoothing`` is given."""
     members, n_references = h["reference"].shape[:2]
     device = h["reference"].device
     shift = (torch.arange(members, device=device) * n_references).view(-1, 1, 1)
@@ -176,16 +178,21 @@ def _predict_targets(
             rows, position = np.unique(np.concatenate([rows, near.ravel()]), return_inverse=True)
         index = torch.from_numpy(rows).to(device)
         table = retrieved.index_select(0, index).unsqueeze(0) + shift
-        genes = network.predict_genes(h["target"].index_select(1, index), h["reference"], table, prior(rows))
+        genes, attention = network.explained_genes(
+            h["target"].index_select(1, index), h["reference"], table, prior(rows)
+        )
         genes = genes.sum(0) / network.options.members
+        if attention is not None:
+            attention = attention.sum(0) / network.options.members
         if smoothing is not None:
             own, around = (
-                torch.from_numpy(position[: stop - start]),
-                torch.from_numpy(position[stop - start :]),
+                torch.from_numpy(position[: stop - start]).to(device),
+                torch.from_numpy(position[stop - start :]).to(device),
             )
-            mean = genes.index_select(0, around.to(device)).view(stop - start, near.shape[1], -1).mean(1)
-            genes = (1 - smoothing[1]) * genes.index_select(0, own.to(device)) + smoothing[1] * mean
-        yield start, stop, genes
+            mean = genes.index_select(0, around).view(stop - start, near.shape[1], -1).mean(1)
+            genes = (1 - smoothing[1]) * genes.index_select(0, own) + smoothing[1] * mean
+            attention = None if attention is None else attention.index_select(0, own)
+        yield start, stop, genes, attention
 
 
 def _blocks(routes: list[_Route], n_rows: int, block_spots: int) -> list[tuple[int, int]]:

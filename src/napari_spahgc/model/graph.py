@@ -17,15 +17,19 @@ from napari_spahgc.model.relations import GraphInputs
 from napari_spahgc.model.slide_data import FeatureScale, SlideData
 
 _ROWS = 65536  # target rows per block of the reference search
+_SIMILARITY_ROWS = 4096  # target rows per block of similarities (their k references' embeddings)
 
 
 @dataclass
 class ReferenceBank:
-    """Reference spots: embeddings, standardised expression and the slide each came from."""
+    """Reference spots: embeddings, standardised expression, the slide each came from and, where
+    known (not in models saved before they were recorded), its spot id and full-resolution centre."""
 
     embeddings: np.ndarray
     expression: np.ndarray
     slide_ids: np.ndarray
+    spot_ids: np.ndarray | None = None
+    centers_px: np.ndarray | None = None
 
     @classmethod
     def from_slides(cls, slides: Sequence[SlideData], scale: FeatureScale) -> ReferenceBank:
@@ -35,10 +39,19 @@ class ReferenceBank:
             embeddings=np.concatenate([s.embeddings for s in slides]).astype(np.float32),
             expression=scale.transform(np.concatenate([s.expression for s in slides])),
             slide_ids=np.concatenate([np.full(s.n_spots, s.slide_id, dtype=object) for s in slides]),
+            spot_ids=np.concatenate([np.asarray(s.spot_ids, dtype=object) for s in slides]),
+            centers_px=np.concatenate([s.coords for s in slides]).astype(np.float32),
         )
 
     def __len__(self) -> int:
         return len(self.embeddings)
+
+    def rows(self, keep: np.ndarray) -> ReferenceBank:
+        """The bank's rows ``keep`` (a mask or indices)."""
+        return ReferenceBank(
+            *(None if v is None else v[keep] for v in (self.embeddings, self.expression, self.slide_ids)),
+            *(None if v is None else v[keep] for v in (self.spot_ids, self.centers_px)),
+        )
 
 
 @dataclass
@@ -73,6 +86,22 @@ def nearest_references(
         distinct = block[first] if scale is None else scale.transform(block[first])
         parts.append(topk_cosine(distinct, bank.embeddings, k)[inverse.ravel()])
     return np.concatenate(parts)
+
+
+def reference_similarity(
+    embeddings: np.ndarray, bank: ReferenceBank, rows: np.ndarray, scale: FeatureScale | None = None
+) -> np.ndarray:
+    """(n, k) cosine similarity of each embedding (standardised by ``scale``) with its bank ``rows``
+    (n, k), as retrieval measured it; in blocks of rows."""
+    out = np.empty(rows.shape, dtype=np.float32)
+    keys = bank.embeddings / np.maximum(np.linalg.norm(bank.embeddings, axis=1, keepdims=True), 1e-12)
+    for start in range(0, len(embeddings), _SIMILARITY_ROWS):
+        block = np.asarray(embeddings[start : start + _SIMILARITY_ROWS], dtype=np.float32)
+        block = block if scale is None else scale.transform(block)
+        block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+        chosen = rows[start : start + len(block)]
+        out[start : start + len(block)] = np.einsum("nd,nkd->nk", block, keys[chosen])
+    return out
 
 
 def _row_keys(rows: np.ndarray) -> np.ndarray:

@@ -256,6 +256,10 @@ class AttentionPooling(CrossNodeAttention):
 
     def forward(self, target: Tensor, reference: Tensor, retrieved: Tensor) -> Tensor:
         """``retrieved``: (members, n_target, k) flattened reference rows of each target's CS edges."""
+        return self.attend(target, reference, retrieved)[0]
+
+    def attend(self, target: Tensor, reference: Tensor, retrieved: Tensor) -> tuple[Tensor, Tensor]:
+        """The pooled targets and the attention weights (members, n_target, k, heads)."""
         m, n, k = retrieved.shape
         rows = retrieved.reshape(-1)
         # project every reference once, then gather each target's k (cheaper than projecting n·k copies)
@@ -264,7 +268,7 @@ class AttentionPooling(CrossNodeAttention):
         values = _flat(self.value(reference)).index_select(0, rows).view(m, n, k, self.heads, self.head_dim)
         weights = torch.softmax((q * keys).sum(-1) / self.head_dim**0.5, dim=2)  # over the k references
         pooled = (weights.unsqueeze(-1) * values).sum(2).reshape(m, n, -1)
-        return self.norm(target + self.out(pooled))
+        return self.norm(target + self.out(pooled)), weights
 
 
 class SpaHGC(nn.Module):
@@ -299,10 +303,19 @@ class SpaHGC(nn.Module):
         self, target: Tensor, reference: Tensor, retrieved: Tensor, prior: Tensor | None = None
     ) -> Tensor:
         """The genes of every target; with a retrieval ``prior``, the head predicts the residual over it."""
+        return self.explained_genes(target, reference, retrieved, prior)[0]
+
+    def explained_genes(
+        self, target: Tensor, reference: Tensor, retrieved: Tensor, prior: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`predict_genes` and CNAP's attention of each target over its k references, the mean
+        over heads (members, n_target, k); None without CNAP."""
+        attention = None
         if self.pooling is not None:
-            target = self.pooling(target, reference, retrieved)
+            target, weights = self.pooling.attend(target, reference, retrieved)
+            attention = weights.mean(-1)
         genes = self.head(target)
-        return genes if prior is None else genes + prior
+        return (genes if prior is None else genes + prior), attention
 
     def forward(
         self,

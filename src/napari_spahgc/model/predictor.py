@@ -10,15 +10,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
+from anndata import AnnData
 from safetensors.torch import save_file
 
-from napari_spahgc.base.conformal import Calibration
+from napari_spahgc.base.conformal import DEFAULT_LEVEL, LEVELS, Calibration, spot_uncertainty
 from napari_spahgc.base.errors import InputError
 from napari_spahgc.base.files import atomic_path
 from napari_spahgc.base.progress import Progress, run_to_end
 from napari_spahgc.embed.device import resolve_device
 from napari_spahgc.embed.weights import sha256
+from napari_spahgc.io.intervals import store_intervals, store_references, summarise_intervals
 from napari_spahgc.model.blocks import predict_blocks
 from napari_spahgc.model.config import GraphOptions, ModelOptions, SpaHGCConfig, TrainOptions
 from napari_spahgc.model.folder import (
@@ -34,10 +37,11 @@ from napari_spahgc.model.folder import (
     typed,
     verified_tensors,
 )
-from napari_spahgc.model.graph import ReferenceBank, graph_parts, reference_features
+from napari_spahgc.model.graph import ReferenceBank, graph_parts, reference_features, reference_similarity
 from napari_spahgc.model.neighbours import spatial_neighbours
 from napari_spahgc.model.network import SpaHGC
 from napari_spahgc.model.slide_data import FeatureScale, SlideData
+from napari_spahgc.view.explain import check_gene, reference_table, spot_row
 
 _OUTPUT_WEIGHT = "network.head.3.weight"  # SpaHGC's last layer: (members, hidden, genes)
 BLOCK_SPOTS = 8192  # target spots per block of prediction
@@ -59,6 +63,9 @@ class ModelMetadata:
     #: the prediction intervals' calibration (``Calibration.record``); empty: none (an earlier model,
     #: or one trained without held-out slides)
     calibration: dict = field(default_factory=dict)
+    #: per training slide, where its image was and its pixel size (``{"image": path, "pixel_size_um":
+    #: µm}``): the reference patches a prediction drew on are read from there
+    reference_images: dict = field(default_factory=dict)
 
     def validation_summary(self) -> str:
         """One sentence on how the epochs were chosen and how the members validated."""
@@ -79,12 +86,18 @@ class ModelMetadata:
 @dataclass
 class SlideReferences:
     """Each spot's K retrieved reference spots, most similar first: ``rows`` (n, K) index the
-    references used, which are rows ``bank_rows`` of the model's bank, from slides ``slide_ids``,
-    with their measured ``expression`` (log1p CPM, references × genes)."""
+    references used, with the spot's cosine ``similarity`` to each and CNAP's ``attention`` over them
+    (the members' mean over heads; None without CNAP). The references are rows ``bank_rows`` of the
+    model's bank: ``slide_ids``, ``spot_ids`` and full-resolution ``centers_px`` (None in models saved
+    before they were recorded), measured ``expression`` (log1p CPM, references × genes)."""
 
     rows: np.ndarray
+    similarity: np.ndarray
+    attention: np.ndarray | None
     bank_rows: np.ndarray
     slide_ids: np.ndarray
+    spot_ids: np.ndarray | None
+    centers_px: np.ndarray | None
     expression: np.ndarray
 
 
@@ -173,22 +186,61 @@ class SpaHGCPredictor:
             block_spots,
             mix,
         )
+        attention = np.zeros(parts.retrieved.shape, np.float32) if network.pooling is not None else None
         for done, total, result in blocks:
             if result is not None:  # the members' mean, a group's share at a time (affine scale)
-                start, stop, share, first = result
+                start, stop, share, attention_share, first = result
                 share = share.float().cpu().numpy()
                 if first:
                     prediction[start:stop] = self.scale.inverse(share)
                 else:
                     prediction[start:stop] = prediction[start:stop] + share * self.scale.sd
+                if attention is not None:
+                    attention[start:stop] += attention_share.float().cpu().numpy()
             yield Progress(done, total, f"{slide.slide_id}: block {done}/{total}", "predict")
+        nodes = parts.nodes
         references = SlideReferences(
-            parts.retrieved.astype(np.int32),
-            kept[parts.nodes],
-            bank.slide_ids[parts.nodes],
-            self.scale.inverse(bank.expression[parts.nodes]).astype(np.float32),
+            rows=parts.retrieved.astype(np.int32),
+            similarity=reference_similarity(
+                slide.embeddings, bank, nodes[parts.retrieved], self.embedding_scale
+            ),
+            attention=attention,
+            bank_rows=kept[nodes],
+            slide_ids=bank.slide_ids[nodes],
+            spot_ids=None if bank.spot_ids is None else bank.spot_ids[nodes],
+            centers_px=None if bank.centers_px is None else bank.centers_px[nodes],
+            expression=self.scale.inverse(bank.expression[nodes]).astype(np.float32),
         )
         return Predicted(prediction, references)
+
+    def annotate(self, adata: AnnData, predicted: Predicted, level: float = DEFAULT_LEVEL) -> None:
+        """Add a slide's references and uncertainty to its predictions ``adata`` and, when the model is
+        calibrated, the quantiles of its intervals at every stored level and ``level`` with each gene's
+        mean width and coverage there (:mod:`napari_spahgc.io.intervals`)."""
+        references = predicted.references
+        uncertainty = spot_uncertainty(predicted.values, references.rows, references.expression)
+        store_references(adata, references, uncertainty, self.metadata.reference_images)
+        if self.calibration is not None:
+            levels = sorted({*LEVELS, round(level, 6)})
+            quantiles = self.calibration.quantiles(levels)
+            store_intervals(adata, quantiles, levels, level, self.calibration.mix, self.calibration.record())
+            summarise_intervals(adata, predicted.values)
+
+    def explain(
+        self, slide: SlideData, spot: str, gene: str | None = None, device: str = "cpu"
+    ) -> pd.DataFrame:
+        """The reference spots the prediction of ``spot`` (and ``gene``; None: the first) drew on, one
+        row each (:func:`napari_spahgc.view.explain.reference_table`); predicts the slide to know them."""
+        adata = AnnData(
+            obs=pd.DataFrame(index=pd.Index(np.asarray(slide.spot_ids).astype(str))),
+            var=pd.DataFrame(index=pd.Index(self.genes)),
+        )
+        spot_row(adata.obs_names, spot)  # before predicting: a typo fails at once
+        check_gene(self.genes, gene)
+        predicted = run_to_end(self.predict_steps(slide, device))
+        adata.X = predicted.values
+        self.annotate(adata, predicted)
+        return reference_table(adata, spot, gene)
 
     def _bank_rows_without(self, slide_id: str) -> np.ndarray:
         """The rows of the bank that are not ``slide_id``'s spots."""
@@ -199,8 +251,7 @@ class SpaHGCPredictor:
         bank = self.bank
         if not np.any(bank.slide_ids == slide_id):
             return bank
-        keep = bank.slide_ids != slide_id
-        return ReferenceBank(bank.embeddings[keep], bank.expression[keep], bank.slide_ids[keep])
+        return bank.rows(bank.slide_ids != slide_id)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``model.safetensors`` (weights, bank, scales; the header records config.json's digest),
@@ -232,6 +283,8 @@ class SpaHGCPredictor:
         }
         if self.calibration is not None:
             arrays["calibration.scores"] = self.calibration.scores
+        if self.bank.centers_px is not None:
+            arrays["bank.centers_px"] = self.bank.centers_px.astype(np.float32)
         return tensors | {name: torch.from_numpy(array) for name, array in arrays.items()}
 
     def _config(self) -> dict:
@@ -243,6 +296,7 @@ class SpaHGCPredictor:
             "package_version": __version__,
             **asdict(self.metadata),
             "bank_slide_ids": self.bank.slide_ids.tolist(),
+            **({} if self.bank.spot_ids is None else {"bank_spot_ids": [str(i) for i in self.bank.spot_ids]}),
             **{f"{part}_options": options for part, options in self.config.to_dict().items()},
         }
 
@@ -256,10 +310,15 @@ class SpaHGCPredictor:
         metadata, options, slide_ids = _settings(config, folder)
         _check_shapes(metadata, options.model, len(slide_ids), tensors, folder)
         network = _network(metadata, options.model, tensors, folder / WEIGHTS_FILE)
+        spot_ids = config.get("bank_spot_ids")
+        if spot_ids is not None and not (matches(spot_ids, list[str]) and len(spot_ids) == len(slide_ids)):
+            raise InputError("config.json: bank_spot_ids is not one spot name per reference spot", folder)
         bank = ReferenceBank(
             tensors["bank.embeddings"].numpy(),
             tensors["bank.expression"].numpy(),
             np.asarray(slide_ids, dtype=object),
+            None if spot_ids is None else np.asarray(spot_ids, dtype=object),
+            tensors["bank.centers_px"].numpy() if "bank.centers_px" in tensors else None,
         )
         scale = FeatureScale(tensors["scale.mean"].numpy(), tensors["scale.sd"].numpy())
         embedding_scale = FeatureScale(
@@ -378,6 +437,8 @@ def _check_shapes(
     }
     if metadata.calibration:
         expected["calibration.scores"] = (metadata.calibration.get("kept_spots"), genes)
+    if "bank.centers_px" in tensors:
+        expected["bank.centers_px"] = (bank_rows, 2)
     wrong = [
         f"{name} is {tuple(tensors[name].shape) if name in tensors else 'missing'}, not {shape}"
         for name, shape in expected.items()

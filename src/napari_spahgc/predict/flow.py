@@ -25,19 +25,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 from anndata import AnnData
 
-from napari_spahgc.base.conformal import DEFAULT_LEVEL, LEVELS, check_level, spot_uncertainty
+from napari_spahgc.base.conformal import DEFAULT_LEVEL, check_level
 from napari_spahgc.base.files import prepare_output_folder, slide_file
 from napari_spahgc.base.progress import Progress
 from napari_spahgc.embed.cache import MODES
 from napari_spahgc.embed.flow import Embeddings, EmbedRequest, embeddings_for
 from napari_spahgc.io.export import blockwise_pcc, measured_values, spot_anndata, stream_h5ad
-from napari_spahgc.io.intervals import store_intervals, store_references
 from napari_spahgc.io.slide import Slide
 from napari_spahgc.model.slide_data import slide_data
 from napari_spahgc.train.flow import TrainRequest, train
 
 if TYPE_CHECKING:  # torch: the requests are made in napari's process, which never imports it
-    from napari_spahgc.model.predictor import Predicted, SpaHGCPredictor
+    from napari_spahgc.model.predictor import SpaHGCPredictor
 
 
 @dataclass(frozen=True)
@@ -108,16 +107,16 @@ def predict(request: PredictRequest) -> Generator[Progress, None, PredictResult]
         if request.out is None:
             predicted = yield from model.predict_steps(data, device=request.device)
             adata = prediction_anndata(model, slide, predicted.values)
-            add_intervals(adata, model, predicted, level)
+            model.annotate(adata, predicted, level)
             result.predictions[slide.slide_id] = adata
         else:
             path = slide_file(request.out, slide.slide_id, ".h5ad")
             adata = prediction_anndata(model, slide, None)
             with stream_h5ad(adata, path) as x:
                 predicted = yield from model.predict_steps(data, device=request.device, out=x)
-                add_intervals(adata, model, predicted, level)
                 if "measured" in adata.layers:
                     adata.var["pcc"] = blockwise_pcc(adata.layers["measured"], x).astype(np.float32)
+                model.annotate(adata, predicted, level)
             result.files[slide.slide_id] = str(path)
     return result
 
@@ -126,22 +125,6 @@ NO_INTERVALS = (
     "this model has no calibration for prediction intervals (saved before intervals existed, or "
     "trained without held-out slides): predicting without intervals"
 )
-
-
-def add_intervals(adata: AnnData, model: SpaHGCPredictor, predicted: Predicted, level: float) -> None:
-    """Each spot's references and uncertainty and, when the model is calibrated, the quantiles of
-    its intervals at every stored level and ``level``."""
-    references = predicted.references
-    uncertainty = spot_uncertainty(predicted.values, references.rows, references.expression)
-    store_references(
-        adata, references.rows, references.expression, references.slide_ids, references.bank_rows, uncertainty
-    )
-    calibration = model.calibration
-    if calibration is not None:
-        levels = sorted({*LEVELS, round(level, 6)})
-        store_intervals(
-            adata, calibration.quantiles(levels), levels, level, calibration.mix, calibration.record()
-        )
 
 
 def _model(source) -> Generator[Progress, None, tuple[SpaHGCPredictor, str | None]]:

@@ -79,5 +79,13 @@ def _trainer(request: TrainRequest, embeddings: Embeddings) -> Trainer:
         encoder=embeddings.info,
         patch=dict(embeddings.patch),
         preprocessing={"normalize": "counts / spot total × 1e6, log1p", "genes": request.genes.describe()},
+        reference_images={s.slide_id: _image_record(s) for s in request.slides},
     )
     return Trainer(data, genes, request.config, metadata)
+
+
+def _image_record(slide: Slide) -> dict:
+    """Where a training slide's image file is (absolute; "" when it has none of its own) and its
+    pixel size: what the model folder records to show reference patches later."""
+    path = getattr(slide.image, "reopen_from", None)
+    return {"image": str(Path(path).resolve()) if path else "", "pixel_size_um": slide.pixel_size_um}

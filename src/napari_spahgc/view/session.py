@@ -18,7 +18,8 @@ from napari_spahgc.view.figures import best_genes
 
 
 class Session:
-    """Loaded slides, the slide on show, embeddings of one encoder, predictions, the gene on show.
+    """Loaded slides, the slide on show, embeddings of one encoder, predictions, the gene on show
+    and the spot picked on the canvas (whose prediction the Why panel explains).
 
     The models live in their folders (training and prediction run in a worker process); the session
     holds only plain data: the embeddings (an :class:`~napari_spahgc.embed.flow.Embeddings` of cache
@@ -29,6 +30,7 @@ class Session:
     current_changed = Signal(object)  # slide id or None
     prediction_changed = Signal(str)  # slide id
     gene_changed = Signal(str)
+    spot_changed = Signal(object)  # spot id or None
 
     def __init__(self) -> None:
         self.slides: dict[str, Slide] = {}
@@ -36,6 +38,7 @@ class Session:
         self.embeddings: Mapping[str, np.ndarray] = {}
         self.predictions: dict[str, AnnData] = {}
         self.gene: str | None = None
+        self.spot: str | None = None
 
     # ------------------------------------------------------------------------------------ slides
     def add_slides(self, slides: Iterable[Slide]) -> None:
@@ -54,6 +57,7 @@ class Session:
             raise InputError(f"no slide {slide_id!r} is loaded")
         self.current = slide_id
         self.current_changed.emit(slide_id)
+        self.set_spot(None)
 
     @property
     def current_slide(self) -> Slide | None:
@@ -97,6 +101,11 @@ class Session:
     def set_gene(self, gene: str) -> None:
         self.gene = gene
         self.gene_changed.emit(gene)
+
+    def set_spot(self, spot: str | None) -> None:
+        """The spot of the slide on show picked on the canvas (None: none)."""
+        self.spot = spot
+        self.spot_changed.emit(spot)
 
 
 def default_gene(prediction: AnnData) -> str:
