@@ -203,7 +203,7 @@ def test_unknown_spots_and_genes_name_close_matches_and_gone_images_are_said(her
         reference_table(adata, spot, "SCDD")
     moved = adata.copy()
     images = moved.uns["spahgc_references"]["images"]
-    images["C2"] = {"image": str(tmp_path / "moved.tif"), "pixel_size_um": 0.5}
+    images["image"] = np.where(images["slide_id"] == "C2", str(tmp_path / "moved.tif"), images["image"])
     frame = reference_table(moved, spot, "SCD")
     patches, notes = reference_patches(moved, frame)
     assert notes == [f"C2: its image is gone ({tmp_path / 'moved.tif'})"]

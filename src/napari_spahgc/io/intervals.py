@@ -49,18 +49,16 @@ def store_references(adata: ad.AnnData, references, uncertainty: np.ndarray, ima
     adata.obsm[SIMILARITY] = np.asarray(references.similarity, dtype=np.float32)
     if references.attention is not None:
         adata.obsm[ATTENTION] = np.asarray(references.attention, dtype=np.float32)
-    used = set(map(str, references.slide_ids))
+    used = [slide for slide in dict.fromkeys(map(str, references.slide_ids)) if slide in images]
     table = {
         "expression": np.asarray(references.expression, dtype=np.float32),
         "slide_id": np.asarray(references.slide_ids, dtype=str),
         "bank_row": np.asarray(references.bank_rows, dtype=np.int64),
+        # columns, not slide-keyed groups: h5py would read a "/" in a slide id as a path
         "images": {
-            str(slide): {
-                "image": str(record.get("image") or ""),
-                "pixel_size_um": record.get("pixel_size_um") or 0.0,
-            }
-            for slide, record in images.items()
-            if slide in used
+            "slide_id": np.asarray(used, dtype=str),
+            "image": np.asarray([str(images[s].get("image") or "") for s in used], dtype=str),
+            "pixel_size_um": np.asarray([float(images[s].get("pixel_size_um") or 0.0) for s in used]),
         },
     }
     if references.spot_ids is not None:

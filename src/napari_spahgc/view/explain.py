@@ -86,11 +86,19 @@ def reference_patches(
     per slide whose image could not be read."""
     from napari_spahgc.io.images import open_image
 
-    images = adata.uns[REFERENCES].get("images", {}) if REFERENCES in adata.uns else {}
+    columns = adata.uns[REFERENCES].get("images", {}) if REFERENCES in adata.uns else {}
+    images = {
+        str(slide): (str(path), float(size))
+        for slide, path, size in zip(
+            columns.get("slide_id", []),
+            columns.get("image", []),
+            columns.get("pixel_size_um", []),
+            strict=True,
+        )
+    }
     opened, notes = {}, []
     for slide in dict.fromkeys(frame["slide_id"]):
-        record = images.get(slide, {})
-        path, pixel_size = str(record.get("image", "")), float(record.get("pixel_size_um", 0) or 0)
+        path, pixel_size = images.get(slide, ("", 0.0))
         if not path or not pixel_size:
             notes.append(f"{slide}: the model did not record its image")
         elif not Path(path).is_file():
