@@ -99,7 +99,7 @@ def test_render_command_line(demo_out, tmp_path):
 
 def test_demo_result_opens_in_napari_with_everything_loaded(her2st_cohort, tmp_path, make_napari_viewer):
     from napari_spahgc._qt._common import session_for
-    from napari_spahgc._qt.viewer import open_in_viewer
+    from napari_spahgc._qt.viewer import WIDGETS, open_in_viewer
     from napari_spahgc.demo import run_demo
     from napari_spahgc.io.cohort import read_cohort
 
@@ -123,4 +123,4 @@ def test_demo_result_opens_in_napari_with_everything_loaded(her2st_cohort, tmp_p
     assert session.current == "C4" and set(session.embeddings) == {"C2", "C3", "C4"}
     names = [layer.name for layer in viewer.layers if layer.visible]
     assert f"C4 {session.gene} predicted" in names and f"C4 {session.gene} measured" in names
-    assert len(viewer.window.dock_widgets) == 5
+    assert len(viewer.window.dock_widgets) == len(WIDGETS) == 6  # Slide, Embed, Predict, Genes, Why, Export
