@@ -460,6 +460,6 @@ def _summarise(summary: dict) -> None:
         **{
             f"{k}_mean": float(np.mean([f[k] for f in folds]))
             for k in INTERVAL_METRICS
-            if k in next(iter(folds))
+            if all(k in f for f in folds)
         },
     )

@@ -8,13 +8,12 @@ Stored, compact at any slide size (no spots × genes array besides X):
 - ``obsm['spahgc_references']``: (spots, K) int32, each spot's K references as rows of
 - ``uns['spahgc_references']``: ``expression`` (references × genes, log1p CPM), ``slide_id``,
   ``spot_id``, ``centers_px`` (full-resolution x, y), ``bank_row`` (the row of the model's reference
-  bank) and ``images`` (per reference slide, its image file and pixel size);
+  bank) and ``images`` (columns: each reference slide's id, image file and pixel size);
 - ``obsm['spahgc_reference_similarity']`` and ``obsm['spahgc_reference_attention']``: (spots, K)
   the cosine similarity of each spot to its references and CNAP's attention over them;
 - ``varm['interval_quantile']``: (genes, levels) conformal quantiles q_g at
   ``uns['napari_spahgc']['intervals']['levels']``, with the ``level`` asked for at prediction and
-  the weight ``mix`` (γ) of the calibration.
-
+  the weight ``mix`` (γ) of the calibration;
 - ``var['interval_width']`` and, where the slide has measured values, ``var['coverage']``: per gene,
   at that level, the mean interval width and the share of measured values inside.
 
