@@ -153,7 +153,8 @@ def test_minibatch_training_is_bounded_and_reproducible(monkeypatch):
 
 
 def test_reference_search_in_blocks_with_repeated_rows_equals_the_plain_search(monkeypatch):
-    """Blocks of rows, standardised per block, repeated rows searched once: same neighbours."""
+    """Blocks of rows, standardised per block, repeated rows searched once: same neighbours, with
+    their cosine similarities."""
     from napari_spahgc.model import graph
 
     monkeypatch.setattr(graph, "_ROWS", 7)
@@ -163,4 +164,8 @@ def test_reference_search_in_blocks_with_repeated_rows_equals_the_plain_search(m
                          np.full(40, "R", dtype=object))  # fmt: skip
     scale = FeatureScale(rng.normal(size=16).astype(np.float32), np.full(16, 2.0, np.float32))
     expected = graph.topk_cosine(scale.transform(rows), bank.embeddings, 5)
-    np.testing.assert_array_equal(graph.nearest_references(rows, bank, 5, scale), expected)
+    found, similarity = graph.nearest_references(rows, bank, 5, scale)
+    np.testing.assert_array_equal(found, expected)
+    queries = scale.transform(rows) / np.linalg.norm(scale.transform(rows), axis=1, keepdims=True)
+    keys = bank.embeddings / np.linalg.norm(bank.embeddings, axis=1, keepdims=True)
+    np.testing.assert_allclose(similarity, np.einsum("nd,nkd->nk", queries, keys[found]), atol=1e-5)

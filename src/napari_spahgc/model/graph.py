@@ -17,7 +17,6 @@ from napari_spahgc.model.relations import GraphInputs
 from napari_spahgc.model.slide_data import FeatureScale, SlideData
 
 _ROWS = 65536  # target rows per block of the reference search
-_SIMILARITY_ROWS = 4096  # target rows per block of similarities (their k references' embeddings)
 
 
 @dataclass
@@ -58,12 +57,14 @@ class ReferenceBank:
 class GraphParts:
     """A target slide's graph without its node features: the bank rows that are reference nodes,
     each target's retrieved references as reference-node indices ``(n_target, k)`` (most similar
-    first), every relation's edges (ordered by destination node, each one's sources in table order)
-    and, with a retrieval prior, each target's ``prior_k`` nearest bank rows."""
+    first), every relation's edges (ordered by destination node, each one's sources in table order),
+    the cosine similarity of each target to its retrieved references as the search measured it and,
+    with a retrieval prior, each target's ``prior_k`` nearest bank rows."""
 
     nodes: np.ndarray
     retrieved: np.ndarray
     edges: dict[tuple[str, str, str], torch.Tensor]
+    similarity: np.ndarray
     prior_neighbours: np.ndarray | None = None
 
     def prior(self, bank: ReferenceBank, rows: slice | np.ndarray = slice(None)) -> torch.Tensor | None:
@@ -75,33 +76,20 @@ class GraphParts:
 
 def nearest_references(
     embeddings: np.ndarray, bank: ReferenceBank, k: int, scale: FeatureScale | None = None
-) -> np.ndarray:
-    """(n, k) bank rows most cosine-similar to each embedding (standardised by ``scale`` first),
-    searched in blocks of rows: memory stays flat in the number of spots. Repeated rows are searched
-    once (dense embeddings repeat: 8 µm bins that share a field's feature cells share the embedding)."""
-    parts = []
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k) bank rows most cosine-similar to each embedding (standardised by ``scale`` first) and
+    their cosine similarities, searched in blocks of rows: memory stays flat in the number of spots.
+    Repeated rows are searched once (dense embeddings repeat: 8 µm bins that share a field's feature
+    cells share the embedding)."""
+    rows, similarity = [], []
     for start in range(0, len(embeddings), _ROWS):
         block = np.ascontiguousarray(embeddings[start : start + _ROWS])
         _, first, inverse = np.unique(_row_keys(block), return_index=True, return_inverse=True)
         distinct = block[first] if scale is None else scale.transform(block[first])
-        parts.append(topk_cosine(distinct, bank.embeddings, k)[inverse.ravel()])
-    return np.concatenate(parts)
-
-
-def reference_similarity(
-    embeddings: np.ndarray, bank: ReferenceBank, rows: np.ndarray, scale: FeatureScale | None = None
-) -> np.ndarray:
-    """(n, k) cosine similarity of each embedding (standardised by ``scale``) with its bank ``rows``
-    (n, k), as retrieval measured it; in blocks of rows."""
-    out = np.empty(rows.shape, dtype=np.float32)
-    keys = bank.embeddings / np.maximum(np.linalg.norm(bank.embeddings, axis=1, keepdims=True), 1e-12)
-    for start in range(0, len(embeddings), _SIMILARITY_ROWS):
-        block = np.asarray(embeddings[start : start + _SIMILARITY_ROWS], dtype=np.float32)
-        block = block if scale is None else scale.transform(block)
-        block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
-        chosen = rows[start : start + len(block)]
-        out[start : start + len(block)] = np.einsum("nd,nkd->nk", block, keys[chosen])
-    return out
+        found, scores = topk_cosine(distinct, bank.embeddings, k, with_scores=True)
+        rows.append(found[inverse.ravel()])
+        similarity.append(scores[inverse.ravel()])
+    return np.concatenate(rows), np.concatenate(similarity)
 
 
 def _row_keys(rows: np.ndarray) -> np.ndarray:
@@ -120,7 +108,7 @@ def graph_parts(
     retrieved (``reference_nodes="retrieved"``) or the whole bank (``"bank"``)."""
     if np.any(bank.slide_ids == target.slide_id):
         raise ValueError(f"the reference bank contains spots of the target slide {target.slide_id!r}")
-    retrieved = nearest_references(target.embeddings, bank, options.k, scale)  # bank rows
+    retrieved, similarity = nearest_references(target.embeddings, bank, options.k, scale)  # bank rows
     if options.reference_nodes == "retrieved":
         nodes, local = np.unique(retrieved, return_inverse=True)
         local = local.reshape(retrieved.shape)
@@ -128,8 +116,10 @@ def graph_parts(
         nodes, local = np.arange(len(bank)), retrieved
     inputs = GraphInputs(target.coords, bank.embeddings[nodes], bank.expression[nodes], local, options)
     edges = {relation.edge_type: _edges(relation.neighbours(inputs)) for relation in relations.RELATIONS}
-    prior = nearest_references(target.embeddings, bank, options.prior_k, scale) if options.prior_k else None
-    return GraphParts(nodes, local, edges, prior)
+    prior = (
+        nearest_references(target.embeddings, bank, options.prior_k, scale)[0] if options.prior_k else None
+    )
+    return GraphParts(nodes, local, edges, similarity, prior)
 
 
 def reference_features(bank: ReferenceBank, nodes: np.ndarray) -> torch.Tensor:

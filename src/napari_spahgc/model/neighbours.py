@@ -41,8 +41,11 @@ def spatial_blocks(coords: np.ndarray, max_spots: int) -> list[np.ndarray]:
     return blocks
 
 
-def topk_cosine(queries: np.ndarray, keys: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
-    """(n_queries, k) indices of the k keys most cosine-similar to each query, most similar first.
+def topk_cosine(
+    queries: np.ndarray, keys: np.ndarray, k: int, exclude_self: bool = False, with_scores: bool = False
+):
+    """(n_queries, k) indices of the k keys most cosine-similar to each query, most similar first
+    (``with_scores``: and their cosine similarities, float32, as a second array).
 
     Searched block by block (never the full similarity matrix); ``exclude_self`` skips key i for
     query i (queries and keys are the same set).
@@ -53,6 +56,7 @@ def topk_cosine(queries: np.ndarray, keys: np.ndarray, k: int, exclude_self: boo
     q = torch.nn.functional.normalize(torch.as_tensor(queries, dtype=torch.float32), dim=1)
     c = torch.nn.functional.normalize(torch.as_tensor(keys, dtype=torch.float32), dim=1)
     result = np.empty((len(q), k), dtype=np.int64)
+    similarity = np.empty((len(q), k), dtype=np.float32)
     for start in range(0, len(q), _CHUNK):
         block = q[start : start + _CHUNK]
         best_scores = torch.full((len(block), 0), -np.inf)
@@ -71,7 +75,8 @@ def topk_cosine(queries: np.ndarray, keys: np.ndarray, k: int, exclude_self: boo
             best_scores, order = best_scores.topk(min(k, best_scores.shape[1]), dim=1)
             best_index = best_index.gather(1, order)
         result[start : start + len(block)] = best_index.numpy()
-    return result
+        similarity[start : start + len(block)] = best_scores.numpy()
+    return (result, similarity) if with_scores else result
 
 
 def spatial_mix(values: np.ndarray, neighbours: np.ndarray, self_weight: float) -> np.ndarray:

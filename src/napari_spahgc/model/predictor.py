@@ -37,7 +37,7 @@ from napari_spahgc.model.folder import (
     typed,
     verified_tensors,
 )
-from napari_spahgc.model.graph import ReferenceBank, graph_parts, reference_features, reference_similarity
+from napari_spahgc.model.graph import ReferenceBank, graph_parts, reference_features
 from napari_spahgc.model.neighbours import spatial_neighbours
 from napari_spahgc.model.network import SpaHGC
 from napari_spahgc.model.slide_data import FeatureScale, SlideData
@@ -201,9 +201,7 @@ class SpaHGCPredictor:
         nodes = parts.nodes
         references = SlideReferences(
             rows=parts.retrieved.astype(np.int32),
-            similarity=reference_similarity(
-                slide.embeddings, bank, nodes[parts.retrieved], self.embedding_scale
-            ),
+            similarity=parts.similarity,
             attention=attention,
             bank_rows=kept[nodes],
             slide_ids=bank.slide_ids[nodes],
