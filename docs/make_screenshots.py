@@ -2,10 +2,11 @@
 
     xvfb-run -a -s "-screen 0 1920x1200x24" python docs/make_screenshots.py [--epochs 200] [--out FOLDER]
 
-Opens napari with the six dock widgets, opens C2–C6, embeds them (offline encoder, cached), trains on
+Opens napari with the seven dock widgets, opens C2–C6, embeds them (offline encoder, cached), trains on
 C2–C5 and predicts C6, shows a gene, then saves the window, the canvas and each widget under
 docs/images/; then the predicted map faded where uncertain (canvas-confidence.png) with a spot picked
-for the Why widget. It drives the widgets the way a user does (their public methods; the pick is what
+for the Why widget; then C6's domains (7, scored against the shared labels) with the markers of the
+largest and the example gene sets (canvas-domains.png, widget-domains.png). It drives the widgets the way a user does (their public methods; the pick is what
 a click on the spot does).
 """
 
@@ -54,7 +55,7 @@ def main() -> None:
         name: viewer.window.add_dock_widget(w, name=name.title(), area="right") for name, w in widgets.items()
     }
     window = viewer.window._qt_window
-    for name in ("embed", "predict", "export", "why"):
+    for name in ("embed", "predict", "export", "why", "domains"):
         window.tabifyDockWidget(docks["slide"], docks[name])
     window.resizeDocks([docks["slide"], docks["genes"]], [380, 700], Qt.Orientation.Vertical)
     session = session_for(viewer)
@@ -88,6 +89,20 @@ def main() -> None:
     QApplication.processEvents()
     viewer.screenshot(str(out / "canvas-confidence.png"), canvas_only=True, flash=False)
     widgets["why"].grab().save(str(out / "widget-why.png"))
+    domains = widgets["domains"]
+    domains.n_domains.setValue(7)
+    domains.labels.set_text(
+        str(ROOT.parent / f"shared/data/her2st/labels/{args.target}-cluster-annotation.tsv.gz")
+    )
+    domains.gene_sets.set_text(str(ROOT / "examples" / "marker_sets.gmt"))
+    domains.find.run_button.click()
+    wait(domains.find)
+    domains.legend.selectRow(0)
+    wait(domains.compare)
+    docks["domains"].raise_()
+    QApplication.processEvents()
+    viewer.screenshot(str(out / "canvas-domains.png"), canvas_only=True, flash=False)
+    domains.grab().save(str(out / "widget-domains.png"))
     print(f"screenshots in {out} (gene {session.gene}, slide {session.current}, spot {session.spot})")
     viewer.close()
 

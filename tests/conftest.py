@@ -27,6 +27,15 @@ REPO = Path(__file__).resolve().parents[1]
 HER2ST = REPO.parent / "shared" / "data" / "her2st"
 HER2ST_COHORT = REPO / "examples" / "her2st_cohort.csv"
 SECTIONS = ("C2", "C3", "C4", "C5", "C6")
+PATH_COLUMNS = ("image", "spots", "counts", "labels")
+
+
+def her2st_table(rows: list[str] | None = None) -> pd.DataFrame:
+    """The example HER2ST cohort table with absolute paths (to be written anywhere), ``rows`` only."""
+    table = pd.read_csv(HER2ST_COHORT)
+    for column in PATH_COLUMNS:
+        table[column] = [str((HER2ST_COHORT.parent / p).resolve()) for p in table[column]]
+    return table if rows is None else table[table["slide_id"].isin(rows)]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -124,14 +133,53 @@ def her2st_model(tmp_path_factory, _isolated_cache) -> Path:
     if not HER2ST.is_dir():
         pytest.skip("the HER2ST sections are not beside the checkout (../shared/data/her2st)")
     root = tmp_path_factory.mktemp("her2st-model")
-    table = pd.read_csv(HER2ST_COHORT)
-    for column in ("image", "spots", "counts"):
-        table[column] = [str((HER2ST_COHORT.parent / p).resolve()) for p in table[column]]
     cohort = root / "c2-c5.csv"
-    table[table["slide_id"].isin(["C2", "C3", "C4", "C5"])].to_csv(cohort, index=False)
+    her2st_table(["C2", "C3", "C4", "C5"]).to_csv(cohort, index=False)
     command = [sys.executable, "-c", "from napari_spahgc.cli import main; main()", "train", str(cohort),
                "--genes", str(HER2ST / "her2st_785_genes.txt"), "--out", str(root / "model"), "--epochs", "12",
                "--set", "eval_every=3", "--mode", "spot", "--device", "cpu"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return root / "model"
+
+
+@pytest.fixture(scope="session")
+def her2st_c6_predictions(her2st_model, tmp_path_factory) -> Path:
+    """C6 predicted by ``her2st_model`` (never trained on it), with intervals and its measured layer:
+    the ``spahgc predict`` file, written once, read-only for the tests."""
+    import napari_spahgc as ns
+
+    root = tmp_path_factory.mktemp("c6-predicted")
+    slides = ns.load_cohort(HER2ST_COHORT)
+    embeddings = ns.run_to_end(
+        ns.embed(ns.EmbedRequest(slides, "efficientnet-lite0", device="cpu", mode="spot"))
+    )
+    request = ns.PredictRequest(her2st_model, slides[4:], embeddings, root / "predictions", "cpu")
+    return Path(ns.run_to_end(ns.predict(request)).files["C6"])
+
+
+def predicted_c6_viewer(make_napari_viewer, qtbot, model: Path, folder: Path, timeout_ms: int = 300_000):
+    """A shown viewer with every widget docked, in which C6 was opened, embedded per spot and predicted
+    by ``model`` through the widgets, as a user does: (viewer, widgets by name)."""
+    from napari_spahgc._qt.viewer import WIDGETS
+
+    viewer = make_napari_viewer(show=True)
+    widgets = {name: cls(viewer) for name, cls in WIDGETS.items()}
+    for name, widget in widgets.items():
+        viewer.window.add_dock_widget(widget, name=name)
+    cohort = folder / "c6.csv"
+    her2st_table(["C6"]).drop(columns="labels").to_csv(cohort, index=False)
+
+    def finish(panel) -> None:
+        qtbot.waitUntil(lambda: not panel.running, timeout=timeout_ms)
+
+    widgets["Slide"].open(str(cohort))
+    finish(widgets["Slide"].panel)
+    widgets["Embed"].mode.setCurrentText("per-spot")
+    widgets["Embed"].run()
+    finish(widgets["Embed"].panel)
+    widgets["Predict"].load_mode.setChecked(True)
+    widgets["Predict"].model_dir.set_text(str(model))
+    widgets["Predict"].run()
+    finish(widgets["Predict"].panel)
+    return viewer, widgets

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import napari_spahgc as ns
-from conftest import HER2ST
+from conftest import HER2ST, her2st_table
 from napari_spahgc.evaluate.benchmark import METHODS
 from napari_spahgc.model.config import PRESETS
 from napari_spahgc.model.slide_data import make_folds
@@ -23,11 +23,8 @@ PANEL = HER2ST / "her2st_785_genes.txt"
 
 @pytest.fixture
 def three_sections(her2st_cohort, tmp_path):
-    table = pd.read_csv(her2st_cohort)
-    for column in ("image", "spots", "counts"):
-        table[column] = [str((her2st_cohort.parent / p).resolve()) for p in table[column]]
     path = tmp_path / "three.csv"
-    table.head(3).to_csv(path, index=False)
+    her2st_table(["C2", "C3", "C4"]).to_csv(path, index=False)
     return path
 
 
@@ -69,6 +66,19 @@ def test_benchmark_writes_its_report(three_sections, tmp_path):
     assert "| spahgc |" in markdown and "- Tuning, ridge alpha: 10, 31.6228" in markdown
     assert "spahgc / best tuned baseline" in markdown and "## What each fold chose" in markdown
     assert (out / "pcc_per_fold.png").stat().st_size > 5000
+    # the cohort names each section's labels: every method's domains are scored, settings chosen inner
+    for method in report["methods"].values():
+        # a method is scored when it has inner-validation predictions: every baseline; SpaHGC when its
+        # members held training sections out (not here: two training sections per fold)
+        inner = method["kind"] == "baseline" or all(f["members"] for f in method["folds"].values())
+        assert ("domain_ari_mean" in method) == inner
+        for fold in method["folds"].values() if inner else ():
+            assert -1 <= fold["domain_ari"] <= 1 and fold["domain_count"] == 7
+            assert fold["domain_spatial_weight"] in (0, 0.25, 0.5, 0.75, 1)
+            assert len(fold["domain_inner_ari"]) == 5  # one mean per weight, on the training sections
+    measured = report["domains"]["measured"]
+    assert list(measured) == ["C2", "C3", "C4"] and all(m["ari"] > 0.05 for m in measured.values())
+    assert "## Tissue domains" in markdown and "| measured expression |" in markdown
 
 
 def test_every_method_records_what_each_fold_chose(three_sections, tmp_path, monkeypatch):

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from napari_spahgc.base.spatial import spatial_mix, spatial_neighbours
 from napari_spahgc.model import blocks as model_blocks
 from napari_spahgc.model.blocks import predict_blocks, row_blocks
 from napari_spahgc.model.config import SpaHGCConfig
 from napari_spahgc.model.graph import ReferenceBank, build_graph, graph_parts, reference_features
-from napari_spahgc.model.neighbours import spatial_blocks, spatial_mix, spatial_neighbours
+from napari_spahgc.model.neighbours import spatial_blocks
 from napari_spahgc.model.network import CrossNodeAttention, SpaHGC
 from napari_spahgc.model.slide_data import FeatureScale
 from napari_spahgc.train import trainer

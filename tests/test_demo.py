@@ -123,4 +123,6 @@ def test_demo_result_opens_in_napari_with_everything_loaded(her2st_cohort, tmp_p
     assert session.current == "C4" and set(session.embeddings) == {"C2", "C3", "C4"}
     names = [layer.name for layer in viewer.layers if layer.visible]
     assert f"C4 {session.gene} predicted" in names and f"C4 {session.gene} measured" in names
-    assert len(viewer.window.dock_widgets) == len(WIDGETS) == 6  # Slide, Embed, Predict, Genes, Why, Export
+    assert (
+        len(viewer.window.dock_widgets) == len(WIDGETS) == 7
+    )  # Slide, Embed, Predict, Genes, Why, Domains, Export

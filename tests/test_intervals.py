@@ -75,17 +75,14 @@ def test_intervals_cover_at_their_level_and_widen_where_references_disagree():
 
 
 @pytest.fixture(scope="module")
-def her2st(her2st_model, tmp_path_factory):
+def her2st(her2st_model, her2st_c6_predictions):
     """C2–C6 embedded per spot (the model's cache), the model trained on C2–C5 (``her2st_model``: four
-    members, each holding one section out) and C6 predicted with intervals into an h5ad."""
-    root = tmp_path_factory.mktemp("intervals")
+    members, each holding one section out) and C6 predicted with intervals (``her2st_c6_predictions``)."""
     slides = ns.load_cohort(HER2ST_COHORT)
     embeddings = ns.run_to_end(
         ns.embed(ns.EmbedRequest(slides, "efficientnet-lite0", device="cpu", mode="spot"))
     )
-    request = ns.PredictRequest(her2st_model, slides[4:], embeddings, root / "predictions", "cpu")
-    written = ns.run_to_end(ns.predict(request))
-    return slides, embeddings, her2st_model, ad.read_h5ad(written.files["C6"])
+    return slides, embeddings, her2st_model, ad.read_h5ad(her2st_c6_predictions)
 
 
 def test_intervals_on_a_held_out_section_cover_near_their_level(her2st):

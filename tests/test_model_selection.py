@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from napari_spahgc.model.neighbours import spatial_mix, spatial_neighbours
+from napari_spahgc.base.spatial import spatial_mix, spatial_neighbours
 from napari_spahgc.train.model_selection import nanmean_columns, validation_groups
 from synthetic_slides import fit, make_slides, make_trainer
 

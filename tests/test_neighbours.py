@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import napari_spahgc.model.neighbours as neighbours_module
-from napari_spahgc.model.neighbours import spatial_mix, spatial_neighbours, topk_cosine
+from napari_spahgc.base.spatial import spatial_mix, spatial_neighbours
+from napari_spahgc.model.neighbours import topk_cosine
 
 
 def test_spatial_neighbours_on_a_grid():

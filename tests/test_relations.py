@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_spahgc.base.spatial import spatial_neighbours
 from napari_spahgc.model.config import ModelOptions
 from napari_spahgc.model.graph import GraphOptions, ReferenceBank, build_graph
-from napari_spahgc.model.neighbours import spatial_neighbours
 from napari_spahgc.model.network import SpaHGC, relations
 from napari_spahgc.model.slide_data import FeatureScale, SlideData
 from napari_spahgc.train.batch import GraphBatch

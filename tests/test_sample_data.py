@@ -119,9 +119,9 @@ def test_the_download_lays_files_out_like_the_local_copy(at_repo_root, offline_p
 def test_the_cohort_table_loads_five_sections(at_repo_root):
     path = her2st_cohort_table(her2st_folder(download=False))
     table = pd.read_csv(path, dtype=str)
-    assert tuple(table.columns) == COHORT_COLUMNS and list(table["slide_id"]) == list(SECTIONS)
+    assert tuple(table.columns) == (*COHORT_COLUMNS, "labels") and list(table["slide_id"]) == list(SECTIONS)
     assert set(table["pixel_size_um"]) == {"0.735"} and set(table["patient"]) == {"C"}
-    for column in ("image", "spots", "counts"):
+    for column in ("image", "spots", "counts", "labels"):
         assert all(
             p.startswith("/") and (HER2ST.resolve() / p.split("/her2st/")[1]).is_file() for p in table[column]
         )

@@ -6,52 +6,23 @@ click on a predicted spot opens its references in the Why widget."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from napari.layers import Points
 from qtpy.QtCore import QPoint, Qt
 
-from conftest import HER2ST_COHORT
+from conftest import predicted_c6_viewer
 from napari_spahgc._qt._common import session_for
 from napari_spahgc._qt.genes import FADED, VALUE, WIDTH
-from napari_spahgc._qt.viewer import WIDGETS
-from napari_spahgc.io.cohort import read_cohort
 from napari_spahgc.io.intervals import prediction_interval
 
 LONG = 300_000  # ms: generous for 2 busy cores
 
 
-def _cohort(path, sections) -> str:
-    rows = [
-        {"slide_id": e.slide_id, "image": e.image, "spots": e.spots, "counts": e.counts,
-         "pixel_size_um": e.pixel_size_um, "patient": e.patient}
-        for e in read_cohort(HER2ST_COHORT) if e.slide_id in sections
-    ]  # fmt: skip
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return str(path)
-
-
-def _finish(qtbot, panel) -> None:
-    qtbot.waitUntil(lambda: not panel.running, timeout=LONG)
-
-
 def test_confidence_view_and_why_panel_in_a_real_viewer(
     make_napari_viewer, qtbot, her2st_model, tmp_path, notifications
 ):
-    viewer = make_napari_viewer(show=True)
-    widgets = {name: cls(viewer) for name, cls in WIDGETS.items()}
-    for name, widget in widgets.items():
-        viewer.window.add_dock_widget(widget, name=name)
+    viewer, widgets = predicted_c6_viewer(make_napari_viewer, qtbot, her2st_model, tmp_path, LONG)
     session = session_for(viewer)
-    widgets["Slide"].open(_cohort(tmp_path / "target.csv", ("C6",)))
-    _finish(qtbot, widgets["Slide"].panel)
-    widgets["Embed"].mode.setCurrentText("per-spot")
-    widgets["Embed"].run()
-    _finish(qtbot, widgets["Embed"].panel)
-    widgets["Predict"].load_mode.setChecked(True)
-    widgets["Predict"].model_dir.set_text(str(her2st_model))
-    widgets["Predict"].run()
-    _finish(qtbot, widgets["Predict"].panel)
     assert not notifications, [str(n.message) for n in notifications]
     prediction = session.predictions["C6"]
 

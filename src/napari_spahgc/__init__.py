@@ -9,7 +9,8 @@ The public API, one flow per stage — each takes one typed request, yields
     embedded = ns.run_to_end(ns.embed(ns.EmbedRequest(slides)))
     genes = ns.GeneChoice.from_file("her2st_785_genes.txt")
     trained = ns.run_to_end(ns.train(ns.TrainRequest(slides[:-1], embedded, genes, out="model")))
-    predicted = ns.run_to_end(ns.predict(ns.PredictRequest("model", slides[-1:], embedded)))
+    predicted = ns.run_to_end(ns.predict(ns.PredictRequest("model", slides[-1:], embedded, out="pred")))
+    found = ns.run_to_end(ns.domains(ns.DomainsRequest("pred/C6.h5ad", ns.DomainOptions(n_domains=7))))
 
 A runner (:class:`InProcess`, :class:`WorkerProcess`, :class:`DaskCluster`) runs any flow elsewhere:
 ``ns.run_to_end(ns.DaskCluster(workers=2).run(ns.embed, request))``. The package import stays light
@@ -63,6 +64,18 @@ _API = {
     "load_model": "predict.flow",
     "EvaluateRequest": "evaluate.benchmark",
     "evaluate": "evaluate.benchmark",
+    # downstream: domains, markers, gene sets
+    "DomainOptions": "downstream.domains",
+    "DomainsRequest": "downstream.flow",
+    "DomainsResult": "downstream.flow",
+    "domains": "downstream.flow",
+    "Comparison": "downstream.markers",
+    "MarkersRequest": "downstream.flow",
+    "MarkersResult": "downstream.flow",
+    "markers": "downstream.flow",
+    "find_domains": "downstream.domains",
+    "read_labels": "downstream.labels",
+    "read_gene_sets": "downstream.enrichment",
     # runners and figures
     "InProcess": "run.runners",
     "WorkerProcess": "run.runners",

@@ -164,6 +164,14 @@ def write_report(out_dir: str | os.PathLike, record: dict, markdown: str) -> Pat
     return out_dir / "report.md"
 
 
+def write_csv(frame, path: str | os.PathLike) -> Path:
+    """A pandas table as CSV at ``path`` (no index), atomically; returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return path
+
+
 def file_fingerprint(path: str | os.PathLike) -> str:
     """A content identity for a (possibly huge) file: size plus a hash of three 1 MiB samples.
 

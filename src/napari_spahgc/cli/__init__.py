@@ -40,6 +40,8 @@ from napari_spahgc.cli.options import (
     gene_choice,
     spahgc_config,
 )
+from napari_spahgc.downstream.domains import DEFAULT_SPATIAL_WEIGHT
+from napari_spahgc.downstream.markers import DEFAULT_MIN_PCC
 from napari_spahgc.embed.cache import DEFAULT_MODE
 from napari_spahgc.embed.encoders import DEFAULT_ENCODER
 from napari_spahgc.embed.flow import EmbedRequest
@@ -367,6 +369,102 @@ def explain(
     for note in notes:
         typer.echo(f"note: {note}", err=True)
     typer.echo(str(write_mosaic(out, frame, patches)))
+
+
+@app.command()
+def domains(
+    predictions: Annotated[
+        Path, typer.Argument(help="Predictions .h5ad (from 'spahgc predict', the demo or Export).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for the h5ad with obs['domain'], PNG and tables.")
+    ],
+    n_domains: Annotated[
+        int | None, typer.Option("--n-domains", help="KMeans with this many domains (default: Leiden).")
+    ] = None,
+    resolution: Annotated[
+        float,
+        typer.Option("--resolution", help="Leiden resolution (without --n-domains); higher: more domains."),
+    ] = 1.0,
+    spatial_weight: Annotated[
+        float,
+        typer.Option("--spatial-weight", help="Weight of each spot's neighbours, 0 (expression only) to 1."),
+    ] = DEFAULT_SPATIAL_WEIGHT,
+    layer: Annotated[
+        str | None,
+        typer.Option("--layer", help="Cluster this layer (e.g. measured) instead of the predictions."),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="Spot → label table (CSV/TSV, .gz too; columns spot_id or the first, and label) to score "
+            "the domains against (ARI, NMI), and the measured layer's domains too.",
+        ),
+    ] = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Tissue domains of a slide from its predicted (or measured) expression: PCA, each spot mixed with
+    its neighbours by --spatial-weight, then KMeans (--n-domains) or Leiden (--resolution)."""
+    from napari_spahgc.downstream.domains import DomainOptions
+    from napari_spahgc.downstream.flow import DomainsRequest
+    from napari_spahgc.downstream.flow import domains as domains_flow
+
+    options = DomainOptions(n_domains, resolution, spatial_weight, seed=seed)
+    result = drive(InProcess(), domains_flow, DomainsRequest(predictions, options, layer, labels, out))
+    typer.echo(result.sizes.to_string(index=False))
+    for layer_name, score in result.scores.items():
+        typer.echo(
+            f"{layer_name}: ARI {score['ari']:.3f}, NMI {score['nmi']:.3f} ({score['n_spots']} labelled spots)"
+        )
+    for path in result.files.values():
+        typer.echo(path)
+
+
+@app.command()
+def markers(
+    domains_file: Annotated[Path, typer.Argument(help="An h5ad with obs['domain'] (from 'spahgc domains').")],
+    domain: Annotated[str, typer.Option("--domain", help="The domain to characterise.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the DE and enrichment tables and the plot.")],
+    versus: Annotated[
+        str, typer.Option("--versus", help="Another domain to compare with (default: all the rest).")
+    ] = "rest",
+    min_pcc: Annotated[
+        float,
+        typer.Option(
+            "--min-pcc",
+            help="Predicted genes tested: those whose validation PCC reaches this (-1: every gene). "
+            "Ignored for --layer measured.",
+        ),
+    ] = DEFAULT_MIN_PCC,
+    gene_sets: Annotated[
+        Path | None,
+        typer.Option("--gene-sets", help="GMT file (MSigDB, GO, KEGG or your own) for enrichment."),
+    ] = None,
+    layer: Annotated[str | None, typer.Option("--layer", help="Test this layer (e.g. measured).")] = None,
+) -> None:
+    """Differential expression of a domain against the rest or another domain (Wilcoxon, BH), on the
+    genes that validated, and enrichment of its up genes in your gene sets."""
+    from napari_spahgc.downstream.flow import MarkersRequest
+    from napari_spahgc.downstream.flow import markers as markers_flow
+    from napari_spahgc.downstream.markers import Comparison
+
+    comparison = Comparison(domain, versus)
+    request = MarkersRequest(
+        domains_file, comparison, layer, None if min_pcc <= -1 else min_pcc, gene_sets, out
+    )
+    result = drive(InProcess(), markers_flow, request)
+    significant = result.de[(result.de["padj"] < 0.05) & (result.de["log2_fold_change"] > 0)]
+    typer.echo(f"{comparison.name}: {len(result.de)} genes tested, {len(significant)} up (padj < 0.05)")
+    typer.echo(result.de.head(10).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    if result.enrichment is not None:
+        typer.echo(
+            result.enrichment.head(10)
+            .drop(columns="genes")
+            .to_string(index=False, float_format=lambda v: f"{v:.3g}")
+        )
+    for path in result.files.values():
+        typer.echo(path)
 
 
 def _to_stderr(line: str) -> None:

@@ -17,7 +17,13 @@ from napari_spahgc.io.slide import Slide
 from napari_spahgc.run.runners import DaskCluster, Flow, InProcess, R, Runner
 
 #: each stage's progress-bar label
-LABELS = {"embed": "embedding", "train": "training", "predict": "predicting"}
+LABELS = {
+    "embed": "embedding",
+    "train": "training",
+    "predict": "predicting",
+    "domains": "domains",
+    "markers": "markers",
+}
 
 
 def load_slides(cohort: Path, with_expression: bool = True) -> list[Slide]:

@@ -18,10 +18,10 @@ predicts the test slide. The test slide is only predicted: its expression is nev
   of epochs (early stopping) tuned. The only stochastic baseline: its ``seed`` (every baseline takes
   one, see :data:`SEEDED_BASELINES`) seeds its initialisation, dropout and batch order.
 
-Each baseline also returns the calibration of its conformal prediction intervals: the chosen
-setting's absolute residuals on the inner validation slides (predicted by refits that never saw
-them), from which the benchmark takes a constant width per gene
-(:mod:`napari_spahgc.base.conformal` with σ = 1), at the same level as SpaHGC's.
+Each baseline also returns the chosen setting's predictions of the inner validation slides (by refits
+that never saw them): the benchmark takes from their absolute residuals the calibration of its
+conformal prediction intervals, a constant width per gene (:mod:`napari_spahgc.base.conformal` with
+σ = 1) at the same level as SpaHGC's, and chooses its tissue-domain settings on them.
 
 Inside :func:`shared_candidates` (the benchmark enters it once per outer fold), the candidate
 predictions of ridge, kNN and the MLP for a (training slides, slide, seed) are computed once and
@@ -39,7 +39,8 @@ from typing import Protocol
 import numpy as np
 
 from napari_spahgc.base.metrics import score
-from napari_spahgc.model.neighbours import SELF_WEIGHTS, spatial_mix, spatial_neighbours, topk_cosine
+from napari_spahgc.base.spatial import SELF_WEIGHTS, spatial_mix, spatial_neighbours
+from napari_spahgc.model.neighbours import topk_cosine
 from napari_spahgc.model.slide_data import SlideData, make_folds
 
 RIDGE_ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(1.0, 10.01, 0.5))  # 1e1 … 1e10
@@ -61,13 +62,13 @@ Grid = Callable[[Sequence[SlideData], SlideData], dict[Setting, np.ndarray]]
 @dataclass(frozen=True)
 class Tuned:
     """A baseline's prediction of the test slide, the hyperparameters the training slides chose
-    (with each candidate's mean inner-validation PCC) and the chosen setting's absolute residuals on
-    the inner validation slides (spots × genes: its intervals' calibration)."""
+    (with each candidate's mean inner-validation PCC) and the chosen setting's predictions of the
+    inner validation slides (slide id → spots × genes)."""
 
     prediction: np.ndarray
     chosen: dict
     inner_pcc: dict
-    inner_residuals: np.ndarray
+    inner_predictions: dict[str, np.ndarray]
 
 
 class Baseline(Protocol):
@@ -132,15 +133,13 @@ def choose(grid: Grid, train: Sequence[SlideData]) -> tuple[Setting, dict[Settin
     return max(means, key=means.get), means
 
 
-def inner_residuals(grid: Grid, train: Sequence[SlideData], setting: Setting) -> np.ndarray:
-    """``setting``'s absolute residuals on every inner validation slide, pooled (float32)."""
-    return np.concatenate(
-        [
-            np.abs(slide.expression - grid(inner_train, slide)[setting]).astype(np.float32)
-            for inner_train, inner_validation in inner_folds(train)
-            for slide in inner_validation
-        ]
-    )
+def inner_predictions(grid: Grid, train: Sequence[SlideData], setting: Setting) -> dict[str, np.ndarray]:
+    """``setting``'s prediction of every inner validation slide, by slide id."""
+    return {
+        slide.slide_id: grid(inner_train, slide)[setting]
+        for inner_train, inner_validation in inner_folds(train)
+        for slide in inner_validation
+    }
 
 
 def tuned(grid: Callable[..., dict[Setting, np.ndarray]], seeded: bool = False) -> Baseline:
@@ -154,7 +153,7 @@ def tuned(grid: Callable[..., dict[Setting, np.ndarray]], seeded: bool = False) 
             candidates(train, test)[setting],
             dict(setting),
             {_label(s): round(v, 5) for s, v in means.items()},
-            inner_residuals(candidates, train, setting),
+            inner_predictions(candidates, train, setting),
         )
 
     return run

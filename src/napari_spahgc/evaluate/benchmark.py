@@ -17,6 +17,10 @@ Every method also gives prediction intervals at the request's ``level``, calibra
 trained on (SpaHGC: its members' held-out training slides; a baseline: its inner validation slides),
 scored by their coverage of the held-out values and their mean width; SpaHGC's per-spot uncertainty
 by its Spearman correlation with the spot's mean absolute error.
+
+When the cohort names a labels file per slide (its ``labels`` column), every method's prediction of a
+held-out slide is also scored by the ARI of its tissue domains against the slide's labels, the domain
+settings chosen on the method's own inner-validation predictions (:mod:`napari_spahgc.evaluate.domains`).
 """
 
 from __future__ import annotations
@@ -50,6 +54,13 @@ from napari_spahgc.evaluate.baselines import (
     Baseline,
     shared_candidates,
 )
+from napari_spahgc.evaluate.domains import (
+    DOMAIN_METRICS,
+    domain_scores,
+    measured_scores,
+    slide_labels,
+)
+from napari_spahgc.evaluate.domains import PROTOCOL as DOMAIN_PROTOCOL
 from napari_spahgc.evaluate.report import write_benchmark_report
 from napari_spahgc.evaluate.statistics import paired_comparison
 from napari_spahgc.io.expression import GeneChoice
@@ -83,14 +94,16 @@ class Fold:
 @dataclass(frozen=True)
 class Outcome:
     """A method's prediction of the held-out slide, what its training slides chose, its intervals
-    (lower, upper; None for a SpaHGC model trained without held-out slides) and, where the method has
-    one, each spot's uncertainty."""
+    (lower, upper; None for a SpaHGC model trained without held-out slides), where the method has
+    one each spot's uncertainty, and its inner-validation predictions of training slides (slide id →
+    spots × genes: what domain settings are chosen on)."""
 
     prediction: np.ndarray
     choices: dict
     lower: np.ndarray | None = None
     upper: np.ndarray | None = None
     uncertainty: np.ndarray | None = None
+    inner: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,7 +131,8 @@ def _spahgc(preset: str) -> Method:
         request = TrainRequest(
             fold.train_slides, fold.embeddings, GeneChoice(panel=tuple(fold.genes)), config, out
         )
-        model = run_to_end(train(request)).model
+        trained = run_to_end(train(request))
+        model = trained.model
         leaked = sorted(set(model.metadata.training_slides) & {test.slide_id})
         if leaked:
             raise LeakageError(f"the model for held-out slide {test.slide_id} trained on {leaked}")
@@ -139,9 +153,9 @@ def _spahgc(preset: str) -> Method:
         }
         uncertainty = predicted.obs["uncertainty"].to_numpy()
         if model.calibration is None:  # trained without held-out slides: nothing to calibrate on
-            return Outcome(predicted.X, choices, uncertainty=uncertainty)
+            return Outcome(predicted.X, choices, uncertainty=uncertainty, inner=trained.held_out)
         choices["interval_mix"] = model.calibration.mix
-        return Outcome(predicted.X, choices, *prediction_interval(predicted), uncertainty)
+        return Outcome(predicted.X, choices, *prediction_interval(predicted), uncertainty, trained.held_out)
 
     return Method("spahgc", run, preset, seeded=True)
 
@@ -151,9 +165,14 @@ def _baseline(tune: Baseline, seeded: bool) -> Method:
 
     def run(train: Sequence[SlideData], test: SlideData, fold: Fold) -> Outcome:
         tuned = tune(train, test, seed=fold.config.train.seed)
-        width = conformal_quantile(tuned.inner_residuals, fold.level)  # a constant width per gene: σ = 1
+        truth = {s.slide_id: s.expression for s in train}
+        residuals = np.concatenate(
+            [np.abs(truth[slide_id] - values) for slide_id, values in tuned.inner_predictions.items()]
+        ).astype(np.float32)
+        width = conformal_quantile(residuals, fold.level)  # a constant width per gene: σ = 1
         bounds = interval(tuned.prediction, np.ones((1, 1), np.float32), width)
-        return Outcome(tuned.prediction, {"chosen": tuned.chosen, "inner_pcc": tuned.inner_pcc}, *bounds)
+        choices = {"chosen": tuned.chosen, "inner_pcc": tuned.inner_pcc}
+        return Outcome(tuned.prediction, choices, *bounds, inner=tuned.inner_predictions)
 
     return Method("baseline", run, seeded=seeded)
 
@@ -205,12 +224,13 @@ def evaluate(request: EvaluateRequest) -> Generator[Progress, None, dict]:
         raise InputError(f"seeds must be at least 1, not {request.seeds}")
     level = check_level(request.level)
     out = prepare_output_folder(request.out)
-    embeddings = yield from embeddings_for(request.embeddings)
     slides = request.slides
+    labels = slide_labels(slides)  # a bad labels file stops the run before any work
+    embeddings = yield from embeddings_for(request.embeddings)
     scheme, folds = make_folds(slides) if request.held_out is None else ("held-out slides", request.held_out)
     folds = [list(f) for f in folds]
     models = None if request.models is None else str(request.models)
-    units, test_genes = [], {}
+    units, test_genes, measured_domains = [], {}, {}
     by_id = {s.slide_id: s for s in slides}
     for held_out in folds:
         train_slides = [s for s in slides if s.slide_id not in held_out]
@@ -220,6 +240,8 @@ def evaluate(request: EvaluateRequest) -> Generator[Progress, None, dict]:
         top = most_variable([s.expression for s in train])
         for test in tests:
             test_genes[test.slide_id] = genes
+            if labels:
+                measured_domains[test.slide_id] = measured_scores(train, test, labels)
             test_slide = replace(by_id[test.slide_id], expression=None)
             used = embeddings.only([*(s.slide_id for s in train_slides), test.slide_id])
             for index in range(request.seeds):
@@ -228,7 +250,7 @@ def evaluate(request: EvaluateRequest) -> Generator[Progress, None, dict]:
                 kept = models if models is None or request.seeds == 1 else str(Path(models, f"seed-{seed}"))
                 fold = Fold(genes, seeded, train_slides, test_slide, used, kept, level)
                 run = methods if index == 0 else [m for m in methods if METHODS[m].seeded]
-                units += [(group, train, test, top, fold) for group in _unit_methods(run)]
+                units += [(group, train, test, top, fold, labels) for group in _unit_methods(run)]
     outcomes: dict[tuple[str, str], list] = {}
     total = sum(len(unit[0]) for unit in units)
     for done, (test_id, method, seed, record, per_gene) in enumerate(_run_units(units, request.jobs), 1):
@@ -236,6 +258,7 @@ def evaluate(request: EvaluateRequest) -> Generator[Progress, None, dict]:
         text = (
             f"{test_id}  {method:<14} seed {seed}  PCC {record['pcc']:.4f}  top-{TOP_GENES} "
             f"{record[f'pcc_top{TOP_GENES}']:.4f}  RMSE {record['rmse']:.3f}  {record['seconds']:.1f} s"
+            + (f"  domain ARI {record['domain_ari']:.3f}" if "domain_ari" in record else "")
         )
         yield Progress(done, total, text, "evaluate", record)
     results, per_gene_rows = _tabulate(outcomes, test_genes, methods)
@@ -246,6 +269,8 @@ def evaluate(request: EvaluateRequest) -> Generator[Progress, None, dict]:
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "protocol": _protocol(scheme, folds, request, embeddings, n_genes),
     }
+    if any(measured_domains.values()):
+        report["domains"] = {"protocol": DOMAIN_PROTOCOL, "measured": measured_domains}
     if request.jobs > 1:
         worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         report.update(jobs=request.jobs, peak_worker_memory_mb=round(worker_peak, 1))
@@ -280,7 +305,11 @@ def _over_seeds(runs: list) -> dict:
         "pcc_seed_sd": float(np.std(pccs, ddof=1)),
         f"pcc_top{TOP_GENES}": float(np.mean([r[f"pcc_top{TOP_GENES}"] for r in records])),
         "rmse": float(np.mean([r["rmse"] for r in records])),
-        **{k: float(np.mean([r[k] for r in records])) for k in INTERVAL_METRICS if k in records[0]},
+        **{
+            k: float(np.mean([r[k] for r in records]))
+            for k in (*INTERVAL_METRICS, *DOMAIN_METRICS)
+            if k in records[0]
+        },
         "n_genes_excluded": records[0]["n_genes_excluded"],
         "seconds": round(sum(r["seconds"] for r in records), 2),
         "seeds": {str(seed): record for seed, record, _ in runs},
@@ -344,10 +373,15 @@ def _run_units(units: list, jobs: int) -> Iterator[tuple[str, str, int, dict, np
 
 
 def _run_unit(unit) -> Iterator[tuple[str, str, int, dict, np.ndarray]]:
-    methods, train, test, top, fold = unit
+    methods, train, test, top, fold, labels = unit
     with shared_candidates():
         for method in methods:
-            yield (test.slide_id, method, fold.config.train.seed, *_score(method, train, test, top, fold))
+            yield (
+                test.slide_id,
+                method,
+                fold.config.train.seed,
+                *_score(method, train, test, top, fold, labels),
+            )
 
 
 def _run_unit_list(unit) -> list[tuple[str, str, int, dict, np.ndarray]]:
@@ -412,9 +446,12 @@ METRICS = {
 }
 
 
-def _score(method: str, train, test: SlideData, top: np.ndarray, fold: Fold) -> tuple[dict, np.ndarray]:
-    """One method on one held-out slide: its fold record (metrics, seconds, choices) and per-gene PCC.
-    The method gets the slide without its expression; only the scorer reads it."""
+def _score(
+    method: str, train, test: SlideData, top: np.ndarray, fold: Fold, labels: Mapping
+) -> tuple[dict, np.ndarray]:
+    """One method on one held-out slide: its fold record (metrics, seconds, choices, and with labels
+    the domain scores) and per-gene PCC. The method gets the slide without its expression and never
+    sees a label; only the scorer reads them."""
     started = time.perf_counter()
     outcome = METHODS[method].run(train, replace(test, expression=None), fold)
     seconds = time.perf_counter() - started
@@ -422,6 +459,7 @@ def _score(method: str, train, test: SlideData, top: np.ndarray, fold: Fold) -> 
     return {
         **record,
         **interval_scores(test.expression, outcome),
+        **domain_scores(outcome.prediction, outcome.inner, train, test, labels),
         "seconds": round(seconds, 2),
         **outcome.choices,
     }, per_gene
@@ -459,7 +497,7 @@ def _summarise(summary: dict) -> None:
         seconds_total=round(sum(f["seconds"] for f in folds), 1),
         **{
             f"{k}_mean": float(np.mean([f[k] for f in folds]))
-            for k in INTERVAL_METRICS
+            for k in (*INTERVAL_METRICS, *DOMAIN_METRICS)
             if all(k in f for f in folds)
         },
     )

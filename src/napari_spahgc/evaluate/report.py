@@ -21,6 +21,7 @@ def report_markdown(report: dict) -> str:
             _protocol_lines(protocol),
             report_table(report),
             interval_table(report),
+            domain_table(report),
             _choices(report["methods"]),
         ]
     )
@@ -104,6 +105,60 @@ def interval_table(report: dict) -> str:
             f"{min(mine['folds'][s]['coverage'] for s in slides):.3f}–{max(mine['folds'][s]['coverage'] for s in slides):.3f}."
         )
     return "\n".join(lines)
+
+
+def domain_table(report: dict) -> str:
+    """Per method and fold the ARI of the domains of its predictions against the labels (the spatial
+    weight its inner validation chose), the means, the measured values' row, and each SpaHGC method
+    against the baseline with the best mean ARI."""
+    methods = {n: m for n, m in report["methods"].items() if "domain_ari_mean" in m}
+    if not methods or "domains" not in report:
+        return ""
+    measured = report["domains"]["measured"]
+    slides = list(next(iter(methods.values()))["folds"])
+    lines = [
+        "## Tissue domains (ARI against the labels; spatial weight chosen in inner validation)",
+        "",
+        f"{report['domains']['protocol']}.",
+        "",
+        "| method | " + " | ".join(slides) + " | ARI mean ± sd | NMI mean |",
+        "|---|" + "---|" * (len(slides) + 2),
+    ]
+    for name, m in methods.items():
+        aris = [m["folds"][s]["domain_ari"] for s in slides]
+        cells = " | ".join(
+            f"{a:.3f} (w {_weights(m['folds'][s])})" for a, s in zip(aris, slides, strict=True)
+        )
+        lines.append(
+            f"| {name} | {cells} | {np.mean(aris):.3f} ± {np.std(aris, ddof=1):.3f} | {m['domain_nmi_mean']:.3f} |"
+        )
+    if all(measured.get(s) for s in slides):
+        aris = [measured[s]["ari"] for s in slides]
+        cells = " | ".join(f"{measured[s]['ari']:.3f} (w {measured[s]['spatial_weight']:g})" for s in slides)
+        nmi = np.mean([measured[s]["nmi"] for s in slides])
+        lines.append(
+            f"| measured expression | {cells} | {np.mean(aris):.3f} ± {np.std(aris, ddof=1):.3f} | {nmi:.3f} |"
+        )
+    baselines = {n: m for n, m in methods.items() if m["kind"] != "spahgc"}
+    if baselines:
+        best = max(baselines, key=lambda n: baselines[n]["domain_ari_mean"])
+        for name, m in methods.items():
+            if m["kind"] != "spahgc":
+                continue
+            higher = sum(
+                m["folds"][s]["domain_ari"] > baselines[best]["folds"][s]["domain_ari"] for s in slides
+            )
+            lines.append(
+                f"\n{name}: mean ARI {m['domain_ari_mean']:.3f} vs the best baseline by ARI, {best}, "
+                f"{baselines[best]['domain_ari_mean']:.3f} (higher on {higher} of {len(slides)} folds)."
+            )
+    return "\n".join(lines)
+
+
+def _weights(record: dict) -> str:
+    """The spatial weight a fold chose (every seed's, where there are several)."""
+    records = record.get("seeds", {"": record}).values()
+    return "/".join(f"{r['domain_spatial_weight']:g}" for r in records)
 
 
 def _fold_cell(record: dict) -> str:

@@ -2,7 +2,8 @@
 
 A cohort table is a CSV with the columns ``slide_id, image, spots, counts, pixel_size_um, patient``.
 ``counts``, ``pixel_size_um`` and ``patient`` may be empty; relative paths resolve against the folder
-of the table.
+of the table. An optional column ``labels`` names each slide's per-spot labels table (tissue domains,
+:mod:`napari_spahgc.downstream.labels`), which the benchmark scores domains against.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ class CohortEntry:
     counts: Path | None = None
     pixel_size_um: float | None = None
     patient: str | None = None
+    labels: Path | None = None
 
     def load(self, with_expression: bool = True) -> Slide:
-        return build_slide(
+        slide = build_slide(
             self.slide_id,
             self.spots,
             image=self.image,
@@ -45,6 +47,9 @@ class CohortEntry:
             patient=self.patient,
             with_expression=with_expression,
         )
+        if self.labels is not None:
+            slide.labels = str(self.labels)
+        return slide
 
 
 def read_cohort(path: str | Path) -> list[CohortEntry]:
@@ -83,6 +88,7 @@ def read_cohort(path: str | Path) -> list[CohortEntry]:
                 counts=_resolve(base, row.counts),
                 pixel_size_um=_pixel_size(row.pixel_size_um, slide_id, path),
                 patient=row.patient.strip() or None,
+                labels=_resolve(base, getattr(row, "labels", "")),
             )
         )
     return entries

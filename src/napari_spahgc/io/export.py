@@ -91,6 +91,23 @@ def stream_h5ad(adata: ad.AnnData, path: str | Path) -> Iterator[h5py.Dataset]:
                 write_elem(file, key, dict(getattr(adata, key)))
 
 
+def copy_with_obs(
+    source: str | Path, path: str | Path, obs: pd.DataFrame, uns: Mapping | None = None
+) -> Path:
+    """A copy of the h5ad ``source`` at ``path`` with ``obs`` replaced and ``uns`` entries added, made
+    atomically; X and the layers are copied as bytes, never loaded (a Visium HD file stays cheap)."""
+    import shutil
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+        with h5py.File(tmp, "r+") as file:
+            write_elem(file, "obs", obs)
+            for key, value in (uns or {}).items():
+                write_elem(file["uns"], key, storable(value))
+    return path
+
+
 def measured_values(
     counts: ad.AnnData, genes: Sequence[str], sparse: bool | None = None
 ) -> np.ndarray | sp.csr_matrix:
@@ -160,7 +177,7 @@ def provenance_record(details: Mapping, slide: Slide | None = None) -> dict:
         "inputs": dict(slide.sources) if slide is not None else {},
     }
     record.update(details)
-    return _storable(record)
+    return storable(record)
 
 
 def _spatial_entry(slide: Slide) -> dict:
@@ -178,10 +195,10 @@ def _spatial_entry(slide: Slide) -> dict:
     return entry
 
 
-def _storable(value):
+def storable(value):
     """Recursively turn a record into types anndata writes (dicts, str, numbers, arrays)."""
     if isinstance(value, Mapping):
-        return {str(k): _storable(v) for k, v in value.items()}
+        return {str(k): storable(v) for k, v in value.items()}
     if value is None:
         return ""
     if isinstance(value, Path):

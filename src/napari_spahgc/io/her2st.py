@@ -118,12 +118,19 @@ def her2st_cohort_table(folder: str | Path | None = None, sections: Sequence[str
             "counts": [str(folder / "ST-cnts" / f"{s}.tsv.gz") for s in sections],
             "pixel_size_um": PIXEL_SIZE_UM,
             "patient": PATIENT,
+            "labels": [_labels(folder, s) for s in sections],
         }
     )
     path = cache_dir("her2st") / f"cohort-{'-'.join(sections)}.csv"
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
     return path
+
+
+def _labels(folder: Path, section: str) -> str:
+    """The section's tissue-domain labels where the folder has them (the shared copy does), else ""."""
+    path = folder / "labels" / f"{section}-cluster-annotation.tsv.gz"
+    return str(path) if path.is_file() else ""
 
 
 def her2st_slides(sections: Sequence[str] = SECTIONS) -> list[Slide]:

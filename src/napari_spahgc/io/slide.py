@@ -158,6 +158,8 @@ class Slide:
     - ``centers_px`` is (n, 2) float64 of full-resolution pixel centres, column 0 = x (column),
       column 1 = y (row).
     - ``expression`` holds raw counts with ``obs_names == spot_ids`` (None for a slide to predict).
+    - ``labels``: a per-spot labels table (tissue domains; the cohort's optional ``labels`` column)
+      that the benchmark scores domains against (:mod:`napari_spahgc.downstream.labels`).
     """
 
     slide_id: str
@@ -170,6 +172,7 @@ class Slide:
     patient: str | None = None
     spot_diameter_px: float | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    labels: str | None = None
 
     def __post_init__(self) -> None:
         self.spot_ids = pd.Index(self.spot_ids.astype(str), name="spot_id")

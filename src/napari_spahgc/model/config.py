@@ -80,7 +80,7 @@ class TrainOptions:
     ``hold_out=False``: no member holds a slide out; each trains on every training slide for all the
     epochs and keeps its final epoch (the paper's protocol). ``tune_smoothing``: after training, the
     members' held-out slides choose the prediction smoothing (``GraphOptions.smoothing``) among
-    ``neighbours.SELF_WEIGHTS``; without held-out slides it stays as given.
+    ``base.spatial.SELF_WEIGHTS``; without held-out slides it stays as given.
 
     ``training_bank``: the references of a member's training graphs. ``"member"``: the member's other
     training slides; ``"all"``: every other training slide, the member's held-out slides included (their

@@ -19,6 +19,7 @@ from napari_spahgc.base.conformal import DEFAULT_LEVEL, LEVELS, Calibration, spo
 from napari_spahgc.base.errors import InputError
 from napari_spahgc.base.files import atomic_path
 from napari_spahgc.base.progress import Progress, run_to_end
+from napari_spahgc.base.spatial import spatial_neighbours
 from napari_spahgc.embed.device import resolve_device
 from napari_spahgc.embed.weights import sha256
 from napari_spahgc.io.intervals import store_intervals, store_references, summarise_intervals
@@ -38,7 +39,6 @@ from napari_spahgc.model.folder import (
     verified_tensors,
 )
 from napari_spahgc.model.graph import ReferenceBank, graph_parts, reference_features
-from napari_spahgc.model.neighbours import spatial_neighbours
 from napari_spahgc.model.network import SpaHGC
 from napari_spahgc.model.slide_data import FeatureScale, SlideData
 from napari_spahgc.view.explain import check_gene, reference_table, spot_row

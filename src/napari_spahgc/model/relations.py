@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_spahgc.base.spatial import spatial_neighbours
 from napari_spahgc.model.config import GraphOptions, ModelOptions
-from napari_spahgc.model.neighbours import spatial_neighbours, topk_cosine
+from napari_spahgc.model.neighbours import topk_cosine
 
 
 @dataclass(frozen=True)

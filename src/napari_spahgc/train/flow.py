@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from napari_spahgc.base.errors import InputError
 from napari_spahgc.base.files import prepare_output_folder
 from napari_spahgc.base.progress import Progress
@@ -43,10 +45,13 @@ class TrainRequest:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """The trained model, and its folder when the request named one."""
+    """The trained model, its folder when the request named one, and the members' predictions of
+    their own held-out training slides (slide id → spots × genes; the benchmark's inner validation of
+    what it chooses after training, e.g. the tissue-domain settings)."""
 
     model: SpaHGCPredictor
     folder: str | None = None
+    held_out: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def train(request: TrainRequest) -> Generator[Progress, None, TrainResult]:
@@ -64,7 +69,7 @@ def train(request: TrainRequest) -> Generator[Progress, None, TrainResult]:
     yield from trainer.steps()
     model = trainer.result
     folder = str(model.save(request.out)) if request.out is not None else None
-    return TrainResult(model, folder)
+    return TrainResult(model, folder, trainer.held_out_predictions)
 
 
 def _trainer(request: TrainRequest, embeddings: Embeddings) -> Trainer:

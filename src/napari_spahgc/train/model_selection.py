@@ -13,7 +13,7 @@ from torch import Tensor
 
 from napari_spahgc.base.conformal import Calibration, gathered_deviation
 from napari_spahgc.base.metrics import gene_pcc, score
-from napari_spahgc.model.neighbours import SELF_WEIGHTS, spatial_mix, spatial_neighbours
+from napari_spahgc.base.spatial import SELF_WEIGHTS, spatial_mix, spatial_neighbours
 from napari_spahgc.model.network import SpaHGC
 from napari_spahgc.model.relations import CS
 from napari_spahgc.model.slide_data import FeatureScale
@@ -119,20 +119,30 @@ def choose_smoothing(
     return max(means, key=means.get), {f"{k:g}": round(v, 5) for k, v in means.items()}
 
 
-def calibrate(
-    network: SpaHGC, rounds, scale: FeatureScale, q: int, smoothing: float, device, seed: int = 0
-) -> Calibration:
+def held_out_predictions(
+    network: SpaHGC, rounds, scale: FeatureScale, q: int, smoothing: float, device
+) -> list[tuple[int, int, tuple, np.ndarray]]:
+    """Every member's prediction of each of its own held-out slides, smoothed as the model predicts:
+    (round, member, its round entry (graph, truth, coords), prediction), scored rounds only."""
+    members = list(range(len(rounds[0])))
+    predictions = []
+    for r, graphs in enumerate(rounds):
+        for m, entry, prediction in _round_predictions(network, [graphs], members, scale, device):
+            if entry[1] is None:
+                continue
+            if smoothing:
+                prediction = spatial_mix(prediction, spatial_neighbours(entry[2], q), 1 - smoothing)
+            predictions.append((r, m, entry, prediction))
+    return predictions
+
+
+def calibrate(predictions, scale: FeatureScale, seed: int = 0) -> Calibration:
     """The prediction intervals' calibration (:class:`~napari_spahgc.base.conformal.Calibration`) on
-    the members' predictions of their own held-out slides, smoothed as the model predicts, each spot
+    the members' predictions of their own held-out slides (:func:`held_out_predictions`), each spot
     with the deviation of its retrieved references (the slide's bank: the member's training slides);
     the held-out slides are the inner validation's groups."""
     parts: dict[str, list[np.ndarray]] = {"truth": [], "prediction": [], "deviation": [], "group": []}
-    members = list(range(len(rounds[0])))
-    for _, (graph, truth, coords), prediction in _round_predictions(network, rounds, members, scale, device):
-        if truth is None:
-            continue
-        if smoothing:
-            prediction = spatial_mix(prediction, spatial_neighbours(coords, q), 1 - smoothing)
+    for _, _, (graph, truth, _), prediction in predictions:
         store = graph["reference"]
         bank_rows = store.bank_index[graph[CS].edge_index[0].view(len(truth), -1)].numpy()
         used, rows = np.unique(bank_rows, return_inverse=True)

@@ -28,6 +28,7 @@ from napari_spahgc.train.model_selection import (
     BestEpochs,
     calibrate,
     choose_smoothing,
+    held_out_predictions,
     nanmean_columns,
     validate,
     validation_groups,
@@ -81,6 +82,9 @@ class Trainer:
         )
         self.metadata.validation_slides = [[self.slides[i].slide_id for i in g] for g in self.held_out]
         self.result: SpaHGCPredictor | None = None
+        #: the members' smoothed predictions of their own held-out training slides, by slide id
+        #: (empty without held-out slides): inner validation for what is chosen after training
+        self.held_out_predictions: dict[str, np.ndarray] = {}
         self._bank: tuple[tuple[str, ...], ReferenceBank, np.ndarray] | None = None  # the last one built
         self._features = reference_features(self.bank, np.arange(len(self.bank)))
         sizes = [s.n_spots for s in self.slides]
@@ -179,16 +183,12 @@ class Trainer:
                 self.metadata.validation["smoothing_pcc"] = means
         calibration = None
         if validation:  # the intervals: calibrated on the held-out slides, as the model now predicts
-            calibration = calibrate(
-                network,
-                validation,
-                self.scale,
-                graph_options.q,
-                graph_options.smoothing,
-                device,
-                self.options.seed,
+            predictions = held_out_predictions(
+                network, validation, self.scale, graph_options.q, graph_options.smoothing, device
             )
+            calibration = calibrate(predictions, self.scale, self.options.seed)
             self.metadata.calibration = calibration.record()
+            self.held_out_predictions = self._by_slide(predictions)
         config = SpaHGCConfig(graph_options, self.model_options, replace(self.options, epochs=epochs_run))
         return SpaHGCPredictor(
             network.cpu().eval(),
@@ -199,6 +199,13 @@ class Trainer:
             self.metadata,
             calibration=calibration,
         )
+
+    def _by_slide(self, predictions) -> dict[str, np.ndarray]:
+        """Each held-out training slide's prediction (the mean over the members that held it out)."""
+        by_slide: dict[str, list[np.ndarray]] = {}
+        for r, m, _, prediction in predictions:
+            by_slide.setdefault(self.slides[self.held_out[m][r]].slide_id, []).append(prediction)
+        return {slide_id: np.mean(values, axis=0) for slide_id, values in by_slide.items()}
 
     def _backward(self, network: SpaHGC, batch: GraphBatch, mask_rng: np.random.Generator) -> float:
         """Back-propagate the loss of every member in ``batch`` on its graph: supervised + contrastive

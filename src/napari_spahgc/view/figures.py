@@ -1,4 +1,5 @@
-"""A figure of one gene, predicted beside measured, over the H&E (``spahgc render``, the demo).
+"""Figures over the H&E: one gene predicted beside measured (``spahgc render``, the demo), tissue
+domains (``spahgc domains``), and a bar plot of gene-set enrichment (``spahgc markers``).
 
 Qt-free and without pyplot state: a matplotlib ``Figure`` drawn by the Agg canvas.
 """
@@ -9,6 +10,7 @@ import difflib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 
 from napari_spahgc.base.errors import InputError
@@ -74,6 +76,98 @@ def render_gene(
         ax.set_axis_off()
     figure.colorbar(spots, ax=list(axes), shrink=0.8, label=f"{gene} {UNITS}")
     figure.suptitle(f"{slide_id} — {gene}{_scores(prediction, gene)}")
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        figure.savefig(tmp, format="png")
+    return out_path
+
+
+#: categorical colours of domains (matplotlib's tab20 order: tab10's strong colours first), as RGB
+DOMAIN_COLOURS = tuple(
+    tuple(int(c[i : i + 2], 16) / 255 for i in (1, 3, 5))
+    for c in (
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+        "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+        "#dbdb8d", "#9edae5",
+    )
+)  # fmt: skip
+
+
+def domain_colours(n: int) -> np.ndarray:
+    """(n, 4) RGBA colours of domains 0 … n − 1 (repeating after 20)."""
+    rgb = np.array([DOMAIN_COLOURS[i % len(DOMAIN_COLOURS)] for i in range(n)], dtype=np.float32)
+    return np.column_stack([rgb, np.ones(n, np.float32)])
+
+
+def render_domains(
+    prediction: AnnData, domains, out_path: str | Path, title: str, max_spots: int = 200_000, dpi: int = 150
+) -> Path:
+    """Write a PNG of each spot's domain (categorical colours, a legend with the domains' sizes) over
+    the H&E thumbnail of the file's ``uns['spatial']``. Above ``max_spots`` a random subsample is
+    drawn (a 700k-bin slide at thumbnail scale looks the same)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    domains = pd.Categorical(domains)
+    _, thumbnail, scale, diameter = _background(prediction, None)
+    xy = np.asarray(prediction.obsm["spatial"], dtype=float) * scale
+    shown = np.arange(len(xy))
+    if len(xy) > max_spots:
+        shown = np.sort(np.random.default_rng(0).choice(len(xy), max_spots, replace=False))
+    size = diameter * scale if diameter else spot_pitch(xy[shown]) * 0.8
+    margin = size * 1.5
+    (x0, y0), (x1, y1) = xy.min(axis=0) - margin, xy.max(axis=0) + margin
+    colours = domain_colours(len(domains.categories))
+    figure = Figure(
+        figsize=(7.5, float(np.clip(5.5 * (y1 - y0) / max(x1 - x0, 1e-9), 2.5, 9.0)) + 0.6), dpi=dpi
+    )
+    FigureCanvasAgg(figure)
+    ax = figure.add_axes((0.02, 0.02, 0.7, 0.9))
+    if thumbnail is not None:
+        ax.imshow(thumbnail)
+    points_per_unit = 72 * ax.get_position().width * figure.get_figwidth() / (x1 - x0)
+    ax.scatter(
+        xy[shown, 0],
+        xy[shown, 1],
+        s=(size * points_per_unit) ** 2,
+        c=colours[domains.codes[shown]],
+        linewidths=0,
+    )
+    ax.set(xlim=(x0, x1), ylim=(y1, y0), aspect="equal")
+    ax.set_axis_off()
+    counts = pd.Series(domains).value_counts().reindex(domains.categories, fill_value=0)
+    handles = [
+        Patch(color=colours[i], label=f"{name} ({counts[name]:,})")
+        for i, name in enumerate(domains.categories)
+    ]
+    figure.legend(handles=handles, title="domain (spots)", loc="center right", frameon=False)
+    figure.suptitle(title, fontsize=10)
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        figure.savefig(tmp, format="png")
+    return out_path
+
+
+def render_enrichment(
+    table: pd.DataFrame, out_path: str | Path, title: str, top: int = 15, dpi: int = 150
+) -> Path:
+    """Write a PNG bar plot of the ``top`` gene sets by over-representation: −log10 adjusted p, with
+    the hits / set size at each bar."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    shown = table.head(top).iloc[::-1]
+    figure = Figure(figsize=(7.5, 1.2 + 0.32 * max(len(shown), 1)), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    bars = -np.log10(np.clip(shown["ora_padj"].to_numpy(dtype=float), 1e-300, 1))
+    ax.barh(np.arange(len(shown)), bars, color=np.where(shown["ora_padj"] < 0.05, "#d62728", "#9e9e9e"))
+    ax.set_yticks(np.arange(len(shown)), [str(s)[:50] for s in shown["set"]], fontsize=8)
+    for row, (value, hits, size) in enumerate(zip(bars, shown["hits"], shown["set_size"], strict=True)):
+        ax.text(value, row, f" {hits}/{size}", va="center", fontsize=7)
+    ax.axvline(-np.log10(0.05), color="black", linewidth=0.8, linestyle="--")
+    ax.set(xlabel="−log10 adjusted p (over-representation of up genes)", title=f"Gene sets — {title}")
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         figure.savefig(tmp, format="png")

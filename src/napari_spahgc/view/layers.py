@@ -37,6 +37,7 @@ class LayerKind(str, Enum):
     PREDICTED = "predicted"  #: predicted spots of one gene over the H&E
     MEASURED_BESIDE_PREDICTION = "measured beside prediction"  #: measured spots of that gene, beside
     IMAGE_BESIDE_PREDICTION = "image beside prediction"  #: the H&E under them
+    DOMAINS = "domains"  #: the slide's spots coloured by tissue domain
 
     def __str__(self) -> str:
         return self.value
@@ -160,6 +161,47 @@ def prediction_layers(slide: Slide, prediction, gene: str, colormap: str = "viri
         meta["translate"] = shift
         layers.append((data, meta, layer_type))
     return layers
+
+
+def domain_layer(slide: Slide, domains: pd.Categorical, what: str = "predicted") -> tuple:
+    """The slide's spots coloured by domain (the PNG's colours, :func:`~napari_spahgc.view.figures.domain_colours`):
+    Points with a ``domain`` feature, or for binned slides a Labels raster (label = domain code + 1)."""
+    from napari_spahgc.view.figures import domain_colours
+
+    colours = domain_colours(len(domains.categories))
+    name = f"{slide.slide_id} domains ({what})"
+    metadata = _slide_metadata(slide, LayerKind.DOMAINS)
+    metadata["domains"] = list(domains.categories)
+    grid = spot_grid(slide.centers_px) if slide.n_spots >= RASTER_MIN_SPOTS else None
+    if grid is not None:
+        index, pitch, origin = grid
+        labels = np.zeros(tuple(index.max(axis=0) + 1), dtype=np.int32)
+        labels[index[:, 0], index[:, 1]] = domains.codes + 1
+        metadata["grid_index"] = index
+        step = pitch * (slide.pixel_size_um or 1.0)
+        meta = {
+            "name": name,
+            "colormap": {
+                None: (0, 0, 0, 0),
+                0: (0, 0, 0, 0),
+                **{i + 1: tuple(c) for i, c in enumerate(colours)},
+            },
+            "scale": (step, step),
+            "translate": tuple(origin[::-1] * (slide.pixel_size_um or 1.0)),
+            "metadata": {METADATA_KEY: metadata},
+        }
+        return labels, meta, "labels"
+    data, meta, _ = spots_layer(slide)
+    features = pd.DataFrame({"spot_id": slide.spot_ids.to_numpy(dtype=object), "domain": domains})
+    meta.update(
+        name=name,
+        features=features,
+        face_color=colours[domains.codes],
+        border_width=0,
+        opacity=1.0,
+        metadata={METADATA_KEY: metadata},
+    )
+    return data, meta, "points"
 
 
 def gene_values(prediction, gene: str) -> tuple[np.ndarray, np.ndarray | None]:

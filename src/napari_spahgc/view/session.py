@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 from psygnal import Signal
 
@@ -31,6 +32,7 @@ class Session:
     prediction_changed = Signal(str)  # slide id
     gene_changed = Signal(str)
     spot_changed = Signal(object)  # spot id or None
+    domains_changed = Signal(str, str)  # slide id, what was clustered ("predicted" or "measured")
 
     def __init__(self) -> None:
         self.slides: dict[str, Slide] = {}
@@ -97,6 +99,15 @@ class Session:
         self.prediction_changed.emit(slide_id)
         if self.gene not in prediction.var_names:
             self.set_gene(default_gene(prediction))
+
+    def set_domains(self, slide_id: str, columns: pd.DataFrame, what: str) -> None:
+        """Domains of a predicted slide: ``columns`` (``domain``, maybe ``domain_measured``) go into its
+        predictions' obs, so the Export widget writes them; ``what`` was clustered."""
+        prediction = self.predictions[slide_id]
+        prediction.obs = prediction.obs.drop(columns=["domain", "domain_measured"], errors="ignore")
+        for name, values in columns.items():
+            prediction.obs[name] = values.reindex(prediction.obs_names)
+        self.domains_changed.emit(slide_id, what)
 
     def set_gene(self, gene: str) -> None:
         self.gene = gene
