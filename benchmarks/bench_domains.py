@@ -7,8 +7,8 @@ file is written once, unmeasured, in the layout ``spahgc predict`` writes (``io.
 X float32 streamed by blocks, the sparse ``measured`` layer, ``obsm['spatial']``, the H&E thumbnail)
 on the 785-gene panel. X holds each bin's measured log1p CPM averaged over its 24 nearest bins: smooth,
 as predictions are; what the domains cost depends on the file's size and layout, not on what made
-its values. Each measured command runs in its own process (``bench_scale.run_child``: wall time and that
-child's peak RSS): KMeans with 8 domains, Leiden at resolution 1 (both at the default spatial weight),
+its values. Each measured command runs in its own process (``children.run_child``: wall time and that
+child's peak RSS; the preparation runs in another, so no child is forked from a heavy parent): KMeans with 8 domains, Leiden at resolution 1 (both at the default spatial weight),
 then the markers of domain 0 against the rest with the example gene sets.
 """
 
@@ -16,17 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-from bench_scale import run_child
-from scale_slides import make_hd
-
-import napari_spahgc as ns
-from napari_spahgc.base.spatial import spatial_mix, spatial_neighbours
-from napari_spahgc.downstream.domains import row_blocks
-from napari_spahgc.io.export import measured_values, spot_anndata, stream_h5ad
+from children import run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 PANEL = ROOT.parent / "shared" / "data" / "her2st" / "her2st_785_genes.txt"
@@ -34,7 +28,16 @@ SMOOTHING_BINS = 24
 
 
 def predictions_file(work: Path, spots: int) -> Path:
-    """The predictions-format h5ad of an HD slide of ``spots`` bins (made once)."""
+    """The predictions-format h5ad of an HD slide of ``spots`` bins (made once; imports here: the
+    measuring parent stays light)."""
+    import numpy as np
+    from scale_slides import make_hd
+
+    import napari_spahgc as ns
+    from napari_spahgc.base.spatial import spatial_mix, spatial_neighbours
+    from napari_spahgc.downstream.domains import row_blocks
+    from napari_spahgc.io.export import measured_values, spot_anndata, stream_h5ad
+
     path = work / f"C2_hd{spots}_predictions.h5ad"
     if path.is_file():
         return path
@@ -59,9 +62,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/domains_bench"))
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--out", type=Path, default=None, help="JSON of the records")
+    parser.add_argument("--prepare-only", action="store_true", help="write the predictions file and stop")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    path = predictions_file(args.work, args.spots)
+    if args.prepare_only:
+        predictions_file(args.work, args.spots)
+        return
+    # made in a process of its own: a child forked from a parent holding the 4 GB of the preparation
+    # would count them in its peak RSS (ru_maxrss survives exec)
+    prepare = [
+        sys.executable,
+        __file__,
+        "--spots",
+        str(args.spots),
+        "--work",
+        str(args.work),
+        "--prepare-only",
+    ]
+    subprocess.run(prepare, check=True)
+    path = args.work / f"C2_hd{args.spots}_predictions.h5ad"
     cli = [sys.executable, "-c", "from napari_spahgc.cli import main; main()"]
     runs = {
         "domains kmeans 8": [*cli, "domains", str(path), "--n-domains", "8", "--out", str(args.work / "kmeans")],

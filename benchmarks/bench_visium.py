@@ -49,7 +49,7 @@ def cohorts(work: Path, target: str) -> tuple[Path, Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bench_scale import run_child
+    from children import run_child
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True)

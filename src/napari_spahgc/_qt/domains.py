@@ -66,12 +66,15 @@ class DomainsWidget(SessionWidget):
         self.scores = QLabel("")
         self.scores.setWordWrap(True)
         self.legend = _table(("", "domain", "spots", "share"))
+        self.legend.setMinimumHeight(200)  # about seven domains without scrolling
         self.legend.itemSelectionChanged.connect(self._picked_domain)
         self.versus = QComboBox()
         self.min_pcc = _spin(-1.0, 1.0, DEFAULT_MIN_PCC, 0.05)
         self.gene_sets = PathField("file", "Gene sets", "GMT (*.gmt *.txt)", "optional: gene sets .gmt")
         self.compare = RunPanel("Find markers", self.run_markers)
         self.de_table, self.set_table = _table(_DE_COLUMNS), _table(_SET_COLUMNS)
+        for table in (self.de_table, self.set_table):
+            table.setMinimumHeight(150)
         self.folder = PathField("folder", "Save tables in", placeholder="folder for the CSV tables")
         save = QPushButton("Save tables")
         save.clicked.connect(self._save)

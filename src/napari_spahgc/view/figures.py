@@ -16,7 +16,7 @@ from anndata import AnnData
 from napari_spahgc.base.errors import InputError
 from napari_spahgc.base.files import atomic_path
 from napari_spahgc.io.slide import spot_pitch
-from napari_spahgc.view.layers import gene_values, shared_limits
+from napari_spahgc.view.layers import RASTER_MIN_SPOTS, gene_values, shared_limits, spot_grid
 
 UNITS = "log1p CPM"
 
@@ -99,41 +99,40 @@ def domain_colours(n: int) -> np.ndarray:
     return np.column_stack([rgb, np.ones(n, np.float32)])
 
 
-def render_domains(
-    prediction: AnnData, domains, out_path: str | Path, title: str, max_spots: int = 200_000, dpi: int = 150
-) -> Path:
+def render_domains(prediction: AnnData, domains, out_path: str | Path, title: str, dpi: int = 150) -> Path:
     """Write a PNG of each spot's domain (categorical colours, a legend with the domains' sizes) over
-    the H&E thumbnail of the file's ``uns['spatial']``. Above ``max_spots`` a random subsample is
-    drawn (a 700k-bin slide at thumbnail scale looks the same)."""
+    the H&E thumbnail of the file's ``uns['spatial']``; binned slides (Visium HD) as one pixel per bin."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     domains = pd.Categorical(domains)
     _, thumbnail, scale, diameter = _background(prediction, None)
-    xy = np.asarray(prediction.obsm["spatial"], dtype=float) * scale
-    shown = np.arange(len(xy))
-    if len(xy) > max_spots:
-        shown = np.sort(np.random.default_rng(0).choice(len(xy), max_spots, replace=False))
-    size = diameter * scale if diameter else spot_pitch(xy[shown]) * 0.8
+    centres = np.asarray(prediction.obsm["spatial"], dtype=float)
+    xy = centres * scale
+    grid = spot_grid(centres) if len(xy) >= RASTER_MIN_SPOTS else None
+    size = diameter * scale if diameter else spot_pitch(xy, max_queries=5000) * 0.8
     margin = size * 1.5
     (x0, y0), (x1, y1) = xy.min(axis=0) - margin, xy.max(axis=0) + margin
     colours = domain_colours(len(domains.categories))
-    figure = Figure(
-        figsize=(7.5, float(np.clip(5.5 * (y1 - y0) / max(x1 - x0, 1e-9), 2.5, 9.0)) + 0.6), dpi=dpi
-    )
+    height = float(np.clip(5.5 * (y1 - y0) / max(x1 - x0, 1e-9), 2.5, 9.0)) + 0.6
+    figure = Figure(figsize=(7.5, height), dpi=dpi)
     FigureCanvasAgg(figure)
     ax = figure.add_axes((0.02, 0.02, 0.7, 0.9))
     if thumbnail is not None:
         ax.imshow(thumbnail)
-    points_per_unit = 72 * ax.get_position().width * figure.get_figwidth() / (x1 - x0)
-    ax.scatter(
-        xy[shown, 0],
-        xy[shown, 1],
-        s=(size * points_per_unit) ** 2,
-        c=colours[domains.codes[shown]],
-        linewidths=0,
-    )
+    if grid is not None:  # binned (Visium HD): one pixel per bin
+        index, pitch, origin = grid
+        raster = np.zeros((*(index.max(axis=0) + 1), 4), np.float32)
+        raster[index[:, 0], index[:, 1]] = colours[domains.codes] * (1, 1, 1, 0.75)  # the H&E shows through
+        (left, top), step = origin * scale, pitch * scale
+        right, bottom = left + raster.shape[1] * step, top + raster.shape[0] * step
+        ax.imshow(raster, extent=(left - step / 2, right - step / 2, bottom - step / 2, top - step / 2))
+    else:
+        points_per_unit = 72 * ax.get_position().width * figure.get_figwidth() / (x1 - x0)
+        ax.scatter(
+            xy[:, 0], xy[:, 1], s=(size * points_per_unit) ** 2, c=colours[domains.codes], linewidths=0
+        )
     ax.set(xlim=(x0, x1), ylim=(y1, y0), aspect="equal")
     ax.set_axis_off()
     counts = pd.Series(domains).value_counts().reindex(domains.categories, fill_value=0)
