@@ -58,7 +58,7 @@ def test_domains_markers_and_gene_sets_in_a_real_viewer(
 
     domains.folder.set_text(str(tmp_path / "tables"))
     (tmp_path / "tables").mkdir()
-    domains._save()
+    domains.save_tables()
     saved = pd.read_csv(tmp_path / "tables" / "de_0_vs_rest.csv")
     assert list(saved["gene"]) == list(tested["gene"])
     assert (tmp_path / "tables" / "enrichment_0_vs_rest.csv").is_file()

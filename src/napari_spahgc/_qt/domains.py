@@ -8,8 +8,6 @@ process: they import no torch.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import anndata as ad
 import napari
 import pandas as pd
@@ -30,11 +28,19 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_spahgc._qt._common import PathField, RunPanel, SessionWidget, layer_info, notify_failure
+from napari_spahgc._qt._common import PathField, RunPanel, SessionWidget, guarded, layer_info
 from napari_spahgc.base.errors import InputError
-from napari_spahgc.base.files import write_csv
+from napari_spahgc.base.files import prepare_output_folder
 from napari_spahgc.downstream.domains import DEFAULT_SPATIAL_WEIGHT, DomainOptions
-from napari_spahgc.downstream.flow import DomainsRequest, MarkersRequest, domains, markers
+from napari_spahgc.downstream.flow import (
+    DomainsRequest,
+    MarkersRequest,
+    MarkersResult,
+    domains,
+    markers,
+    write_markers,
+)
+from napari_spahgc.downstream.labels import score_line
 from napari_spahgc.downstream.markers import DEFAULT_MIN_PCC, Comparison
 from napari_spahgc.run.runners import InProcess
 from napari_spahgc.view.figures import domain_colours
@@ -67,7 +73,7 @@ class DomainsWidget(SessionWidget):
         self.scores.setWordWrap(True)
         self.legend = _table(("", "domain", "spots", "share"))
         self.legend.setMinimumHeight(200)  # about seven domains without scrolling
-        self.legend.itemSelectionChanged.connect(self._picked_domain)
+        self.legend.itemSelectionChanged.connect(self._on_pick)
         self.versus = QComboBox()
         self.min_pcc = _spin(-1.0, 1.0, DEFAULT_MIN_PCC, 0.05)
         self.gene_sets = PathField("file", "Gene sets", "GMT (*.gmt *.txt)", "optional: gene sets .gmt")
@@ -77,7 +83,7 @@ class DomainsWidget(SessionWidget):
             table.setMinimumHeight(150)
         self.folder = PathField("folder", "Save tables in", placeholder="folder for the CSV tables")
         save = QPushButton("Save tables")
-        save.clicked.connect(self._save)
+        save.clicked.connect(guarded("Save tables", self.save_tables))
         form = QFormLayout()
         form.addRow("values", self.source)
         form.addRow("domains", self.n_domains)
@@ -97,7 +103,7 @@ class DomainsWidget(SessionWidget):
             layout.addWidget(widget)
         for widget in (QLabel("Gene sets"), self.set_table, self.folder, save):
             layout.addWidget(widget)
-        self.tables: dict[str, pd.DataFrame] = {}
+        self.found: tuple[Comparison, MarkersResult] | None = None  # the last markers shown
         self.session.current_changed.connect(self._clear)
 
     # --------------------------------------------------------------------------------- domains
@@ -122,12 +128,7 @@ class DomainsWidget(SessionWidget):
             self.viewer.layers.remove(layer)
         data, meta, layer_type = domain_layer(slide, result.domains, what)
         self.viewer.add_layer(Layer.create(data, meta, layer_type))
-        self.scores.setText(
-            "; ".join(
-                f"{name}: ARI {s['ari']:.3f}, NMI {s['nmi']:.3f} ({s['n_spots']} labelled spots)"
-                for name, s in result.scores.items()
-            )
-        )
+        self.scores.setText("; ".join(score_line(name, s) for name, s in result.scores.items()))
         colours = domain_colours(len(result.sizes))
         self.legend.setRowCount(len(result.sizes))
         for row, (domain, spots, share) in enumerate(result.sizes.itertuples(index=False)):
@@ -146,7 +147,7 @@ class DomainsWidget(SessionWidget):
         rows = self.legend.selectionModel().selectedRows() if self.legend.selectionModel() else []
         return self.legend.item(rows[0].row(), 1).text() if rows else None
 
-    def _picked_domain(self) -> None:
+    def _on_pick(self) -> None:
         if self.picked_domain() is not None and not self.compare.running:
             self.compare.run_button.click()
 
@@ -169,10 +170,19 @@ class DomainsWidget(SessionWidget):
             lambda result: self._show_markers(comparison, result),
         )
 
-    def _show_markers(self, comparison: Comparison, result) -> None:
-        self.tables = {f"de_{comparison.name}": result.de}
+    @property
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The tables on show by the names they are saved under (empty before any markers)."""
+        if self.found is None:
+            return {}
+        comparison, result = self.found
+        tables = {f"de_{comparison.name}": result.de}
         if result.enrichment is not None:
-            self.tables[f"enrichment_{comparison.name}"] = result.enrichment
+            tables[f"enrichment_{comparison.name}"] = result.enrichment
+        return tables
+
+    def _show_markers(self, comparison: Comparison, result: MarkersResult) -> None:
+        self.found = comparison, result
         self._fill(self.de_table, result.de, _DE_COLUMNS)
         self._fill(self.set_table, result.enrichment, _SET_COLUMNS)
 
@@ -184,17 +194,16 @@ class DomainsWidget(SessionWidget):
                 text = f"{value:.3g}" if isinstance(value, float) else str(value)
                 table.setItem(row, column, QTableWidgetItem(text))
 
-    def _save(self) -> None:
-        try:
-            if not self.tables:
-                raise InputError("find a domain's markers first")
-            if not self.folder.text:
-                raise InputError("choose a folder for the tables first")
-            folder = Path(self.folder.text)
-            written = [write_csv(frame, folder / f"{name}.csv") for name, frame in self.tables.items()]
-            show_info(f"saved {', '.join(map(str, written))}")
-        except Exception as error:
-            notify_failure("Save tables", error)
+    def save_tables(self) -> None:
+        """The DE and enrichment tables (and the enrichment plot) as ``spahgc markers`` writes them."""
+        if self.found is None:
+            raise InputError("find a domain's markers first")
+        if not self.folder.text:
+            raise InputError("choose a folder for the tables first")
+        comparison, result = self.found
+        folder = prepare_output_folder(self.folder.text)
+        written = write_markers(folder, comparison, result.de, result.enrichment)
+        show_info(f"saved {', '.join(written.values())}")
 
     # --------------------------------------------------------------------------------- helpers
     def _prediction(self) -> tuple[str, ad.AnnData]:
@@ -206,7 +215,7 @@ class DomainsWidget(SessionWidget):
     def _clear(self, *_) -> None:
         self.scores.setText("")
         self.legend.setRowCount(0)
-        self.tables = {}
+        self.found = None
         self._fill(self.de_table, None, _DE_COLUMNS)
         self._fill(self.set_table, None, _SET_COLUMNS)
 

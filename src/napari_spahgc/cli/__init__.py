@@ -409,14 +409,13 @@ def domains(
     from napari_spahgc.downstream.domains import DomainOptions
     from napari_spahgc.downstream.flow import DomainsRequest
     from napari_spahgc.downstream.flow import domains as domains_flow
+    from napari_spahgc.downstream.labels import score_line
 
     options = DomainOptions(n_domains, resolution, spatial_weight, seed=seed)
     result = drive(InProcess(), domains_flow, DomainsRequest(predictions, options, layer, labels, out))
     typer.echo(result.sizes.to_string(index=False))
     for layer_name, score in result.scores.items():
-        typer.echo(
-            f"{layer_name}: ARI {score['ari']:.3f}, NMI {score['nmi']:.3f} ({score['n_spots']} labelled spots)"
-        )
+        typer.echo(score_line(layer_name, score))
     for path in result.files.values():
         typer.echo(path)
 
@@ -447,15 +446,15 @@ def markers(
     genes that validated, and enrichment of its up genes in your gene sets."""
     from napari_spahgc.downstream.flow import MarkersRequest
     from napari_spahgc.downstream.flow import markers as markers_flow
-    from napari_spahgc.downstream.markers import Comparison
+    from napari_spahgc.downstream.markers import ALPHA, Comparison, up_genes
 
     comparison = Comparison(domain, versus)
     request = MarkersRequest(
         domains_file, comparison, layer, None if min_pcc <= -1 else min_pcc, gene_sets, out
     )
     result = drive(InProcess(), markers_flow, request)
-    significant = result.de[(result.de["padj"] < 0.05) & (result.de["log2_fold_change"] > 0)]
-    typer.echo(f"{comparison.name}: {len(result.de)} genes tested, {len(significant)} up (padj < 0.05)")
+    up = up_genes(result.de)
+    typer.echo(f"{comparison.name}: {len(result.de)} genes tested, {len(up)} up (padj < {ALPHA:g})")
     typer.echo(result.de.head(10).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     if result.enrichment is not None:
         typer.echo(

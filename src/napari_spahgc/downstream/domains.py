@@ -184,9 +184,14 @@ def _leiden(features: np.ndarray, fit: np.ndarray, options: DomainOptions) -> np
     graph = graph.maximum(graph.T)
     fitted_spots = ad.AnnData(obs=pd.DataFrame(index=np.arange(len(fit)).astype(str)))
     sc.tl.leiden(
-        fitted_spots, resolution=options.resolution, adjacency=graph, flavor="igraph", n_iterations=2,
-        directed=False, random_state=options.seed,
-    )  # fmt: skip
+        fitted_spots,
+        resolution=options.resolution,
+        adjacency=graph,
+        flavor="igraph",
+        n_iterations=2,
+        directed=False,
+        random_state=options.seed,
+    )
     fitted = fitted_spots.obs["leiden"].astype(int).to_numpy()
     labels = np.empty(len(features), dtype=np.int64)
     labels[fit] = fitted

@@ -19,10 +19,10 @@ import pandas as pd
 
 from napari_spahgc.base.errors import InputError
 from napari_spahgc.base.files import require_file
+from napari_spahgc.downstream.markers import ALPHA, up_genes
 
 #: sets with fewer genes than this in the tested universe are left out (the field's usual floor)
 MIN_SET_SIZE = 3
-ALPHA = 0.05
 
 
 def read_gene_sets(path: str | Path) -> pd.DataFrame:
@@ -57,7 +57,7 @@ def enrich(
     from scipy.stats import false_discovery_control, hypergeom
 
     universe = pd.Index(de["gene"].astype(str))
-    inside = gene_sets[gene_sets["target"].isin(universe)]
+    inside = gene_sets[gene_sets["target"].isin(universe)].drop_duplicates()
     sizes = inside.groupby("source")["target"].nunique()
     sizes = sizes[sizes >= min_size]
     if sizes.empty:
@@ -67,16 +67,9 @@ def enrich(
             f"genes (e.g. {', '.join(universe[:5])}); gene names must match the predictions' (symbols, case)"
         )
     inside = inside[inside["source"].isin(sizes.index)]
-    up = set(de.loc[(de["padj"] < alpha) & (de["log2_fold_change"] > 0), "gene"].astype(str))
-    hit_genes = (
-        inside[inside["target"].isin(up)].groupby("source")["target"].agg(lambda g: ",".join(sorted(g)))
-    )
-    hits = (
-        inside[inside["target"].isin(up)]
-        .groupby("source")["target"]
-        .nunique()
-        .reindex(sizes.index, fill_value=0)
-    )
+    up = set(up_genes(de, alpha))
+    hit_genes = inside[inside["target"].isin(up)].groupby("source")["target"].agg(sorted)
+    hits = hit_genes.str.len().reindex(sizes.index, fill_value=0)
     ora = hypergeom.sf(hits.to_numpy() - 1, len(universe), sizes.to_numpy(), len(up))
     scores = pd.DataFrame([de["score"].to_numpy(dtype=float)], index=["de"], columns=universe)
     ulm_score, ulm_p = dc.mt.ulm(scores, inside, tmin=min_size)
@@ -93,5 +86,5 @@ def enrich(
         }
     )
     table["ulm_padj"] = false_discovery_control(np.nan_to_num(table["ulm_pvalue"].to_numpy(), nan=1.0))
-    table["genes"] = hit_genes.reindex(sizes.index).fillna("").to_numpy()
+    table["genes"] = hit_genes.str.join(",").reindex(sizes.index).fillna("").to_numpy()
     return table.sort_values(["ora_pvalue", "ulm_pvalue"]).reset_index(drop=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anndata as ad
@@ -23,7 +23,7 @@ from napari_spahgc.base.files import prepare_output_folder, require_file, safe_n
 from napari_spahgc.base.progress import Progress
 from napari_spahgc.downstream.domains import DomainOptions, domain_sizes, find_domains
 from napari_spahgc.downstream.enrichment import enrich, read_gene_sets
-from napari_spahgc.downstream.labels import agreement, labels_for, read_labels
+from napari_spahgc.downstream.labels import agreement, labels_for, read_labels, score_line
 from napari_spahgc.downstream.markers import DEFAULT_MIN_PCC, Comparison, differential_expression
 from napari_spahgc.io.export import copy_with_obs, storable, write_h5ad
 
@@ -73,7 +73,6 @@ def domains(request: DomainsRequest) -> Generator[Progress, None, DomainsResult]
                 f"{source or 'the predictions'}: no obsm['spatial'] (spot centres) to place domains"
             )
         values = layer_values(adata, request.layer)
-        request.options.check(adata.n_obs)
         labels = None
         if request.labels is not None:
             labels = labels_for(adata.obs_names, read_labels(request.labels), request.labels)
@@ -154,9 +153,8 @@ def _write_domains(
     sizes = write_csv(result.sizes, out / "domain_sizes.csv")
     png = render_domains(adata, result.domains, out / "domains.png", _title(adata, request, result))
     report = write_report(out, record, _markdown(record))
-    files = {"h5ad": str(h5ad), "sizes": str(sizes), "png": str(png), "report": str(report)}
-    return DomainsResult(
-        result.spot_ids, result.domains, result.sizes, result.scores, result.measured_domains, files
+    return replace(
+        result, files={"h5ad": str(h5ad), "sizes": str(sizes), "png": str(png), "report": str(report)}
     )
 
 
@@ -173,10 +171,7 @@ def _title(adata: ad.AnnData, request: DomainsRequest, result: DomainsResult) ->
 
 def _markdown(record: dict) -> str:
     lines = ["# Tissue domains", "", f"- values: {record['layer']}", f"- options: {record['options']}"]
-    for layer, score in record["scores"].items():
-        lines.append(
-            f"- {layer}: ARI {score['ari']:.3f}, NMI {score['nmi']:.3f} over {score['n_spots']} labelled spots"
-        )
+    lines += [f"- {score_line(layer, score)}" for layer, score in record["scores"].items()]
     lines += ["", "| domain | spots | share |", "|---|---|---|"]
     lines += [f"| {r['domain']} | {r['spots']} | {r['share']:.3f} |" for r in record["sizes"]]
     return "\n".join(lines)
@@ -217,22 +212,18 @@ def markers(request: MarkersRequest) -> Generator[Progress, None, MarkersResult]
     if gene_sets is not None:
         yield Progress(1, 2, "enrichment", "markers")
         table = enrich(de, gene_sets, source=request.gene_sets)
-    files = {} if out is None else _write_markers(out, request.comparison, de, table)
+    files = {} if out is None else write_markers(out, request.comparison, de, table)
     yield Progress(2, 2, "done", "markers", {"tested": len(de)})
     return MarkersResult(de, table, files)
 
 
-def _write_markers(out: Path, comparison: Comparison, de: pd.DataFrame, table: pd.DataFrame | None) -> dict:
+def write_markers(out: Path, comparison: Comparison, de: pd.DataFrame, table: pd.DataFrame | None) -> dict:
+    """The DE table (and the enrichment table with its bar plot) of ``comparison`` in the folder ``out``."""
     from napari_spahgc.view.figures import render_enrichment
 
-    files = {"de": out / f"de_{safe_name(comparison.name)}.csv"}
+    stem = safe_name(comparison.name)
+    files = {"de": write_csv(de, out / f"de_{stem}.csv")}
     if table is not None:
-        files["enrichment"] = out / f"enrichment_{safe_name(comparison.name)}.csv"
-    for key, frame in (("de", de), ("enrichment", table)):
-        if key in files:
-            write_csv(frame, files[key])
-    if table is not None:
-        files["plot"] = render_enrichment(
-            table, out / f"enrichment_{safe_name(comparison.name)}.png", comparison.name
-        )
+        files["enrichment"] = write_csv(table, out / f"enrichment_{stem}.csv")
+        files["plot"] = render_enrichment(table, out / f"enrichment_{stem}.png", comparison.name)
     return {k: str(v) for k, v in files.items()}

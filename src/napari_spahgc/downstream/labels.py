@@ -92,6 +92,11 @@ def agreement(domains, labels: pd.Series) -> dict:
     }
 
 
+def score_line(values: str, score: dict) -> str:
+    """One agreement as people read it: ``predicted: ARI 0.152, NMI 0.252 (176 labelled spots)``."""
+    return f"{values}: ARI {score['ari']:.3f}, NMI {score['nmi']:.3f} ({score['n_spots']} labelled spots)"
+
+
 def _array_ids(table: pd.DataFrame) -> pd.Series:
     """``"{x}x{y}"`` from whole-number array columns (None where either is not one)."""
     x, y = (pd.to_numeric(table[axis], errors="coerce") for axis in ("x", "y"))

@@ -21,6 +21,8 @@ from napari_spahgc.downstream.domains import sampled_rows
 #: 0.3 is where the field starts to call a predicted gene "well predicted"; nothing was tuned on it)
 DEFAULT_MIN_PCC = 0.3
 PCC_COLUMN = "validation_pcc"
+#: the adjusted p-value under which a gene counts as differentially expressed
+ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,15 @@ def differential_expression(
     test = ad.AnnData(sample, obs=obs, var=pd.DataFrame(index=pd.Index(genes)))
     reference = "rest" if comparison.reference == "rest" else "reference"
     sc.tl.rank_genes_groups(
-        test, "side", groups=["group"], reference=reference, method="wilcoxon",
-        corr_method="benjamini-hochberg", use_raw=False, pts=False,
-    )  # fmt: skip
+        test,
+        "side",
+        groups=["group"],
+        reference=reference,
+        method="wilcoxon",
+        corr_method="benjamini-hochberg",
+        use_raw=False,
+        pts=False,
+    )
     result = sc.get.rank_genes_groups_df(test, "group")
     in_group = test.obs["side"].to_numpy() == "group"
     means = pd.DataFrame(
@@ -109,6 +117,11 @@ def differential_expression(
     if PCC_COLUMN in adata.var:
         table[PCC_COLUMN] = adata.var[PCC_COLUMN].reindex(table["gene"]).to_numpy(dtype=float)
     return table.reset_index(drop=True)
+
+
+def up_genes(de: pd.DataFrame, alpha: float = ALPHA) -> pd.Series:
+    """The genes of a DE table significantly up in the group (``padj`` < ``alpha``, positive fold change)."""
+    return de.loc[(de["padj"] < alpha) & (de["log2_fold_change"] > 0), "gene"].astype(str)
 
 
 def _groups(adata, comparison: Comparison) -> dict[str, np.ndarray]:

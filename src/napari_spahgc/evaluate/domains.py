@@ -48,33 +48,42 @@ def domain_scores(
     labels: Mapping[str, pd.Series],
 ) -> dict:
     """The fold record's domain entries for one method's prediction of ``test``: ``domain_ari``,
-    ``domain_nmi``, ``domain_spatial_weight`` and the inner ARI it was chosen by (empty without labels
-    for the test slide or for a training slide the method predicted in inner validation)."""
-    inner_slides = [(s, inner[s.slide_id]) for s in train if s.slide_id in inner and s.slide_id in labels]
-    if test.slide_id not in labels or not inner_slides:
-        return {}
-    n_domains = domain_count(train, labels)
-    weight, inner_ari = choose_weight(inner_slides, labels, n_domains)
-    score = _score(prediction, test, labels, DomainOptions(n_domains=n_domains, spatial_weight=weight))
-    return {
-        "domain_ari": score["ari"],
-        "domain_nmi": score["nmi"],
-        "domain_spatial_weight": weight,
-        "domain_inner_ari": inner_ari,
-        "domain_count": n_domains,
-    }
+    ``domain_nmi``, ``domain_spatial_weight``, the inner ARI it was chosen by and ``domain_count``
+    (empty without labels for the test slide or for a training slide the method predicted in inner
+    validation)."""
+    inner_slides = [(s, inner[s.slide_id]) for s in train if s.slide_id in inner]
+    return {f"domain_{k}": v for k, v in _nested(prediction, inner_slides, train, test, labels).items()}
 
 
 def measured_scores(train: Sequence[SlideData], test: SlideData, labels: Mapping[str, pd.Series]) -> dict:
     """The same domain method on the held-out slide's measured values, its weight chosen on the
     training slides' measured values."""
-    measured = [(s, s.expression) for s in train if s.slide_id in labels]
-    if test.slide_id not in labels or not measured:
+    return _nested(test.expression, [(s, s.expression) for s in train], train, test, labels)
+
+
+def _nested(
+    values: np.ndarray,
+    inner: Sequence[tuple[SlideData, np.ndarray]],
+    train: Sequence[SlideData],
+    test: SlideData,
+    labels: Mapping[str, pd.Series],
+) -> dict:
+    """ARI and NMI of ``test``'s domains found in ``values``, the spatial weight chosen on the ``inner``
+    (training slide, its values) pairs that have labels: ``ari``, ``nmi``, ``spatial_weight``,
+    ``inner_ari``, ``count`` (empty when there is nothing to choose on or to score)."""
+    inner = [(s, v) for s, v in inner if s.slide_id in labels]
+    if test.slide_id not in labels or not inner:
         return {}
     n_domains = domain_count(train, labels)
-    weight, inner_ari = choose_weight(measured, labels, n_domains)
-    score = _score(test.expression, test, labels, DomainOptions(n_domains=n_domains, spatial_weight=weight))
-    return {"ari": score["ari"], "nmi": score["nmi"], "spatial_weight": weight, "inner_ari": inner_ari}
+    weight, inner_ari = choose_weight(inner, labels, n_domains)
+    score = _score(values, test, labels, DomainOptions(n_domains=n_domains, spatial_weight=weight))
+    return {
+        "ari": score["ari"],
+        "nmi": score["nmi"],
+        "spatial_weight": weight,
+        "inner_ari": inner_ari,
+        "count": n_domains,
+    }
 
 
 def domain_count(train: Sequence[SlideData], labels: Mapping[str, pd.Series]) -> int:

@@ -56,9 +56,7 @@ def render_gene(
     low, high = shared_limits(*(values for _, values in panels), percentiles=percentiles)
     slide_id, thumbnail, scale, diameter = _background(prediction, image)
     xy = np.asarray(prediction.obsm["spatial"], dtype=float) * scale
-    size = diameter * scale if diameter else spot_pitch(xy) * 0.8
-    margin = size * 1.5
-    (x0, y0), (x1, y1) = xy.min(axis=0) - margin, xy.max(axis=0) + margin
+    size, (x0, y0), (x1, y1) = _frame(xy, diameter, scale)
 
     height = float(np.clip(5.2 * (y1 - y0) / max(x1 - x0, 1e-9), 2.5, 9.0)) + 0.9  # panel + titles
     figure = Figure(figsize=(5.2 * len(panels) + 0.8, height), dpi=dpi, layout="constrained")
@@ -82,21 +80,14 @@ def render_gene(
     return out_path
 
 
-#: categorical colours of domains (matplotlib's tab20 order: tab10's strong colours first), as RGB
-DOMAIN_COLOURS = tuple(
-    tuple(int(c[i : i + 2], 16) / 255 for i in (1, 3, 5))
-    for c in (
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-        "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
-        "#dbdb8d", "#9edae5",
-    )
-)  # fmt: skip
-
-
 def domain_colours(n: int) -> np.ndarray:
-    """(n, 4) RGBA colours of domains 0 … n − 1 (repeating after 20)."""
-    rgb = np.array([DOMAIN_COLOURS[i % len(DOMAIN_COLOURS)] for i in range(n)], dtype=np.float32)
-    return np.column_stack([rgb, np.ones(n, np.float32)])
+    """(n, 4) RGBA colours of domains 0 … n − 1: matplotlib's tab20, its ten strong colours first,
+    then their light twins (repeating after 20)."""
+    from matplotlib import colormaps
+
+    tab20 = colormaps["tab20"].colors
+    palette = np.array([*tab20[0::2], *tab20[1::2]], dtype=np.float32)
+    return np.column_stack([palette[np.arange(n) % len(palette)], np.ones(n, np.float32)])
 
 
 def render_domains(prediction: AnnData, domains, out_path: str | Path, title: str, dpi: int = 150) -> Path:
@@ -111,9 +102,7 @@ def render_domains(prediction: AnnData, domains, out_path: str | Path, title: st
     centres = np.asarray(prediction.obsm["spatial"], dtype=float)
     xy = centres * scale
     grid = spot_grid(centres) if len(xy) >= RASTER_MIN_SPOTS else None
-    size = diameter * scale if diameter else spot_pitch(xy, max_queries=5000) * 0.8
-    margin = size * 1.5
-    (x0, y0), (x1, y1) = xy.min(axis=0) - margin, xy.max(axis=0) + margin
+    size, (x0, y0), (x1, y1) = _frame(xy, diameter, scale)
     colours = domain_colours(len(domains.categories))
     height = float(np.clip(5.5 * (y1 - y0) / max(x1 - x0, 1e-9), 2.5, 9.0)) + 0.6
     figure = Figure(figsize=(7.5, height), dpi=dpi)
@@ -180,6 +169,13 @@ def _require_gene(prediction: AnnData, gene: str) -> None:
         close = [names[g] for g in difflib.get_close_matches(gene.upper(), list(names), n=5, cutoff=0.5)]
         hint = f"; close matches: {', '.join(close)}" if close else ""
         raise InputError(f"gene {gene!r} is not among the {prediction.n_vars} predicted genes{hint}")
+
+
+def _frame(xy: np.ndarray, diameter: float | None, scale: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """The spots' drawn size and the corners of the view around them (1.5 spots of margin), in the
+    units of ``xy`` (thumbnail pixels; ``diameter`` is in full-resolution pixels)."""
+    size = diameter * scale if diameter else spot_pitch(xy, max_queries=5000) * 0.8
+    return size, xy.min(axis=0) - size * 1.5, xy.max(axis=0) + size * 1.5
 
 
 def _background(prediction: AnnData, image: str | Path | None):

@@ -178,7 +178,6 @@ def domain_layer(slide: Slide, domains: pd.Categorical, what: str = "predicted")
         labels = np.zeros(tuple(index.max(axis=0) + 1), dtype=np.int32)
         labels[index[:, 0], index[:, 1]] = domains.codes + 1
         metadata["grid_index"] = index
-        step = pitch * (slide.pixel_size_um or 1.0)
         meta = {
             "name": name,
             "colormap": {
@@ -186,8 +185,7 @@ def domain_layer(slide: Slide, domains: pd.Categorical, what: str = "predicted")
                 0: (0, 0, 0, 0),
                 **{i + 1: tuple(c) for i, c in enumerate(colours)},
             },
-            "scale": (step, step),
-            "translate": tuple(origin[::-1] * (slide.pixel_size_um or 1.0)),
+            **_grid_placement(slide, pitch, origin),
             "metadata": {METADATA_KEY: metadata},
         }
         return labels, meta, "labels"
@@ -261,17 +259,20 @@ def _gene_raster(slide, values, prediction, gene, kind, limits, colormap, grid) 
     column = prediction.var_names.get_loc(gene)
     metadata = _slide_metadata(slide, kind)
     metadata.update(units="log1p(counts / spot total × 1e6)", grid_index=index)
-    step = pitch * (slide.pixel_size_um or 1.0)
     meta = {
         "name": layer_name(slide.slide_id, gene, kind),
         "colormap": colormap,
         "contrast_limits": limits,
-        "scale": (step, step),
-        "translate": tuple(origin[::-1] * (slide.pixel_size_um or 1.0)),
-        "units": _units(slide),
+        **_grid_placement(slide, pitch, origin),
         "metadata": {METADATA_KEY: metadata},
     }
     return gene_raster(_column(values, column), index), meta, "image"
+
+
+def _grid_placement(slide: Slide, pitch: float, origin: np.ndarray) -> dict:
+    """Where a raster of binned spots (one pixel per bin, :func:`spot_grid`) lies in world units."""
+    pixel = slide.pixel_size_um or 1.0
+    return {"scale": (pitch * pixel,) * 2, "translate": tuple(origin[::-1] * pixel), "units": _units(slide)}
 
 
 def spot_grid(centers: np.ndarray, tolerance: float = 0.1) -> tuple[np.ndarray, float, np.ndarray] | None:
