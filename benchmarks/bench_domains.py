@@ -14,13 +14,11 @@ then the markers of domain 0 against the rest with the example gene sets.
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-from children import run_child
+from children import prepared_arguments, reported, run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 PANEL = ROOT.parent / "shared" / "data" / "her2st" / "her2st_785_genes.txt"
@@ -57,29 +55,11 @@ def predictions_file(work: Path, spots: int) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spots", type=int, default=700_000)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/domains_bench"))
-    parser.add_argument("--timeout", type=float, default=1800)
-    parser.add_argument("--out", type=Path, default=None, help="JSON of the records")
-    parser.add_argument("--prepare-only", action="store_true", help="write the predictions file and stop")
-    args = parser.parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
-    if args.prepare_only:
-        predictions_file(args.work, args.spots)
+    args = prepared_arguments(
+        __file__, __doc__.splitlines()[0], Path("/tmp/domains_bench"), predictions_file, argv
+    )
+    if args is None:
         return
-    # made in a process of its own: a child forked from a parent holding the 4 GB of the preparation
-    # would count them in its peak RSS (ru_maxrss survives exec)
-    prepare = [
-        sys.executable,
-        __file__,
-        "--spots",
-        str(args.spots),
-        "--work",
-        str(args.work),
-        "--prepare-only",
-    ]
-    subprocess.run(prepare, check=True)
     path = args.work / f"C2_hd{args.spots}_predictions.h5ad"
     cli = [sys.executable, "-c", "from napari_spahgc.cli import main; main()"]
     runs = {
@@ -89,12 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                               "--gene-sets", str(ROOT / "examples" / "marker_sets.gmt"), "--min-pcc", "-1",
                               "--out", str(args.work / "markers")],
     }  # fmt: skip
-    records = []
-    for name, command in runs.items():
-        _, measured = run_child(command, args.timeout)
-        records.append({"run": name, "spots": args.spots, **measured})
-        print(f"{name:<20} {args.spots:>9,} bins  {measured['wall_s']:8.1f} s  {measured['peak_rss_gb']:6.2f} GB"
-              + (f"  ({measured['skipped']})" if "skipped" in measured else ""), flush=True)  # fmt: skip
+    records = [reported(name, args.spots, run_child(command, args.timeout)[1]) for name, command in runs.items()]
     if args.out:
         args.out.write_text(json.dumps(records, indent=2))
 

@@ -113,8 +113,18 @@ def write_10x_h5(path: Path, counts: sp.csr_matrix, barcodes: np.ndarray, genes:
     return path
 
 
+#: Space Ranger's low-resolution image: at most 600 px on its longer side.
+LOWRES_SIDE = 600
+
+
 def write_spatial(folder: Path, positions: pd.DataFrame, factors: dict, hires: np.ndarray) -> None:
+    """``spatial/`` as Space Ranger writes it: positions, scalefactors, the hires image and the lowres
+    one (its scalefactor added to ``factors``)."""
     from PIL import Image
+
+    shrink = LOWRES_SIDE / max(hires.shape[:2])
+    lowres = Image.fromarray(hires).reduce(max(1, int(np.ceil(1 / shrink))))
+    factors = {**factors, "tissue_lowres_scalef": factors["tissue_hires_scalef"] * lowres.width / hires.shape[1]}
 
     spatial = folder / "spatial"
     spatial.mkdir(parents=True, exist_ok=True)
@@ -128,6 +138,8 @@ def write_spatial(folder: Path, positions: pd.DataFrame, factors: dict, hires: n
         tmp.write_text(json.dumps(factors, indent=2))
     with atomic_path(spatial / "tissue_hires_image.png") as tmp:
         Image.fromarray(hires).save(tmp, format="PNG")
+    with atomic_path(spatial / "tissue_lowres_image.png") as tmp:
+        lowres.save(tmp, format="PNG")
 
 
 def hires_of(real: ns.Slide, r0: int, c0: int, rows: int, cols: int, side: int = 2000):
@@ -249,7 +261,17 @@ def make_hd(section: str, out: Path, n: int | None = None, seed: int = 0, margin
                "tissue_hires_scalef": scale / 2}  # fmt: skip
     write_spatial(folder, positions, factors, hires)
     write_10x_h5(folder / "filtered_feature_bc_matrix.h5", counts, barcodes, list(real.expression.var_names))
+    write_feature_slice(out / "feature_slice.h5")
     return write_cohort(out, f"{section}_hd{n}", image, folder, um)
+
+
+def write_feature_slice(path: Path) -> Path:
+    """The metadata part of Space Ranger HD's ``feature_slice.h5`` (its layout's file format), which
+    spatialdata-io's reader checks; the per-gene slices themselves are not written."""
+    metadata = {"hd_layout_json": json.dumps({"file_format": "1.0"})}
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
+        handle.attrs["metadata_json"] = json.dumps(metadata)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -75,10 +75,27 @@ def test_stale_parts_of_dead_processes_are_removed(tmp_path):
     foreign = tmp_path / ".out.h5ad.otherhost-1.c3d4.part"
     for part in (stale, live, foreign):
         part.write_bytes(b"half")
+    stale_store = tmp_path / f".out.zarr.{_HOST}-{int(dead.stdout)}.e5f6.part"  # a killed store write
+    (stale_store / "tables").mkdir(parents=True)
     with atomic_path(tmp_path / "other.txt") as tmp:
         tmp.write_text("done")
-    assert not stale.exists() and live.exists() and foreign.exists()
+    assert not stale.exists() and not stale_store.exists() and live.exists() and foreign.exists()
     assert (tmp_path / "other.txt").read_text() == "done"
+
+
+def test_a_folder_is_replaced_only_when_complete(tmp_path):
+    from napari_spahgc.base.files import atomic_folder
+
+    with atomic_folder(tmp_path / "store.zarr") as tmp:
+        (tmp / "a").write_text("first")
+    with pytest.raises(RuntimeError), atomic_folder(tmp_path / "store.zarr") as tmp:
+        (tmp / "b").write_text("half")
+        raise RuntimeError("killed half-way")
+    assert [p.name for p in (tmp_path / "store.zarr").iterdir()] == ["a"]
+    with atomic_folder(tmp_path / "store.zarr") as tmp:
+        (tmp / "c").write_text("second")
+    assert [p.name for p in tmp_path.iterdir()] == ["store.zarr"]  # no temporary folder left
+    assert [p.name for p in (tmp_path / "store.zarr").iterdir()] == ["c"]
 
 
 def test_outputs_are_checked_before_work(tmp_path):

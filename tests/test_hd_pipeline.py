@@ -12,6 +12,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import spatialdata
 from napari.layers import Image
 
 import napari_spahgc as ns
@@ -90,7 +91,18 @@ def test_hd_folder_through_the_cli_into_napari(make_napari_viewer, tmp_path, cap
     assert list(back.obs_names) == list(bins["barcode"]) and back.n_vars > 0  # every bin kept, in order
     np.testing.assert_allclose(back.obsm["spatial"], bins[["pxl_col_in_fullres", "pxl_row_in_fullres"]])
     assert "measured" in back.layers and np.isfinite(back.X[:]).all()
+    predicted = back.X[:]
     back.file.close()
+
+    stores = tmp_path / "stores"  # the same predictions as a SpatialData store: bins as a labels raster
+    code, out, err = run_cli(
+        ["predict", tmp_path / "model", target, "--out", stores, "--cache", cache, "--format", "zarr"], capsys
+    )
+    assert code == 0, err
+    assert [p.name for p in stores.iterdir()] == ["C2_hd900.zarr"]  # no temporary h5ad left beside it
+    stored = spatialdata.read_zarr(stores / "C2_hd900.zarr")
+    assert [labels.shape for labels in stored.labels.values()] == [(30, 30)]  # one pixel per bin
+    np.testing.assert_allclose(np.asarray(stored.tables["table"].X), predicted)
 
     monkeypatch.setattr(layers, "RASTER_MIN_SPOTS", 500)  # real HD slides pass 50,000; this one has 900
     viewer = make_napari_viewer(show=True)

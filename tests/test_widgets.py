@@ -8,6 +8,7 @@ import json
 import anndata as ad
 import numpy as np
 import pandas as pd
+import spatialdata
 from napari.layers import Points
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QPushButton
@@ -144,10 +145,14 @@ def test_full_flow_load_embed_train_predict_pick_gene_export(
     _finish(qtbot, w["Predict"].panel)
     prediction = session.predictions["C4"]
 
-    h5ad = w["Export"].export_h5ad(tmp_path / "out" / "C4.h5ad")
+    h5ad = w["Export"].export_predictions(tmp_path / "out" / "C4.h5ad")
     back = ad.read_h5ad(h5ad)
     np.testing.assert_allclose(back.X, prediction.X)
     assert list(back.obs_names) == list(session.slides["C4"].spot_ids) and "measured" in back.layers
+    store = w["Export"].export_predictions(tmp_path / "out" / "C4.zarr")  # a SpatialData store, with the H&E
+    stored = spatialdata.read_zarr(store)
+    np.testing.assert_allclose(stored.tables["table"].X, prediction.X)
+    assert list(stored.images) == ["C4_image"] and list(stored.shapes) == ["C4_spots"]
     png = w["Export"].export_png(tmp_path / "out" / "view.png")
     assert png.stat().st_size > 10_000
 

@@ -48,6 +48,10 @@ _API = {
     "GeneChoice": "io.expression",
     "spot_anndata": "io.export",
     "write_h5ad": "io.export",
+    "to_spatialdata": "io.spatialdata",
+    "write_spatialdata": "io.spatialdata",
+    "write_predictions_store": "io.spatialdata",
+    "read_store": "io.spatialdata",
     "prediction_interval": "io.intervals",
     # the four stages
     "EmbedRequest": "embed.flow",

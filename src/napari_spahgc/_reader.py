@@ -1,4 +1,5 @@
-"""napari reader: a cohort table, a Space Ranger ``outs/`` folder, or an ``.h5ad`` with spot coordinates."""
+"""napari reader: a cohort table, a Space Ranger ``outs/`` folder, a SpatialData store, or an ``.h5ad``
+with spot coordinates."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from napari.utils.notifications import show_error, show_warning
 
 from napari_spahgc.base.errors import describe
 from napari_spahgc.io.cohort import is_cohort_table, open_slides
+from napari_spahgc.io.spatialdata import is_store
 from napari_spahgc.view.layers import slide_layers
 
 NULL_LAYER = [(None,)]  # npe2's "read, but no layers" sentinel: the viewer stays as it was
@@ -29,6 +31,8 @@ def napari_get_reader(path: str | list[str]) -> Callable | None:
 
 def _reader_for(candidate: Path) -> Callable | None:
     name = candidate.name.lower()
+    if is_store(candidate):
+        return read_spatial
     if candidate.is_dir():
         return read_spatial if (candidate / "spatial").is_dir() else None
     if name.endswith(".h5ad"):

@@ -22,7 +22,7 @@ class SlideWidget(SessionWidget):
             "file",
             "Cohort table, h5ad or spot table",
             "Spatial data (*.csv *.h5ad *.tsv *.gz *.parquet);;All (*)",
-            "cohort .csv, .h5ad, spot table, or an outs/ folder",
+            "cohort .csv, .h5ad, spot table, outs/ folder or .zarr store",
         )
         self.image = PathField("file", "H&E image (with a spot table)", placeholder="optional: H&E image")
         self.panel = RunPanel("Open", self._open)
@@ -71,7 +71,7 @@ class SlideWidget(SessionWidget):
 
     def _open(self) -> None:
         if not self.source.text:
-            show_error("Choose a cohort table, an h5ad, a spot table or an outs/ folder to open.")
+            show_error("Choose a cohort table, an h5ad, a spot table, an outs/ folder or a .zarr store to open.")
             return
         self.open(self.source.text, self.image.text or None)
 

@@ -39,23 +39,64 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp_path.chmod(0o666 & ~umask)  # mkstemp makes 0600 files; outputs get the usual permissions
+        tmp_path.chmod(0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
         os.replace(tmp_path, final)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
 
 
+@contextlib.contextmanager
+def atomic_folder(final: str | os.PathLike) -> Iterator[Path]:
+    """:func:`atomic_path` for a folder (a zarr store): yield an empty temporary folder beside
+    ``final``; only if the block succeeds does it take ``final``'s place (a previous ``final`` is
+    removed after the swap). After an error the temporary folder is removed and ``final`` untouched."""
+    import shutil
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(final.parent)
+    tmp_path = Path(
+        tempfile.mkdtemp(prefix=f".{final.name}.{_HOST}-{os.getpid()}.", suffix=".part", dir=final.parent)
+    )
+    try:
+        yield tmp_path
+        tmp_path.chmod(0o777 & ~_umask())
+        if final.exists():
+            old = Path(
+                tempfile.mkdtemp(
+                    prefix=f".{final.name}.{_HOST}-{os.getpid()}.", suffix=".part", dir=final.parent
+                )
+            )
+            os.replace(final, old / final.name)
+            os.replace(tmp_path, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp_path, final)
+    except BaseException:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def remove_stale_parts(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files that killed runs on this machine left in ``folder`` (their process
-    is gone); return them. Files of running processes and of other machines are left alone."""
+    """Delete the temporary files and folders that killed runs on this machine left in ``folder``
+    (their process is gone); return them. Those of running processes and of other machines are left."""
+    import shutil
+
     removed = []
     for part in Path(folder).glob(".*.part"):
         match = re.search(rf"\.{re.escape(_HOST)}-(\d+)\.[^.]*\.part$", part.name)
         if match and not _process_alive(int(match.group(1))):
-            part.unlink(missing_ok=True)
+            if part.is_dir() and not part.is_symlink():
+                shutil.rmtree(part, ignore_errors=True)
+            else:
+                part.unlink(missing_ok=True)
             removed.append(part)
     return removed
 

@@ -152,7 +152,9 @@ def train(
 def predict(
     model_dir: Annotated[Path, typer.Argument(help="Model folder written by 'spahgc train'.")],
     cohort: CohortArg,
-    out: Annotated[Path, typer.Option("--out", help="Folder for one SLIDE_ID.h5ad per slide.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for one SLIDE_ID.h5ad (or SLIDE_ID.zarr) per slide.")
+    ],
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 64,
@@ -162,19 +164,41 @@ def predict(
     retries: RetriesOpt = 0,
     mode: PredictModeOpt = None,
     level: LevelOpt = 0.9,
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="h5ad, or zarr: a SpatialData store per slide (H&E, spots or bins, and the predictions "
+            "as its table) that napari-spatialdata, squidpy and spatialdata open.",
+        ),
+    ] = "h5ad",
+    no_image: Annotated[
+        bool, typer.Option("--no-image", help="With --format zarr: leave the H&E out of the store.")
+    ] = False,
+    bins: Annotated[
+        str,
+        typer.Option(
+            "--bins",
+            help="With --format zarr, how binned spots (Visium HD) are drawn: raster (a labels image, one "
+            "pixel per bin; auto) or squares (one polygon per bin).",
+        ),
+    ] = "auto",
 ) -> None:
     """Predict expression for every slide of the cohort with a trained model (embedded with its encoder,
-    in its mode unless --mode says otherwise); write h5ad files (on a Dask cluster with --scheduler or
-    --workers: one task per slide, the model loaded once per worker)."""
-    from napari_spahgc.predict.flow import PredictRequest, load_model, predict
+    in its mode unless --mode says otherwise); write h5ad files or SpatialData stores (on a Dask cluster
+    with --scheduler or --workers: one task per slide, the model loaded once per worker)."""
+    from napari_spahgc.predict.flow import PredictRequest, check_output_format, load_model, predict
 
     level = check_level(level)  # before any work
+    check_output_format(output_format, bins)
     model_dir = model_dir.resolve()  # the same folder for this process and a cluster's workers
     encoder = load_model(model_dir).metadata.encoder.get("name", DEFAULT_ENCODER)  # verified before any work
     prepare_output_folder(out)
     slides = load_slides(cohort)
     embedding = EmbedRequest(slides, encoder, weights, device, batch_size, cache, mode)
-    request = PredictRequest(model_dir, slides, embedding, out.resolve(), device, level)
+    request = PredictRequest(
+        model_dir, slides, embedding, out.resolve(), device, level, output_format, not no_image, bins
+    )
     result = drive(runner_for(scheduler, workers, retries), predict, request)
     written(result.files, slides)
 

@@ -20,6 +20,7 @@ from napari_spahgc.base.errors import InputError, describe
 from napari_spahgc.base.files import require_file
 from napari_spahgc.io.images import open_image
 from napari_spahgc.io.slide import Slide, SlideImage, check_pixel_size
+from napari_spahgc.io.spatialdata import is_store, store_name
 from napari_spahgc.io.spots import SpotTable, read_count_ids, read_counts, read_spots
 
 COHORT_COLUMNS = ("slide_id", "image", "spots", "counts", "pixel_size_um", "patient")
@@ -105,6 +106,8 @@ def open_slides(path: str | Path, image: str | Path | None = None) -> list[Slide
     path = Path(path)
     if path.suffix.lower() == ".csv" and image is None and is_cohort_table(path):
         return load_cohort(path)
+    if is_store(path):
+        return [build_slide(store_name(path), path, image=image)]
     slide_id = path.name if path.is_dir() else path.name.split(".")[0]
     return [build_slide(slide_id, path, image=image)]
 
@@ -136,7 +139,7 @@ def build_slide(
     scalefactors. Without a full-resolution image, a low-resolution image carried by the spot
     source (h5ad ``uns['spatial']``, Space Ranger ``spatial/``) is used at its scale.
     """
-    table = read_spots(spots)
+    table = read_spots(spots, with_counts=with_expression and counts is None)
     sources = {"spots": str(table.path)}
     expression = table.counts if with_expression else None
     counted = None if table.counts is None else table.counts.obs_names
@@ -205,6 +208,15 @@ def _slide_image(image: str | Path | None, table: SpotTable, sources: dict) -> S
     if image is not None:
         sources["image"] = str(image)
         return open_image(image)
+    if table.full_image is not None:
+        sources["image"] = str(table.full_image.path)
+        return table.full_image
+    if is_store(table.path):
+        raise InputError(
+            "the store has no image in the spots' coordinate system: add one to the store, or give the "
+            "image file (the cohort table's image column, or --image)",
+            table.path,
+        )
     if table.images:
         sources["image"] = f"{table.path} (embedded {next(iter(table.images))} image)"
         return _carried_image(table)

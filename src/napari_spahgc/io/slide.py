@@ -48,6 +48,23 @@ def spot_pitch(xy: np.ndarray, max_queries: int | None = None) -> float:
     return float(np.median(distances[:, 1]))
 
 
+def spot_grid(centers: np.ndarray, tolerance: float = 0.1) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """``(index, pitch, origin)`` when every spot sits alone on one square grid (binned data):
+    ``index`` (n, 2) int32 row/column, ``pitch`` in px, ``origin`` (x, y) px; else None."""
+    if len(centers) < 4:
+        return None
+    pitch = spot_pitch(centers, max_queries=5000)
+    origin = centers.min(axis=0)
+    steps = (centers - origin) / pitch
+    cells = np.rint(steps)
+    if pitch <= 0 or np.abs(steps - cells).max() > tolerance:
+        return None
+    index = cells[:, ::-1].astype(np.int32)
+    if len(np.unique(index[:, 0].astype(np.int64) * (index[:, 1].max() + 1) + index[:, 1])) < len(index):
+        return None
+    return index, pitch, origin
+
+
 @dataclass
 class SlideImage:
     """A lazy image pyramid in full-resolution pixel units.

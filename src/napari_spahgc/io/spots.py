@@ -2,7 +2,8 @@
 
 Every reader returns a :class:`SpotTable`: spot ids exactly as the input spells them, full-resolution
 pixel centres (x = column, y = row), raw counts as AnnData when the source has them, and what the
-source says about scale (scalefactors) and any low-resolution images it carries (h5ad, Space Ranger).
+source says about scale (scalefactors) and any images it carries (h5ad and Space Ranger: low-resolution
+ones; a SpatialData store: its full-resolution pyramid).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import scipy.sparse as sp
 
 from napari_spahgc.base.errors import InputError, describe
 from napari_spahgc.base.files import read_text
-from napari_spahgc.io.slide import LEGACY_ST_SPOT_DIAMETER_UM, VISIUM_SPOT_DIAMETER_UM
+from napari_spahgc.io.slide import LEGACY_ST_SPOT_DIAMETER_UM, VISIUM_SPOT_DIAMETER_UM, SlideImage
 from napari_spahgc.io.validate import check_ids_and_centers, h5ad_centers, numbers, preview, validate_counts
 
 
@@ -37,14 +38,22 @@ class SpotTable:
     #: low-resolution images carried by the source: name -> (pixels, scale to full resolution)
     images: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)
     library_id: str | None = None
+    #: the full-resolution image the source carries (a SpatialData store's), its centres in its pixels
+    full_image: SlideImage | None = None
 
 
 # ---------------------------------------------------------------------------------------------- dispatch
 
 
-def read_spots(path: str | Path) -> SpotTable:
-    """Read spots from a Space Ranger ``outs/`` folder, an ``.h5ad``, a legacy-ST selection TSV,
-    a Visium ``tissue_positions`` file, or a plain CSV/TSV of spot id, x, y."""
+def read_spots(path: str | Path, with_counts: bool = True) -> SpotTable:
+    """Read spots from a Space Ranger ``outs/`` folder, a SpatialData store (``STORE.zarr[::ELEMENT]``),
+    an ``.h5ad``, a legacy-ST selection TSV, a Visium ``tissue_positions`` file, or a plain CSV/TSV of
+    spot id, x, y. ``with_counts=False``: a store's counts are not read (the other sources carry them
+    in the same file and are read whole)."""
+    from napari_spahgc.io.spatialdata import is_store
+
+    if is_store(path):
+        return _store_spots(path, with_counts)
     path = Path(path)
     if not path.exists():
         raise InputError("spot file not found", path)
@@ -65,14 +74,19 @@ def read_spots(path: str | Path) -> SpotTable:
 
 
 def read_counts(path: str | Path) -> ad.AnnData:
-    """Raw counts (spots × genes) from a legacy-ST TSV(.gz), a 10x ``.h5``, an ``.h5ad`` or a CSV."""
+    """Raw counts (spots × genes) from a legacy-ST TSV(.gz), a 10x ``.h5``, an ``.h5ad``, a CSV, or the
+    table of a Space Ranger folder or a SpatialData store."""
+    from napari_spahgc.io.spatialdata import is_store
+
+    if is_store(path):
+        return _store_spots(path, True).counts
     path = Path(path)
     if not path.exists():
         raise InputError("counts file not found", path)
     name = path.name.lower()
     try:
         if path.is_dir():
-            adata = read_spaceranger(path).counts
+            adata = read_spots(path).counts
         elif name.endswith(".h5ad"):
             adata = read_anndata(path, "counts file", spatial=False)
         elif name.endswith(".h5"):
@@ -95,6 +109,10 @@ def read_counts(path: str | Path) -> ad.AnnData:
 def read_count_ids(path: str | Path) -> pd.Index:
     """The spot ids of a counts file (what selects a slide's spots), without reading a text table's
     values: embedding needs the spots, not the counts."""
+    from napari_spahgc.io.spatialdata import is_store
+
+    if is_store(path):
+        return _store_spots(path, False).spot_ids
     path = Path(path)
     name = path.name.lower()
     if path.is_dir() or name.endswith((".h5ad", ".h5")) or not path.is_file():
@@ -157,6 +175,25 @@ def read_spaceranger(folder: Path) -> SpotTable:
     matrix = folder / "filtered_feature_bc_matrix.h5"
     if matrix.is_file():
         table.counts = validate_counts(_read_10x_h5(matrix), matrix, duplicate_genes="rename")
+    return table
+
+
+def _store_spots(path: str | Path, with_counts: bool) -> SpotTable:
+    """A SpatialData store's spots (:func:`napari_spahgc.io.spatialdata.read_store`)."""
+    from napari_spahgc.io.spatialdata import read_store
+
+    spots = read_store(path, with_counts=with_counts)
+    table = SpotTable(
+        Path(path),
+        spots.spot_ids,
+        spots.centers_px,
+        counts=spots.counts,
+        pixel_size_um=spots.pixel_size_um,
+        pixel_size_source=spots.pixel_size_source,
+        spot_diameter_px=spots.spot_diameter_px,
+        full_image=spots.image,
+    )
+    check_ids_and_centers(table.spot_ids, table.centers_px, table.path)
     return table
 
 

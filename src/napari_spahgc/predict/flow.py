@@ -6,7 +6,8 @@ and references and the per-gene interval quantiles (:mod:`napari_spahgc.io.inter
 :func:`~napari_spahgc.io.intervals.prediction_interval`) and, when the slide has counts,
 ``layers['measured']`` (same preprocessing) and ``var['pcc']``. With an output folder each
 slide's predictions are written block by block straight into ``SLIDE_ID.h5ad`` (no slide-sized
-prediction in memory: a Visium HD slide's is 2.2 GB); without one they are returned in memory.
+prediction in memory: a Visium HD slide's is 2.2 GB) or, with ``format="zarr"``, into a SpatialData
+store ``SLIDE_ID.zarr`` (through a temporary h5ad); without one they are returned in memory.
 
 The model is a folder (loaded once per process and folder version: a Dask worker keeps it for its later
 tasks), a model in memory, or a :class:`~napari_spahgc.train.flow.TrainRequest` trained first (the
@@ -17,7 +18,9 @@ the model that will read them. The module imports no torch (requests are made in
 from __future__ import annotations
 
 import functools
-from collections.abc import Generator, Sequence
+import tempfile
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +29,7 @@ import numpy as np
 from anndata import AnnData
 
 from napari_spahgc.base.conformal import DEFAULT_LEVEL, check_level
+from napari_spahgc.base.errors import InputError
 from napari_spahgc.base.files import prepare_output_folder, slide_file
 from napari_spahgc.base.progress import Progress
 from napari_spahgc.embed.cache import MODES
@@ -52,6 +56,12 @@ class PredictRequest:
     out: str | Path | None = None
     device: str = "auto"
     level: float = DEFAULT_LEVEL
+    #: ``h5ad`` or ``zarr`` (a SpatialData store per slide: :mod:`napari_spahgc.io.spatialdata`)
+    format: str = "h5ad"
+    #: a store holds the slide's H&E as a multiscale image
+    with_image: bool = True
+    #: how a store draws binned spots: ``auto`` (a labels raster), ``raster`` or ``squares``
+    bins: str = "auto"
 
     def for_slides(self, slides: Sequence[Slide]) -> PredictRequest:
         """The same request for other slides (one task a slide on a cluster)."""
@@ -90,6 +100,7 @@ def predict(request: PredictRequest) -> Generator[Progress, None, PredictResult]
     (yielding blocks) with its uncertainty and intervals. Stop iterating to cancel: no output file is
     left."""
     level = check_level(request.level)
+    check_output_format(request.format, request.bins)
     if request.out is not None:
         prepare_output_folder(request.out)
     model, folder = yield from _model(request.model)
@@ -110,15 +121,45 @@ def predict(request: PredictRequest) -> Generator[Progress, None, PredictResult]
             model.annotate(adata, predicted, level)
             result.predictions[slide.slide_id] = adata
         else:
-            path = slide_file(request.out, slide.slide_id, ".h5ad")
-            adata = prediction_anndata(model, slide, None)
-            with stream_h5ad(adata, path) as x:
-                predicted = yield from model.predict_steps(data, device=request.device, out=x)
-                if "measured" in adata.layers:
-                    adata.var["pcc"] = blockwise_pcc(adata.layers["measured"], x).astype(np.float32)
-                model.annotate(adata, predicted, level)
+            path = slide_file(request.out, slide.slide_id, f".{request.format}")
+            with _predictions_file(request, slide, path) as h5ad:
+                adata = prediction_anndata(model, slide, None)
+                with stream_h5ad(adata, h5ad) as x:
+                    predicted = yield from model.predict_steps(data, device=request.device, out=x)
+                    if "measured" in adata.layers:
+                        adata.var["pcc"] = blockwise_pcc(adata.layers["measured"], x).astype(np.float32)
+                    model.annotate(adata, predicted, level)
             result.files[slide.slide_id] = str(path)
     return result
+
+
+OUTPUT_FORMATS = ("h5ad", "zarr")
+
+
+def check_output_format(output_format: str, bins: str = "auto") -> None:
+    """An unknown output format or way of drawing bins is an error before any work."""
+    from napari_spahgc.io.spatialdata import BIN_SHAPES
+
+    if output_format not in OUTPUT_FORMATS:
+        raise InputError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+    if bins not in BIN_SHAPES:
+        raise InputError(f"bins must be one of {', '.join(BIN_SHAPES)}, got {bins!r}")
+
+
+@contextmanager
+def _predictions_file(request: PredictRequest, slide: Slide, path: Path) -> Iterator[Path]:
+    """Where the predictions stream to: ``path`` itself (h5ad), or a temporary h5ad beside it that
+    becomes the store ``path`` (zarr) when the block succeeds and is removed in any case."""
+    if request.format == "h5ad":
+        yield path
+        return
+    from napari_spahgc.io.spatialdata import write_predictions_store
+
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as folder:
+        h5ad = Path(folder) / "predictions.h5ad"
+        yield h5ad
+        image = slide.image if request.with_image else None
+        write_predictions_store(h5ad, path, image=image, bins=request.bins)
 
 
 NO_INTERVALS = (

@@ -15,8 +15,8 @@ from anndata import AnnData
 
 from napari_spahgc.base.errors import InputError
 from napari_spahgc.base.files import atomic_path
-from napari_spahgc.io.slide import spot_pitch
-from napari_spahgc.view.layers import RASTER_MIN_SPOTS, gene_values, shared_limits, spot_grid
+from napari_spahgc.io.slide import spot_grid, spot_pitch
+from napari_spahgc.view.layers import RASTER_MIN_SPOTS, gene_values, shared_limits
 
 UNITS = "log1p CPM"
 

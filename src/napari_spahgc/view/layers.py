@@ -14,7 +14,7 @@ import pandas as pd
 from scipy import sparse
 
 from napari_spahgc.io.expression import log_cpm
-from napari_spahgc.io.slide import Slide, spot_pitch
+from napari_spahgc.io.slide import Slide, spot_grid, spot_pitch
 
 #: Gene columns put into a Points layer's ``features`` at most (napari copies features; 15k columns
 #: take seconds to build). The most expressed genes — those with the best-measured maps — are kept;
@@ -273,23 +273,6 @@ def _grid_placement(slide: Slide, pitch: float, origin: np.ndarray) -> dict:
     """Where a raster of binned spots (one pixel per bin, :func:`spot_grid`) lies in world units."""
     pixel = slide.pixel_size_um or 1.0
     return {"scale": (pitch * pixel,) * 2, "translate": tuple(origin[::-1] * pixel), "units": _units(slide)}
-
-
-def spot_grid(centers: np.ndarray, tolerance: float = 0.1) -> tuple[np.ndarray, float, np.ndarray] | None:
-    """``(index, pitch, origin)`` when every spot sits alone on one square grid (binned data):
-    ``index`` (n, 2) int32 row/column, ``pitch`` in px, ``origin`` (x, y) px; else None."""
-    if len(centers) < 4:
-        return None
-    pitch = spot_pitch(centers, max_queries=5000)
-    origin = centers.min(axis=0)
-    steps = (centers - origin) / pitch
-    cells = np.rint(steps)
-    if pitch <= 0 or np.abs(steps - cells).max() > tolerance:
-        return None
-    index = cells[:, ::-1].astype(np.int32)
-    if len(np.unique(index[:, 0].astype(np.int64) * (index[:, 1].max() + 1) + index[:, 1])) < len(index):
-        return None
-    return index, pitch, origin
 
 
 def gene_raster(values: np.ndarray, index: np.ndarray) -> np.ndarray:
