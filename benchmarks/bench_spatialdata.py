@@ -49,8 +49,18 @@ def prepare(work: Path, spots: int) -> None:
             )
             sdata.write(work / "partial.zarr", overwrite=True)
         (work / "partial.zarr").rename(store)
-    table = pd.DataFrame([{"slide_id": "C2_store", "image": "", "spots": f"{store}::square_008um",
-                           "counts": "", "pixel_size_um": "", "patient": "C"}])  # fmt: skip
+    table = pd.DataFrame(
+        [
+            {
+                "slide_id": "C2_store",
+                "image": "",
+                "spots": f"{store}::square_008um",
+                "counts": "",
+                "pixel_size_um": "",
+                "patient": "C",
+            }
+        ]
+    )
     table.to_csv(work / "store_cohort.csv", index=False)
 
 
@@ -75,7 +85,15 @@ def main(argv: list[str] | None = None) -> None:
     runs = {
         "open store (info)": [*cli, "info", str(args.work / "store_cohort.csv")],
         **{
-            f"write store ({bins})": [sys.executable, "-c", write, str(predictions), str(path), str(image), bins]
+            f"write store ({bins})": [
+                sys.executable,
+                "-c",
+                write,
+                str(predictions),
+                str(path),
+                str(image),
+                bins,
+            ]
             for bins, path in written.items()
         },
         "napari-spatialdata view": [*xvfb, sys.executable, str(VIEW), str(written["raster"])],

@@ -30,10 +30,23 @@ def main() -> None:
         table = pd.read_csv(cohort)
         for column in ("image", "spots", "counts"):
             table[column] = [str((cohort.parent / p).resolve()) for p in table[column]]
-        table[table["slide_id"] == args.slide].drop(columns="labels").to_csv(Path(work) / "slide.csv", index=False)
+        table[table["slide_id"] == args.slide].drop(columns="labels").to_csv(
+            Path(work) / "slide.csv", index=False
+        )
         spahgc = [sys.executable, "-c", "from napari_spahgc.cli import main; main()"]
-        subprocess.run([*spahgc, "predict", str(args.model), str(Path(work) / "slide.csv"), "--out", work,
-                        "--format", "zarr"], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                *spahgc,
+                "predict",
+                str(args.model),
+                str(Path(work) / "slide.csv"),
+                "--out",
+                work,
+                "--format",
+                "zarr",
+            ],
+            check=True,
+        )
         store = Path(work) / f"{args.slide}.zarr"
         import spatialdata
 

@@ -97,7 +97,9 @@ def test_a_store_predicts_what_its_folder_predicts(visium, her2st_model, tmp_pat
         ns.build_slide("folder", row["spots"], image=row["image"]),
         ns.build_slide("store", visium["store"]),
     ]
-    embeddings = ns.run_to_end(ns.embed(ns.EmbedRequest(slides, "efficientnet-lite0", device="cpu", mode="spot")))
+    embeddings = ns.run_to_end(
+        ns.embed(ns.EmbedRequest(slides, "efficientnet-lite0", device="cpu", mode="spot"))
+    )
     predicted = ns.run_to_end(ns.predict(ns.PredictRequest(her2st_model, slides, embeddings, device="cpu")))
     folder, store = predicted.predictions["folder"], predicted.predictions["store"]
     assert list(store.obs_names) == list(folder.obs_names)
@@ -119,14 +121,21 @@ def _predictions(slide: ns.Slide, n_genes: int = 6) -> ad.AnnData:
 
     genes = list(slide.expression.var_names[:n_genes])
     values = np.random.default_rng(0).random((slide.n_spots, n_genes)).astype(np.float32)
-    adata = ns.spot_anndata(slide, values, genes, layers={"measured": measured_values(slide.expression, genes)})
+    adata = ns.spot_anndata(
+        slide, values, genes, layers={"measured": measured_values(slide.expression, genes)}
+    )
     adata.var["validation_pcc"] = np.linspace(0.1, 0.6, n_genes).astype(np.float32)
     return adata
 
 
-@pytest.mark.parametrize(("kind", "bins", "element"), [
-    ("visium", "auto", "shapes"), ("visium_hd", "auto", "labels"), ("visium_hd", "squares", "shapes"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kind", "bins", "element"),
+    [
+        ("visium", "auto", "shapes"),
+        ("visium_hd", "auto", "labels"),
+        ("visium_hd", "squares", "shapes"),
+    ],
+)
 def test_predictions_round_trip_through_spatialdata(kind, bins, element, request, tmp_path):
     made = request.getfixturevalue(kind)
     slide = ns.build_slide("S1", made["store"])
@@ -183,8 +192,6 @@ def test_squidpy_plots_a_prediction_store(visium, tmp_path):
     assert pixels.shape[0] > 200 and pixels.std() > 20  # the H&E thumbnail with coloured spots, not blank
 
 
-
-
 @pytest.mark.parametrize(("kind", "layer"), [("visium", "Points"), ("visium_hd", "Labels")])
 def test_napari_spatialdata_shows_a_predicted_gene_of_our_store(kind, layer, request, tmp_path):
     made = request.getfixturevalue(kind)
@@ -192,7 +199,9 @@ def test_napari_spatialdata_shows_a_predicted_gene_of_our_store(kind, layer, req
     adata = _predictions(slide)
     path = write_spatialdata(to_spatialdata(adata, image=slide.image), tmp_path / "S1.zarr")
     script = REPO / "tests" / "napari_spatialdata_view.py"
-    run = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     assert seen["layer"] == layer and seen["coloured_by"] == seen["gene"] == adata.var_names[0]
@@ -235,19 +244,36 @@ def _flat_transformation(sdata):
     set_transformation(sdata.shapes["C2"], Scale([1.0, 0.0], axes=("x", "y")), "C2")
 
 
-@pytest.mark.parametrize(("change", "element", "message"), [
-    (_no_image, "", r"has no image in the spots' coordinate system"),
-    (_no_table, "", r"has no table"),
-    (_annotates_an_image, "", r"no table annotates shapes or labels \(tables annotate: table → C2_full_image"),
-    (_annotates_an_image, "::table", r"table 'table' annotates C2_full_image, not shapes or labels"),
-    (None, "::square_999um", r"has no element 'square_999um' \(it holds images: C2_full_image"),
-    (_flat_transformation, "", r"transformation of 'C2' to coordinate system 'C2' is not invertible"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "element", "message"),
+    [
+        (_no_image, "", r"has no image in the spots' coordinate system"),
+        (_no_table, "", r"has no table"),
+        (
+            _annotates_an_image,
+            "",
+            r"no table annotates shapes or labels \(tables annotate: table → C2_full_image",
+        ),
+        (_annotates_an_image, "::table", r"table 'table' annotates C2_full_image, not shapes or labels"),
+        (None, "::square_999um", r"has no element 'square_999um' \(it holds images: C2_full_image"),
+        (_flat_transformation, "", r"transformation of 'C2' to coordinate system 'C2' is not invertible"),
+    ],
+)
 def test_a_bad_store_ends_with_a_message(change, element, message, visium, tmp_path, capsys):
     path = _store_with(tmp_path, visium, change or (lambda sdata: None))
     cohort = tmp_path / "cohort.csv"
-    pd.DataFrame([{"slide_id": "S1", "image": "", "spots": f"{path}{element}", "counts": "",
-                   "pixel_size_um": "", "patient": ""}]).to_csv(cohort, index=False)  # fmt: skip
+    pd.DataFrame(
+        [
+            {
+                "slide_id": "S1",
+                "image": "",
+                "spots": f"{path}{element}",
+                "counts": "",
+                "pixel_size_um": "",
+                "patient": "",
+            }
+        ]
+    ).to_csv(cohort, index=False)
     code, _, err = run_cli(["info", cohort], capsys)
     assert code == 2
     assert str(path) in err
