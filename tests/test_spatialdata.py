@@ -288,3 +288,44 @@ def test_file_open_reads_a_store_into_layers(make_napari_viewer, visium):
     assert image.multiscale and image.data[0].shape[:2] == (9911, 9274)  # the store's full-resolution pyramid
     assert len(spots.data) == 60
     np.testing.assert_allclose(image.scale, [0.735, 0.735], rtol=1e-9)  # µm, from the spots' size
+
+
+def test_a_store_assembled_in_microns_maps_its_spots_into_the_image(tmp_path):
+    """A store a user assembled in µm: the image placed by a scale (µm per pixel) and a translation,
+    the circles in µm. Centres come back in the image's pixels, the pixel size from the circles."""
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Identity, Scale, Sequence, Translation
+
+    um_per_px, offset = 0.8, np.array([120.0, -40.0])  # image pixel (0, 0) sits at (120, -40) µm
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 255, size=(3, 600, 800), dtype=np.uint8)
+    to_microns = Sequence(
+        [Scale([um_per_px, um_per_px], axes=("x", "y")), Translation(offset, axes=("x", "y"))]
+    )
+    image = Image2DModel.parse(pixels, dims=("c", "y", "x"), transformations={"microns": to_microns})
+    centres_px = rng.uniform(50, 550, size=(25, 2))
+    circles = ShapesModel.parse(
+        centres_px * um_per_px + offset,
+        geometry=0,
+        radius=np.full(25, 27.5),
+        index=np.arange(25),
+        transformations={"microns": Identity()},
+    )
+    counts = ad.AnnData(rng.poisson(2.0, size=(25, 5)).astype(np.float32))
+    counts.obs_names = [f"spot{i}" for i in range(25)]
+    counts.var_names = [f"G{i}" for i in range(5)]
+    counts.obs["region"] = pd.Categorical(["spots"] * 25)
+    counts.obs["instance"] = np.arange(25)
+    table = TableModel.parse(counts, region="spots", region_key="region", instance_key="instance")
+    path = tmp_path / "assembled.zarr"
+    sd.SpatialData(images={"he": image}, shapes={"spots": circles}, tables={"table": table}).write(path)
+
+    slide = ns.build_slide("S", path)
+    np.testing.assert_allclose(slide.centers_px, centres_px, atol=1e-9)
+    assert slide.pixel_size_um == pytest.approx(um_per_px, rel=1e-9)  # 55 µm over 68.75 px
+    assert slide.spot_diameter_px == pytest.approx(55 / um_per_px)
+    assert slide.image.shape == (600, 800) and list(slide.spot_ids) == list(counts.obs_names)
+    np.testing.assert_array_equal(
+        slide.image.read_region(0, 10, 20, 5, 5), np.moveaxis(pixels, 0, 2)[10:15, 20:25]
+    )
+    np.testing.assert_array_equal(slide.expression.X.toarray(), counts.X)

@@ -147,7 +147,7 @@ def read_store(path: str | Path, with_counts: bool = True) -> StoreSpots:
     scale = float(np.sqrt(abs(np.linalg.det(to_pixels[:2, :2]))))
     uns = _read(root, f"tables/{table}/uns", store) if "uns" in root[f"tables/{table}"] else {}
     pixel_size, source = _pixel_size(uns, table, region, size, circles, scale)
-    spots = StoreSpots(
+    found = StoreSpots(
         store=store,
         table=table,
         region=region,
@@ -160,8 +160,8 @@ def read_store(path: str | Path, with_counts: bool = True) -> StoreSpots:
         image_element=image_element,
     )
     if with_counts:
-        spots.counts = _counts(root, store, table, rows, spots.spot_ids)
-    return spots
+        found.counts = _counts(root, store, table, rows, found.spot_ids)
+    return found
 
 
 _KINDS = ("images", "labels", "points", "shapes", "tables")
