@@ -17,7 +17,10 @@ not mix. Stages:
   (bf16) the record has the GPU and its peak memory. The GPU check of an HD slide:
   ``--stages embed-dense --sizes 700000 --device cuda --encoder uni --batch-size 256``;
 - ``graph``: the target's training graphs (``graph.build_graph`` per block of ``--batch-spots`` spots)
-  against the other slide's reference bank;
+  against the other slide's reference bank (searched through its index above ``ann_min_keys`` spots);
+- ``index``: that bank's approximate search index (built at every size, whatever ``ann_min_keys``) —
+  its build time, and its recall@k against exact search on ``--sample`` of the target's bins (real
+  dense embeddings);
 - ``train``: what ``ns.train`` runs for a ``TrainRequest`` (1 member, ``--epochs``): its trainer's setup,
   timed apart, then ``Trainer.steps``; per epoch and total, in mini-batches of ``--batch-spots``;
 - ``predict``: ``spahgc predict``'s path (``ns.predict`` with an output folder: the target, with its counts,
@@ -63,7 +66,7 @@ from napari_spahgc.model.predictor import BLOCK_SPOTS
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-STAGES = ("embed-spot", "embed-dense", "graph", "train", "predict", "predict-model")
+STAGES = ("embed-spot", "embed-dense", "graph", "index", "train", "predict", "predict-model")
 SECTIONS = ("C2", "C3")  # the target, and the other slide: its bank, or its fellow training slide
 
 
@@ -192,6 +195,40 @@ def stage_graph(work: Path, n: int, args) -> dict:
         references.append(graph["reference"].num_nodes)
     return {"seconds": time.perf_counter() - started, "graphs": len(blocks), "edges": edges,
             "references_per_graph": float(np.mean(references)), "batch_spots": args.batch_spots}  # fmt: skip
+
+
+def stage_index(work: Path, n: int, args) -> dict:
+    """The reference bank's approximate search index (the other slide's n bins, standardised as the
+    trainer does): its build time, and its recall@k against exact search on ``--sample`` of the
+    target's bins — the share of found keys at least as similar as the exact k-th (ann-benchmarks'
+    definition: equal keys are interchangeable)."""
+    from napari_spahgc.model.config import GraphOptions
+    from napari_spahgc.model.graph import ReferenceBank
+    from napari_spahgc.model.neighbours import topk_cosine
+    from napari_spahgc.model.slide_data import FeatureScale, slide_data
+
+    slides = _slides(work, n)
+    embeddings, genes = _stage_embeddings(work, slides, args), _panel(args.genes)
+    data = [slide_data(s, embeddings[s.slide_id], genes) for s in slides]
+    embedding_scale = FeatureScale.fit(data, "embeddings")
+    data = [d.standardised(embedding_scale) for d in data]
+    bank = ReferenceBank.from_slides(data[1:], FeatureScale.fit(data[1:]))
+    options = GraphOptions(ann_min_keys=0)  # the approximate index at every size, to measure it
+    started = time.perf_counter()
+    index = bank.search_index(options.search())
+    built = time.perf_counter() - started
+    queries = data[0].embeddings[np.random.default_rng(0).choice(data[0].n_spots, args.sample, replace=False)]
+    started = time.perf_counter()
+    _, found = index.search(queries, options.k)
+    searched = time.perf_counter() - started
+    started = time.perf_counter()
+    _, exact = topk_cosine(queries, bank.embeddings, options.k, with_scores=True)
+    exact_s = time.perf_counter() - started
+    recall = np.mean(found >= exact[:, -1:] - 1e-5)  # ann-benchmarks' recall: equal keys tie
+    return {"seconds": built, "search_s_per_1000": 1000 * searched / len(queries), "recall_at_k": float(recall),
+            "exact_s_per_1000": 1000 * exact_s / len(queries), "k": options.k, "bank_spots": len(bank),
+            "distinct_bank_rows": len(index.distinct), "queries": len(queries),
+            "search": vars(options.search())}  # fmt: skip
 
 
 def stage_train(work: Path, n: int, args) -> dict:
@@ -410,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
     records = []
     for n in args.sizes:
         _slides(args.work, n)  # made once, outside the measured children
-        if args.embeddings == "dense" and {"graph", "train"} & set(args.stages):
+        if args.embeddings == "dense" and {"graph", "index", "train"} & set(args.stages):
             embed_slides(args.work, n)
         for stage in args.stages:
             records.append(run_stage(stage, n, args))

@@ -12,7 +12,7 @@ from napari_spahgc.model import blocks as model_blocks
 from napari_spahgc.model.blocks import predict_blocks, row_blocks
 from napari_spahgc.model.config import SpaHGCConfig
 from napari_spahgc.model.graph import ReferenceBank, build_graph, graph_parts, reference_features
-from napari_spahgc.model.neighbours import spatial_blocks
+from napari_spahgc.model.neighbours import spatial_blocks, topk_cosine
 from napari_spahgc.model.network import CrossNodeAttention, SpaHGC
 from napari_spahgc.model.slide_data import FeatureScale
 from napari_spahgc.train import trainer
@@ -164,7 +164,7 @@ def test_reference_search_in_blocks_with_repeated_rows_equals_the_plain_search(m
     bank = ReferenceBank(rng.normal(size=(40, 16)).astype(np.float32), np.zeros((40, 2), np.float32),
                          np.full(40, "R", dtype=object))  # fmt: skip
     scale = FeatureScale(rng.normal(size=16).astype(np.float32), np.full(16, 2.0, np.float32))
-    expected = graph.topk_cosine(scale.transform(rows), bank.embeddings, 5)
+    expected = topk_cosine(scale.transform(rows), bank.embeddings, 5)
     found, similarity = graph.nearest_references(rows, bank, 5, scale)
     np.testing.assert_array_equal(found, expected)
     queries = scale.transform(rows) / np.linalg.norm(scale.transform(rows), axis=1, keepdims=True)

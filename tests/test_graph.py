@@ -73,3 +73,23 @@ def test_the_retrieval_prior_is_the_mean_expression_of_the_nearest_bank_spots():
     graph = build_graph(target, bank, GraphOptions(q=3, k=4, prior_k=5))
     nearest = topk_cosine(target.embeddings, bank.embeddings, 5)
     np.testing.assert_allclose(graph["target"].prior.numpy(), bank.expression[nearest].mean(1), rtol=1e-6)
+
+
+def test_a_bank_over_the_threshold_is_searched_through_its_index_built_once():
+    target = _slide("T", 400, dim=48, seed=4)
+    references = [_slide(name, 1500, dim=48, seed=seed) for name, seed in (("A", 5), ("B", 6))]
+    scale = FeatureScale.fit(references)
+    bank = ReferenceBank.from_slides(references, scale)
+    exact = build_graph(target, bank, GraphOptions(k=7))
+    approximate = GraphOptions(k=7, ann_min_keys=1000)  # 3,000 distinct keys: the approximate index
+    graph = build_graph(target, bank, approximate)
+    assert [index.approximate for index in bank._indexes.values()] == [False, True]
+    build_graph(target, bank, approximate)
+    assert len(bank._indexes) == 2  # the bank's index is built once, not per graph
+
+    def retrieved(graph):
+        return graph["reference"].bank_index.numpy()[graph[CS].edge_index[0].numpy()].reshape(400, 7)
+
+    found, wanted = retrieved(graph), retrieved(exact)
+    assert np.mean([len(set(a) & set(b)) / 7 for a, b in zip(found, wanted, strict=True)]) >= 0.95
+    assert not (graph[RS].edge_index[0] == graph[RS].edge_index[1]).any()

@@ -7,7 +7,7 @@ import pytest
 
 import napari_spahgc.model.neighbours as neighbours_module
 from napari_spahgc.base.spatial import spatial_mix, spatial_neighbours
-from napari_spahgc.model.neighbours import topk_cosine
+from napari_spahgc.model.neighbours import CosineIndex, SearchOptions, topk_cosine
 
 
 def test_spatial_neighbours_on_a_grid():
@@ -48,3 +48,57 @@ def test_spatial_mix_on_a_line():
     assert mixed[1, 0] == pytest.approx(10.0) and mixed[0, 0] == pytest.approx(0.5 * 0 + 0.5 * 15)
     assert spatial_mix(values, neighbours, 0.0)[0, 0] == pytest.approx(15.0)  # neighbours only
     np.testing.assert_array_equal(spatial_mix(values, neighbours, 1.0), values)
+
+
+def _clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    """Points around 200 centres in a 24-dimensional subspace of ``dim``: the low intrinsic dimension
+    of image embeddings, where an approximate search is meant to work."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(np.random.default_rng(99).standard_normal((dim, 24)))[0].T
+    centres = np.random.default_rng(98).standard_normal((200, 24))
+    points = centres[rng.integers(0, 200, n)] + 0.3 * rng.standard_normal((n, 24))
+    return (points @ basis + 0.01 * rng.standard_normal((n, dim))).astype(np.float32)
+
+
+def _repeated(keys: np.ndarray, seed: int) -> np.ndarray:
+    """``keys`` with every row repeated 1–5 times, shuffled: dense embeddings of HD bins repeat."""
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(len(keys)), rng.integers(1, 6, len(keys)))
+    return keys[rng.permutation(rows)]
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_below_its_threshold_the_index_is_the_exact_search_over_distinct_keys(exclude_self):
+    keys = _repeated(_clustered(800, 64, 0), 1)
+    queries = keys[:300] if exclude_self else _clustered(300, 64, 2)
+    index = CosineIndex(keys, SearchOptions(min_keys=len(keys) + 1))
+    assert not index.approximate and len(index.distinct) == 800 and len(index) == len(keys)
+    rows, scores = index.search(queries, 7, exclude_self=exclude_self)
+    exact_rows, exact_scores = topk_cosine(queries, keys, 7, exclude_self=exclude_self, with_scores=True)
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-5)  # the same similarities, in order
+    np.testing.assert_array_equal(keys[rows], keys[exact_rows])  # the same keys (equal rows may swap)
+    if exclude_self:
+        assert not (rows == np.arange(300)[:, None]).any()
+        repeated = (keys[:300, None] == keys[None]).all(axis=2).sum(axis=1) > 1
+        np.testing.assert_allclose(scores[repeated, 0], 1.0, atol=1e-5)  # its repeats are its peers
+    plain = _clustered(500, 32, 3)  # no repeats: exactly topk_cosine, and no copy of the keys
+    index = CosineIndex(plain, SearchOptions(min_keys=10_000))
+    assert index.distinct is plain
+    np.testing.assert_array_equal(index.search(queries[:, :32], 5)[0], topk_cosine(queries[:, :32], plain, 5))
+
+
+def test_above_its_threshold_the_index_finds_what_exact_search_finds():
+    keys, queries = _repeated(_clustered(12_000, 96, 2), 4), _clustered(2000, 96, 3)
+    index = CosineIndex(keys, SearchOptions(min_keys=10_000))
+    assert index.approximate
+    rows, scores = index.search(queries, 7)
+    _, exact_scores = topk_cosine(queries, keys, 7, with_scores=True)
+    recall = np.mean(scores >= exact_scores[:, 6:7] - 1e-5)  # ann-benchmarks' recall: ties count
+    assert recall >= 0.95
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    cosine = np.einsum("nd,nkd->nk", unit(queries), unit(keys)[rows])
+    np.testing.assert_allclose(scores, cosine, atol=1e-5)  # each score is the exact cosine of its row
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # most similar first
+    assert (scores[:, -1] <= exact_scores[:, -1] + 1e-5).all()  # never better than exact
+    peers, _ = index.search(keys[:500], 7, exclude_self=True)
+    assert not (peers == np.arange(500)[:, None]).any()

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from napari_spahgc.base.errors import InputError
+from napari_spahgc.model.neighbours import SearchOptions
 
 MASKINGS = ("complementary", "random", "none")
 TRAINING_BANKS = ("member", "all")
@@ -25,7 +26,10 @@ class GraphOptions:
     ``smoothing``: predictions are mixed with the mean of each spot's Q nearest spots,
     (1 − smoothing) · own + smoothing · neighbours (0: none); training chooses it (``tune_smoothing``).
     ``prior_k``: each target spot also gets a retrieval prior, the mean standardised expression of its
-    ``prior_k`` cosine-nearest reference spots, and the network predicts the residual over it (0: none)."""
+    ``prior_k`` cosine-nearest reference spots, and the network predicts the residual over it (0: none).
+    ``ann_*``: the CS and RS searches run over distinct keys, exactly below ``ann_min_keys`` distinct
+    keys and approximately above (:class:`~napari_spahgc.model.neighbours.SearchOptions`, whose
+    fields these are)."""
 
     q: int = 5
     k: int = 7
@@ -34,9 +38,24 @@ class GraphOptions:
     standardize_embeddings: bool = True
     smoothing: float = 0.0
     prior_k: int = 0
+    ann_min_keys: int = SearchOptions.min_keys
+    ann_m: int = SearchOptions.m
+    ann_ef_construction: int = SearchOptions.ef_construction
+    ann_ef_search: int = SearchOptions.ef_search
+    ann_candidates: int = SearchOptions.candidates
 
     def __post_init__(self) -> None:
         _one_of("reference_nodes", self.reference_nodes, REFERENCE_NODES)
+
+    def search(self) -> SearchOptions:
+        """The options of the CS and RS searches."""
+        return SearchOptions(
+            min_keys=self.ann_min_keys,
+            m=self.ann_m,
+            ef_construction=self.ann_ef_construction,
+            ef_search=self.ann_ef_search,
+            candidates=self.ann_candidates,
+        )
 
 
 @dataclass(frozen=True)

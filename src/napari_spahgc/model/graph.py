@@ -4,7 +4,7 @@ HeteroData): the node features, and every relation of ``relations.RELATIONS`` as
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from torch_geometric.data import HeteroData
 
 from napari_spahgc.model import relations
 from napari_spahgc.model.config import GraphOptions
-from napari_spahgc.model.neighbours import topk_cosine
+from napari_spahgc.model.neighbours import CosineIndex, SearchOptions, row_bytes
 from napari_spahgc.model.relations import GraphInputs
 from napari_spahgc.model.slide_data import FeatureScale, SlideData
 
@@ -29,6 +29,7 @@ class ReferenceBank:
     slide_ids: np.ndarray
     spot_ids: np.ndarray | None = None
     centers_px: np.ndarray | None = None
+    _indexes: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_slides(cls, slides: Sequence[SlideData], scale: FeatureScale) -> ReferenceBank:
@@ -44,6 +45,15 @@ class ReferenceBank:
 
     def __len__(self) -> int:
         return len(self.embeddings)
+
+    def search_index(self, options: SearchOptions) -> CosineIndex:
+        """The index of the bank's embeddings for ``options``, built once per bank and options."""
+        if options not in self._indexes:
+            self._indexes[options] = CosineIndex(self.embeddings, options)
+        return self._indexes[options]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_indexes": {}}  # an index is rebuilt where it is needed, not sent
 
     def rows(self, keep: np.ndarray) -> ReferenceBank:
         """The bank's rows ``keep`` (a mask or indices)."""
@@ -75,26 +85,27 @@ class GraphParts:
 
 
 def nearest_references(
-    embeddings: np.ndarray, bank: ReferenceBank, k: int, scale: FeatureScale | None = None
+    embeddings: np.ndarray,
+    bank: ReferenceBank,
+    k: int,
+    scale: FeatureScale | None = None,
+    search: SearchOptions = SearchOptions(),
 ) -> tuple[np.ndarray, np.ndarray]:
     """(n, k) bank rows most cosine-similar to each embedding (standardised by ``scale`` first) and
     their cosine similarities, searched in blocks of rows: memory stays flat in the number of spots.
     Repeated rows are searched once (dense embeddings repeat: 8 µm bins that share a field's feature
-    cells share the embedding)."""
+    cells share the embedding). A bank of ``search.min_keys`` spots or more is searched through its
+    approximate index (:meth:`ReferenceBank.search_index`)."""
+    index = bank.search_index(search)
     rows, similarity = [], []
     for start in range(0, len(embeddings), _ROWS):
         block = np.ascontiguousarray(embeddings[start : start + _ROWS])
-        _, first, inverse = np.unique(_row_keys(block), return_index=True, return_inverse=True)
+        _, first, inverse = np.unique(row_bytes(block), return_index=True, return_inverse=True)
         distinct = block[first] if scale is None else scale.transform(block[first])
-        found, scores = topk_cosine(distinct, bank.embeddings, k, with_scores=True)
+        found, scores = index.search(distinct, k)
         rows.append(found[inverse.ravel()])
         similarity.append(scores[inverse.ravel()])
     return np.concatenate(rows), np.concatenate(similarity)
-
-
-def _row_keys(rows: np.ndarray) -> np.ndarray:
-    """One opaque value per row (its bytes), for finding identical rows."""
-    return rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
 
 
 def graph_parts(
@@ -108,7 +119,8 @@ def graph_parts(
     retrieved (``reference_nodes="retrieved"``) or the whole bank (``"bank"``)."""
     if np.any(bank.slide_ids == target.slide_id):
         raise ValueError(f"the reference bank contains spots of the target slide {target.slide_id!r}")
-    retrieved, similarity = nearest_references(target.embeddings, bank, options.k, scale)  # bank rows
+    search = options.search()
+    retrieved, similarity = nearest_references(target.embeddings, bank, options.k, scale, search)  # bank rows
     if options.reference_nodes == "retrieved":
         nodes, local = np.unique(retrieved, return_inverse=True)
         local = local.reshape(retrieved.shape)
@@ -117,7 +129,9 @@ def graph_parts(
     inputs = GraphInputs(target.coords, bank.embeddings[nodes], bank.expression[nodes], local, options)
     edges = {relation.edge_type: _edges(relation.neighbours(inputs)) for relation in relations.RELATIONS}
     prior = (
-        nearest_references(target.embeddings, bank, options.prior_k, scale)[0] if options.prior_k else None
+        nearest_references(target.embeddings, bank, options.prior_k, scale, search)[0]
+        if options.prior_k
+        else None
     )
     return GraphParts(nodes, local, edges, similarity, prior)
 

@@ -1,7 +1,11 @@
-"""Neighbour searches that graphs and baselines share: spatially compact blocks of a slide and top-k
-cosine similarity searched block by block (nearest spots and their mixing: :mod:`napari_spahgc.base.spatial`)."""
+"""Neighbour searches that graphs and baselines share: spatially compact blocks of a slide, top-k cosine
+similarity searched block by block, and an index that keeps large searches (Visium HD banks of
+hundreds of thousands of bins) approximate and fast (nearest spots and their mixing:
+:mod:`napari_spahgc.base.spatial`)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -59,3 +63,118 @@ def topk_cosine(
         result[start : start + len(block)] = best_index.numpy()
         similarity[start : start + len(block)] = best_scores.numpy()
     return (result, similarity) if with_scores else result
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How top-k cosine searches over many keys run. Keys are searched as their distinct rows (dense
+    embeddings repeat: Visium HD bins that share a feature cell share the embedding), exactly
+    (:func:`topk_cosine`) below ``min_keys`` distinct keys; above, through a faiss HNSW graph on their
+    unit vectors (``m`` links a node, ``ef_construction`` / ``ef_search`` candidates while building /
+    searching) whose ``candidates`` × k best are re-ranked by their exact cosine."""
+
+    min_keys: int = 50_000
+    m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 128
+    candidates: int = 4
+
+
+class CosineIndex:
+    """Top-k cosine search over fixed ``keys``, built once and searched many times (:class:`SearchOptions`).
+
+    The search runs over the distinct key rows and gives each found row back as its key rows, lowest
+    first: exact search finds the same keys as :func:`topk_cosine` (up to the order of equal keys) at
+    the cost of the distinct ones. Approximate above ``options.min_keys`` distinct keys."""
+
+    def __init__(self, keys: np.ndarray, options: SearchOptions = SearchOptions()) -> None:
+        self.options, self.n_keys = options, len(keys)
+        keys = np.ascontiguousarray(keys, dtype=np.float32)  # float32 keys are not copied
+        _, first, inverse = np.unique(row_bytes(keys), return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")  # distinct rows in the order they first occur
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        group = rank[inverse.ravel()]  # each key's distinct row
+        self.members = np.argsort(group, kind="stable")  # key rows grouped by distinct row, ascending
+        self.starts = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=len(order)))])
+        self.distinct = keys if len(order) == len(keys) else keys[first[order]]  # no copy when none repeats
+        self.approximate = len(self.distinct) >= options.min_keys
+        if self.approximate:
+            import faiss
+
+            self.distinct = _unit(self.distinct)
+            self.index = faiss.IndexHNSWFlat(self.distinct.shape[1], options.m, faiss.METRIC_INNER_PRODUCT)
+            self.index.hnsw.efConstruction = options.ef_construction
+            self.index.add(self.distinct)
+
+    def __len__(self) -> int:
+        return self.n_keys
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude_self: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n, k) key rows most cosine-similar to each query, most similar first, and their cosine
+        similarities; ``exclude_self``: the queries are the keys, and key i is not returned for query i."""
+        k = min(k, self.n_keys - int(exclude_self))
+        wanted = min(len(self.distinct), k + int(exclude_self))  # distinct rows that fill k key rows
+        if not self.approximate:
+            found, scores = topk_cosine(queries, self.distinct, wanted, with_scores=True)
+        else:
+            found, scores = self._approximate(np.asarray(queries, dtype=np.float32), wanted)
+        own = np.arange(len(queries)) if exclude_self else None
+        return self._key_rows(found, scores, k, own)
+
+    def _approximate(self, queries: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:
+        """The HNSW graph's ``candidates`` × ``wanted`` best distinct rows, re-ranked exactly."""
+        candidates = min(len(self.distinct), self.options.candidates * wanted)
+        self.index.hnsw.efSearch = max(self.options.ef_search, candidates)
+        found = np.empty((len(queries), wanted), np.int64)
+        scores = np.empty((len(queries), wanted), np.float32)
+        for start in range(0, len(queries), _RERANK_ROWS):
+            unit = _unit(queries[start : start + _RERANK_ROWS])
+            _, near = self.index.search(unit, candidates)
+            near = np.where(near < 0, 0, near)  # fewer candidates than asked: padded by faiss
+            exact = np.einsum("nd,ncd->nc", unit, self.distinct[near])
+            order = np.argsort(-exact, axis=1, kind="stable")[:, :wanted]
+            found[start : start + len(unit)] = np.take_along_axis(near, order, axis=1)
+            scores[start : start + len(unit)] = np.take_along_axis(exact, order, axis=1)
+        return found, scores
+
+    def _key_rows(
+        self, found: np.ndarray, scores: np.ndarray, k: int, own: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The first k key rows of each query's distinct rows, most similar first (a distinct row's
+        keys in ascending order), skipping the query's own row ``own`` when given."""
+        rows = np.zeros((len(found), k), np.int64)
+        similarity = np.zeros((len(found), k), np.float32)
+        filled = np.zeros(len(found), np.int64)
+        for column in range(found.shape[1]):
+            group = found[:, column]
+            for member in range(k + 1):
+                position = self.starts[group] + member
+                take = (filled < k) & (position < self.starts[group + 1])
+                key = self.members[np.minimum(position, self.n_keys - 1)]
+                if own is not None:
+                    take &= key != own
+                if not take.any():
+                    continue
+                where = np.flatnonzero(take)
+                rows[where, filled[where]] = key[where]
+                similarity[where, filled[where]] = scores[where, column]
+                filled[where] += 1
+            if (filled == k).all():
+                break
+        return rows, similarity
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return np.ascontiguousarray(rows / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+
+
+def row_bytes(rows: np.ndarray) -> np.ndarray:
+    """One opaque value per row (its bytes), for finding identical rows."""
+    return np.ascontiguousarray(rows).view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+
+
+_RERANK_ROWS = 1024  # queries re-ranked at a time: 1,024 × 28 candidates × 1,280 floats ≈ 150 MB

@@ -16,7 +16,7 @@ import numpy as np
 
 from napari_spahgc.base.spatial import spatial_neighbours
 from napari_spahgc.model.config import GraphOptions, ModelOptions
-from napari_spahgc.model.neighbours import topk_cosine
+from napari_spahgc.model.neighbours import CosineIndex
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,8 @@ def _nearest_spots(inputs: GraphInputs) -> np.ndarray:
 
 def _similar_peers(inputs: GraphInputs) -> np.ndarray:
     features = joint_features(inputs.reference_embeddings, inputs.reference_expression)
-    return topk_cosine(features, features, inputs.options.k_rs, exclude_self=True)
+    index = CosineIndex(features, inputs.options.search())
+    return index.search(features, inputs.options.k_rs, exclude_self=True)[0]
 
 
 def _retrieved(inputs: GraphInputs) -> np.ndarray:
