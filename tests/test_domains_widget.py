@@ -62,7 +62,7 @@ def test_domains_markers_and_gene_sets_in_a_real_viewer(
     saved = pd.read_csv(tmp_path / "tables" / "de_0_vs_rest.csv")
     assert list(saved["gene"]) == list(tested["gene"])
     assert (tmp_path / "tables" / "enrichment_0_vs_rest.csv").is_file()
-    widgets["Export"].export_h5ad(tmp_path / "c6.h5ad")
+    widgets["Export"].export_predictions(tmp_path / "c6.h5ad")
     exported = ad.read_h5ad(tmp_path / "c6.h5ad")
     assert list(exported.obs["domain"].astype(str)) == list(prediction.obs["domain"].astype(str))
     assert [str(n.message).split(" ")[0] for n in notifications] == ["saved"]  # an info, no error
