@@ -32,9 +32,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_parts(final.parent)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{final.name}.{_HOST}-{os.getpid()}.", suffix=".part", dir=final.parent
-    )
+    fd, tmp = tempfile.mkstemp(**_part_name(final))
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -56,18 +54,12 @@ def atomic_folder(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_parts(final.parent)
-    tmp_path = Path(
-        tempfile.mkdtemp(prefix=f".{final.name}.{_HOST}-{os.getpid()}.", suffix=".part", dir=final.parent)
-    )
+    tmp_path = Path(tempfile.mkdtemp(**_part_name(final)))
     try:
         yield tmp_path
         tmp_path.chmod(0o777 & ~_umask())
         if final.exists():
-            old = Path(
-                tempfile.mkdtemp(
-                    prefix=f".{final.name}.{_HOST}-{os.getpid()}.", suffix=".part", dir=final.parent
-                )
-            )
+            old = Path(tempfile.mkdtemp(**_part_name(final)))
             os.replace(final, old / final.name)
             os.replace(tmp_path, final)
             shutil.rmtree(old)
@@ -76,6 +68,12 @@ def atomic_folder(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp_path, ignore_errors=True)
         raise
+
+
+def _part_name(final: Path) -> dict:
+    """Where and how a temporary twin of ``final`` is named: beside it, ``.NAME.HOST-PID.*.part``,
+    the names :func:`remove_stale_parts` recognises."""
+    return {"prefix": f".{final.name}.{_HOST}-{os.getpid()}.", "suffix": ".part", "dir": final.parent}
 
 
 def _umask() -> int:

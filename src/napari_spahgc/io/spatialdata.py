@@ -49,6 +49,12 @@ _BIN_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*um", re.IGNORECASE)
 _INSTALL = "SpatialData stores need the spatialdata extra: pip install 'napari-spahgc[spatialdata]'"
 
 
+def check_bins(bins: str) -> None:
+    """An unknown way of drawing binned spots is an error (before any work, where a flow checks it)."""
+    if bins not in BIN_SHAPES:
+        raise InputError(f"bins must be one of {', '.join(BIN_SHAPES)}, got {bins!r}")
+
+
 def _spatialdata():
     try:
         import spatialdata
@@ -419,8 +425,7 @@ def to_spatialdata(
     from spatialdata.models import ShapesModel, TableModel
     from spatialdata.transformations import Identity
 
-    if bins not in BIN_SHAPES:
-        raise InputError(f"bins must be one of {', '.join(BIN_SHAPES)}, got {bins!r}")
+    check_bins(bins)
     library = next(iter(adata.uns.get("spatial", {})), None) or "slide"
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", library)
     centres = np.asarray(adata.obsm["spatial"], dtype=np.float64)

@@ -102,7 +102,7 @@ class CosineIndex:
         if self.approximate:
             import faiss
 
-            self.distinct = _unit(self.distinct)
+            self.distinct = unit_rows(self.distinct)
             self.index = faiss.IndexHNSWFlat(self.distinct.shape[1], options.m, faiss.METRIC_INNER_PRODUCT)
             self.index.hnsw.efConstruction = options.ef_construction
             self.index.add(self.distinct)
@@ -131,7 +131,7 @@ class CosineIndex:
         found = np.empty((len(queries), wanted), np.int64)
         scores = np.empty((len(queries), wanted), np.float32)
         for start in range(0, len(queries), _RERANK_ROWS):
-            unit = _unit(queries[start : start + _RERANK_ROWS])
+            unit = unit_rows(queries[start : start + _RERANK_ROWS])
             _, near = self.index.search(unit, candidates)
             near = np.where(near < 0, 0, near)  # fewer candidates than asked: padded by faiss
             exact = np.einsum("nd,ncd->nc", unit, self.distinct[near])
@@ -167,7 +167,8 @@ class CosineIndex:
         return rows, similarity
 
 
-def _unit(rows: np.ndarray) -> np.ndarray:
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """``rows`` scaled to unit L2 norm (all-zero rows stay zero), float32."""
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     return np.ascontiguousarray(rows / np.where(norms > 0, norms, 1.0), dtype=np.float32)
 

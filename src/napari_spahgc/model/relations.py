@@ -16,7 +16,7 @@ import numpy as np
 
 from napari_spahgc.base.spatial import spatial_neighbours
 from napari_spahgc.model.config import GraphOptions, ModelOptions
-from napari_spahgc.model.neighbours import CosineIndex
+from napari_spahgc.model.neighbours import CosineIndex, unit_rows
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,7 @@ class Relation:
 
 def joint_features(embeddings: np.ndarray, expression: np.ndarray) -> np.ndarray:
     """[embedding ‖ expression] with each block L2-normalised, so both weigh equally in a cosine."""
-
-    def unit(block: np.ndarray) -> np.ndarray:
-        norm = np.linalg.norm(block, axis=1, keepdims=True)
-        return block / np.where(norm > 0, norm, 1.0)
-
-    return np.concatenate([unit(embeddings), unit(expression)], axis=1).astype(np.float32)
+    return np.concatenate([unit_rows(embeddings), unit_rows(expression)], axis=1)
 
 
 def _nearest_spots(inputs: GraphInputs) -> np.ndarray:

@@ -138,12 +138,11 @@ OUTPUT_FORMATS = ("h5ad", "zarr")
 
 def check_output_format(output_format: str, bins: str = "auto") -> None:
     """An unknown output format or way of drawing bins is an error before any work."""
-    from napari_spahgc.io.spatialdata import BIN_SHAPES
+    from napari_spahgc.io.spatialdata import check_bins
 
     if output_format not in OUTPUT_FORMATS:
         raise InputError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
-    if bins not in BIN_SHAPES:
-        raise InputError(f"bins must be one of {', '.join(BIN_SHAPES)}, got {bins!r}")
+    check_bins(bins)
 
 
 @contextmanager
