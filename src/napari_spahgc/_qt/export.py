@@ -24,7 +24,7 @@ class ExportWidget(SessionWidget):
             "AnnData (*.h5ad);;SpatialData store (*.zarr)",
             "predictions .h5ad or .zarr",
         )
-        self.with_image = QCheckBox("with the H&E (.zarr)")
+        self.with_image = QCheckBox("with the H&&E (.zarr)")  # "&&": a lone "&" marks a shortcut key in Qt
         self.with_image.setChecked(True)
         self.png = PathField("save", "Save view", "PNG (*.png)", "view .png")
         save_h5ad, save_png = QPushButton("Save predictions"), QPushButton("Save PNG of the view")
