@@ -16,13 +16,18 @@ not mix. Stages:
   ``--encoder`` (UNI and UNI2-h with random weights) on ``--device`` with ``--batch-size``; on CUDA
   (bf16) the record has the GPU and its peak memory. The GPU check of an HD slide:
   ``--stages embed-dense --sizes 700000 --device cuda --encoder uni --batch-size 256``;
-- ``graph``: the target's training graphs (``graph.build_graph`` per block of ``--batch-spots`` spots)
-  against the other slide's reference bank (searched through its index above ``ann_min_keys`` spots);
+- ``graph``: the target's training graphs as the trainer builds them from its table of the training
+  spots (one per block of ``--batch-spots`` spots) against the other slide's bins, the bank's search
+  index included (approximate above ``ann_min_keys`` distinct keys; ``--ann-min-keys`` sets it, here
+  and for ``train``);
 - ``index``: that bank's approximate search index (built at every size, whatever ``ann_min_keys``) —
   its build time, and its recall@k against exact search on ``--sample`` of the target's bins (real
   dense embeddings);
 - ``train``: what ``ns.train`` runs for a ``TrainRequest`` (1 member, ``--epochs``): its trainer's setup,
-  timed apart, then ``Trainer.steps``; per epoch and total, in mini-batches of ``--batch-spots``;
+  timed apart, then ``Trainer.steps``; per epoch and total, in mini-batches of ``--batch-spots``; the
+  peak memory after the setup and after the epochs, the training table's rows and distinct
+  embeddings; with ``--save-model DIR`` the model folder is saved (timed) for ``predict-model``
+  (``--ann-min-keys 0`` trains one searching approximately at any size, to compare it with exact);
 - ``predict``: ``spahgc predict``'s path (``ns.predict`` with an output folder: the target, with its counts,
   predicted in blocks of ``predictor.BLOCK_SPOTS`` and streamed into an h5ad with its measured layer and
   per-gene PCC) by a default ensemble (4 members, smoothing on) with a bank of ``--bank-spots``
@@ -37,8 +42,11 @@ not mix. Stages:
   data and measured layer; references: the reference search and graph parts, to the first block;
   blocks: the network's blocks into the h5ad; write: ``var['pcc']``, closing the file). The record has
   the shape, whether every bin id was kept, the model's bank size, members, encoder and embedding mode,
-  and each phase's resident set at its start and peak by its end (``ru_maxrss`` so far).
-  The target's section (C2) is one of HER2ST's training sections; that does not change the cost.
+  and each phase's resident set at its start and peak by its end (``ru_maxrss`` so far), and the mean
+  per-gene PCC against the target's counts (``var['pcc']``).
+  The target is ``--target``'s section (C2 by default, one of the train stage's two slides: the model
+  then leaves its bins out of the bank). ``--target C4`` predicts a third slide against the whole saved
+  bank, through the search index saved with the model.
 
 The growth ratio is time(8n)/time(n) of a stage, from the log-log slope between consecutive measured
 sizes (8 means linear, 64 quadratic).
@@ -174,27 +182,34 @@ def stage_embed_dense(work: Path, n: int, args) -> dict:
 
 
 def stage_graph(work: Path, n: int, args) -> dict:
-    """The target's graphs as training builds them: one per spatial block of ``--batch-spots`` spots
-    (``neighbours.spatial_blocks``), each against the other slide's reference bank. Every block
-    searches the whole bank, so a slide's graphs cost O(n × bank): quadratic against an HD bank."""
-    from napari_spahgc.model.graph import ReferenceBank, build_graph
-    from napari_spahgc.model.neighbours import spatial_blocks
-    from napari_spahgc.model.slide_data import FeatureScale, slide_data
+    """The target's training graphs as the trainer builds them (``Trainer._graph``, from its one table
+    of the training spots): one per spatial block of ``--batch-spots`` spots, each against the other
+    slide's bins. Timed: the bank's search index (approximate above ``ann_min_keys`` distinct keys) and
+    every block's graph; the trainer's setup is not."""
+    from napari_spahgc.train.flow import _trainer
 
     slides = _slides(work, n)
-    embeddings, genes = _stage_embeddings(work, slides, args), _panel(args.genes)
-    data = [slide_data(s, embeddings[s.slide_id], genes) for s in slides]
-    embedding_scale = FeatureScale.fit(data, "embeddings")  # as the trainer standardises them
-    data = [d.standardised(embedding_scale) for d in data]
-    bank = ReferenceBank.from_slides(data[1:], FeatureScale.fit(data[1:]))
+    options = {"members": 1, "hold_out": False, "batch_spots": args.batch_spots}
+    options |= {"ann_min_keys": args.ann_min_keys} if args.ann_min_keys is not None else {}
+    config = ns.SpaHGCConfig.from_options(options, preset="paper", device=args.device)
+    embeddings = _stage_embeddings(work, slides, args)
+    request = ns.TrainRequest(slides, embeddings, ns.GeneChoice(panel=tuple(_panel(args.genes))), config)
+    trainer = _trainer(request, embeddings)
+    del request, embeddings
+    target, *others = trainer.slides
+    setup_gb = _rss_gb()[1]
     started, edges, references = time.perf_counter(), 0, []
-    blocks = spatial_blocks(data[0].coords, args.batch_spots)
+    blocks = trainer._blocks(target)
     for rows in blocks:
-        graph = build_graph(data[0].subset(rows), bank)
+        graph = trainer._graph(target, others, rows, with_truth=True)
         edges += int(sum(e.num_edges for e in graph.edge_stores))
         references.append(graph["reference"].num_nodes)
+    bank = trainer._bank[1]  # the other slide's rows, the bank every block searched
+    index = bank.search_index(config.graph.search())  # built by the first block: not rebuilt
     return {"seconds": time.perf_counter() - started, "graphs": len(blocks), "edges": edges,
-            "references_per_graph": float(np.mean(references)), "batch_spots": args.batch_spots}  # fmt: skip
+            "references_per_graph": float(np.mean(references)), "batch_spots": args.batch_spots,
+            "bank_spots": len(bank), "distinct_bank_keys": len(index.distinct),
+            "approximate": bool(index.approximate), "peak_after_setup_gb": setup_gb}  # fmt: skip
 
 
 def stage_index(work: Path, n: int, args) -> dict:
@@ -238,17 +253,28 @@ def stage_train(work: Path, n: int, args) -> dict:
 
     slides = _slides(work, n)
     options = {"epochs": args.epochs, "members": 1, "hold_out": False, "batch_spots": args.batch_spots}
+    options |= {"ann_min_keys": args.ann_min_keys} if args.ann_min_keys is not None else {}
     config = ns.SpaHGCConfig.from_options(options, preset="paper", device=args.device)
     started = time.perf_counter()
     embeddings = _stage_embeddings(work, slides, args)
     request = ns.TrainRequest(slides, embeddings, ns.GeneChoice(panel=tuple(_panel(args.genes))), config)
     trainer = _trainer(request, embeddings)
-    setup, epochs, last = time.perf_counter() - started, [], time.perf_counter()
+    del request, embeddings  # as the flow drops them: the trainer holds its own table
+    setup, rss_setup = time.perf_counter() - started, _rss_gb()[1]
+    epochs, last = [], time.perf_counter()
     for _ in trainer.steps():
         epochs.append(time.perf_counter() - last)
         last = time.perf_counter()
-    return {"seconds": time.perf_counter() - started, "setup_s": setup, "epoch_s": epochs,
-            "batch_spots": options.get("batch_spots")}  # fmt: skip
+    record = {"seconds": time.perf_counter() - started, "setup_s": setup, "epoch_s": epochs,
+              "batch_spots": options.get("batch_spots"), "peak_after_setup_gb": rss_setup,
+              "peak_after_epochs_gb": _rss_gb()[1], "bank_spots": len(trainer.bank),
+              "distinct_embeddings": len(trainer.bank.embeddings.distinct),
+              "ann_min_keys": config.graph.ann_min_keys}  # fmt: skip
+    if args.save_model is not None:  # a model folder for the predict-model stage
+        saving = time.perf_counter()
+        trainer.result.save(args.save_model)
+        record.update(save_s=time.perf_counter() - saving, model=str(args.save_model))
+    return record
 
 
 def stage_predict(work: Path, n: int, args) -> dict:
@@ -317,7 +343,7 @@ def stage_predict_model(work: Path, n: int, args) -> dict:
     from napari_spahgc.predict.flow import load_model
 
     started = time.perf_counter()
-    (target,) = _slides(work, n, sections=("C2",))
+    (target,) = _slides(work, n, sections=(args.target,))
     read_slide = time.perf_counter() - started
     phases, records, rss = {}, [], {}
 
@@ -338,6 +364,7 @@ def stage_predict_model(work: Path, n: int, args) -> dict:
         ended, at_end = time.perf_counter(), _rss_gb()
         written = ad.read_h5ad(path, backed="r")
         shape, kept = list(written.shape), bool((written.obs_names == target.spot_ids).all())
+        pcc = float(np.nanmean(written.var["pcc"])) if "pcc" in written.var else None
         written.file.close()
     starts = sorted(phases.items(), key=lambda item: item[1])
     bounds = [t for _, t in starts[1:]] + [ended]
@@ -348,7 +375,7 @@ def stage_predict_model(work: Path, n: int, args) -> dict:
     modes = {r.values["mode"] for r in records if r.stage == "embed" and "mode" in r.values}
     return {"seconds": ended - started, "embed_s": split.get("embed", 0.0), "phases": split,
             "rss_at_start_gb": {k: v[0] for k, v in rss.items()}, "peak_by_end_gb": peaks,
-            "read_slide_s": read_slide, "shape": shape, "every_bin_id_kept": kept,
+            "read_slide_s": read_slide, "shape": shape, "every_bin_id_kept": kept, "mean_gene_pcc": pcc,
             "bank_spots": len(model.bank), "members": model.config.model.members,
             "bank_slides": sorted(set(model.bank.slide_ids)), "encoder": encoder,
             "embedding_mode": sorted(modes), "model_mode": model.metadata.encoder.get("embedding_mode"),
@@ -371,7 +398,7 @@ def run_stage(stage: str, n: int, args) -> dict:
 
 def _passed(args) -> list[str]:
     names = ("work", "dim", "genes", "epochs", "sample", "device", "encoder", "batch_size", "batch_spots",
-             "bank_spots", "embeddings", "model")  # fmt: skip
+             "bank_spots", "embeddings", "model", "save_model", "target", "ann_min_keys")  # fmt: skip
     return [item for name in names if getattr(args, name) is not None
             for item in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]  # fmt: skip
 
@@ -432,6 +459,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-spots", type=int, default=TrainOptions().batch_spots)
     parser.add_argument("--bank-spots", type=int, default=23_000)
     parser.add_argument("--model", type=Path, help="predict-model: a model folder written by spahgc train")
+    parser.add_argument("--save-model", type=Path, help="train: save the trained model folder here")
+    parser.add_argument(
+        "--ann-min-keys",
+        type=int,
+        help="train: the approximate-search threshold (0: approximate at every size)",
+    )
+    parser.add_argument(
+        "--target", default="C2", help="predict-model: the section to predict (C4: not a training one)"
+    )
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--worker", choices=STAGES)
     parser.add_argument("--size", type=int)
@@ -446,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     records = []
     for n in args.sizes:
-        _slides(args.work, n)  # made once, outside the measured children
+        _slides(args.work, n, sections=dict.fromkeys([*SECTIONS, args.target]))  # made once, unmeasured
         if args.embeddings == "dense" and {"graph", "index", "train"} & set(args.stages):
             embed_slides(args.work, n)
         for stage in args.stages:

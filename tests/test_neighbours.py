@@ -7,7 +7,8 @@ import pytest
 
 import napari_spahgc.model.neighbours as neighbours_module
 from napari_spahgc.base.spatial import spatial_mix, spatial_neighbours
-from napari_spahgc.model.neighbours import CosineIndex, SearchOptions, topk_cosine
+from napari_spahgc.model.neighbours import CosineIndex, DistinctRows, SearchOptions, topk_cosine
+from napari_spahgc.model.relations import joint_features
 
 
 def test_spatial_neighbours_on_a_grid():
@@ -102,3 +103,77 @@ def test_above_its_threshold_the_index_finds_what_exact_search_finds():
     assert (scores[:, -1] <= exact_scores[:, -1] + 1e-5).all()  # never better than exact
     peers, _ = index.search(keys[:500], 7, exclude_self=True)
     assert not (peers == np.arange(500)[:, None]).any()
+
+
+@pytest.mark.parametrize("block_rows", [7, 1 << 16])  # repeats found across blocks too, or in one
+def test_distinct_rows_hold_each_repeated_row_once(monkeypatch, block_rows):
+    monkeypatch.setattr(neighbours_module, "_DISTINCT_ROWS", block_rows)
+    values = _repeated(_clustered(40, 32, 5)[:, :6], 6).astype(np.float16)  # dense embeddings: float16
+    rows = DistinctRows.of(values)
+    assert len(rows.distinct) == 40 and rows.distinct.dtype == np.float16 and len(rows) == len(values)
+    np.testing.assert_array_equal(rows[:], values.astype(np.float32))  # every row read back
+    first = np.unique(values, axis=0, return_index=True)[1]
+    np.testing.assert_array_equal(rows.distinct, values[np.sort(first)])  # in the order they first occur
+    assert rows[3:9].dtype == np.float32 and rows[[[0, 1], [2, 3]]].shape == (2, 2, 6)
+    part = rows.take(slice(10, 30))
+    assert part.distinct is rows.distinct  # a view: the distinct rows are shared, not copied
+    np.testing.assert_array_equal(part[:], values[10:30].astype(np.float32))
+    both = DistinctRows.concatenate([part, rows.take([0, 5])])
+    np.testing.assert_array_equal(both[:], values[[*range(10, 30), 0, 5]].astype(np.float32))
+    doubled = DistinctRows.of(values, lambda x: 2 * x)  # a transform: of the distinct rows, kept float16
+    assert doubled.distinct.dtype == np.float16
+    np.testing.assert_array_equal(doubled[:], 2 * values.astype(np.float32))
+    np.testing.assert_array_equal(
+        CosineIndex(rows).search(values[:5], 3)[0], CosineIndex(values).search(values[:5], 3)[0]
+    )
+    assert DistinctRows.of(rows.distinct).distinct is rows.distinct  # no repeats: not copied
+
+
+def test_a_saved_search_graph_searches_as_the_one_built():
+    keys, queries = _repeated(_clustered(3000, 32, 6), 7), _clustered(200, 32, 8)
+    options = SearchOptions(min_keys=1000)
+    built = CosineIndex(keys, options)
+    graph = built.graph()
+    assert set(graph) == {"levels", "neighbours", "entry"} and CosineIndex(keys[:50], options).graph() is None
+    restored = CosineIndex(keys, options, graph)
+    for found, again in zip(built.search(queries, 7), restored.search(queries, 7), strict=True):
+        np.testing.assert_array_equal(found, again)
+    broken = {
+        "a neighbour past the last key": {
+            **graph,
+            "neighbours": np.where(graph["neighbours"] == 0, 3000, graph["neighbours"]),
+        },
+        "a level too many": {**graph, "levels": graph["levels"] + 1},
+        "another bank's graph": graph,
+        "no entry": {**graph, "entry": np.array([-1])},
+    }
+    for name, saved in broken.items():
+        bank = keys[: len(keys) // 2] if name == "another bank's graph" else keys
+        with pytest.raises(ValueError, match="search graph"):
+            CosineIndex(bank, SearchOptions(min_keys=100), saved)
+
+
+def test_a_view_of_distinct_rows_searches_its_own_keys_only():
+    """A member's bank is a view of the training table: the other slides' distinct rows — here the
+    queries' own rows, the nearest of all — must never be found."""
+    values = _repeated(_clustered(300, 32, 9), 10)
+    half = len(values) // 2
+    view = DistinctRows.of(values).take(slice(half, None))
+    queries = values[:50]
+    found, scores = CosineIndex(view).search(queries, 7)
+    expected_rows, expected_scores = CosineIndex(values[half:]).search(queries, 7)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-6)
+    np.testing.assert_array_equal(values[half:][found], values[half:][expected_rows])
+    assert len(np.unique(found)) > 50  # not one row for every query
+
+
+def test_joint_features_of_float16_rows_with_large_values_stay_unit():
+    """A standardised rare gene reaches hundreds: its float16 square overflows, the norm must not."""
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(50, 16)).astype(np.float16)
+    expression = rng.normal(size=(50, 8)).astype(np.float16)
+    expression[:5, 0] = 900.0  # 900² > float16's largest value, 65,504
+    joint = joint_features(embeddings, expression)
+    assert joint.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(joint[:, 16:], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(joint[:5, 16], 1.0, atol=1e-4)  # the large value dominates its row

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -235,3 +236,28 @@ def test_both_files_get_the_same_permissions(saved, tmp_path):
         os.umask(previous)
     modes = {name: (folder / name).stat().st_mode & 0o777 for name in ("model.safetensors", "config.json")}
     assert modes == {"model.safetensors": 0o664, "config.json": 0o664}
+
+
+def test_an_approximate_search_index_is_saved_with_the_model_and_checked(tmp_path):
+    """A bank searched approximately (here: above 50 distinct keys) keeps its HNSW graph in the model
+    folder: loading reads it instead of building one, and predicts as the model in memory; a graph
+    that does not fit the bank is refused by name."""
+    model = fit(make_trainer(make_slides(), epochs=1, ann_min_keys=50))
+    test = replace(make_slides(n_slides=1, seed=9)[0], slide_id="T")  # not a bank slide: the whole bank
+    expected = model.predict(test)
+    folder = model.save(tmp_path / "model")
+    tensors = load_file(str(folder / "model.safetensors"))
+    assert {"bank.search_graph.levels", "bank.search_graph.neighbours", "bank.search_graph.entry"} <= set(
+        tensors
+    )
+    loaded = SpaHGCPredictor.load(folder)
+    (index,) = loaded.bank._indexes.values()  # read with the folder, under the options it predicts with
+    assert index is loaded.bank.search_index(loaded.config.graph.search()) and index.approximate
+    for name, values in index.graph().items():
+        np.testing.assert_array_equal(values, tensors[f"bank.search_graph.{name}"].numpy())
+    np.testing.assert_array_equal(loaded.predict(test), expected)
+    config = json.loads((folder / "config.json").read_text())
+    tensors["bank.search_graph.neighbours"][0] = 10_000  # a neighbour the bank does not have
+    reseal(folder, config, tensors)
+    with pytest.raises(InputError, match="search graph"):
+        SpaHGCPredictor.load(folder)

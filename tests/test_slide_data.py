@@ -71,3 +71,26 @@ def test_a_folds_genes_come_from_its_training_slides_only():
     assert held.slide_id == "H" and held.expression.shape == (4, 2)
     np.testing.assert_allclose(held.expression, np.log1p(1e6 / 3), rtol=1e-6)  # totals over all its genes
     assert fold_data(training, embeddings, GeneChoice(panel=("B",)))[2] == []  # no held-out slide
+
+
+def test_scales_are_accumulated_block_by_block(monkeypatch):
+    """No concatenated copy of the slides: the mean and sd merge 16-row blocks, and still match the
+    whole array's (a large mean beside a small sd: where a naive sum of squares cancels)."""
+    import napari_spahgc.model.slide_data as slide_data_module
+
+    monkeypatch.setattr(slide_data_module, "_FIT_ROWS", 16)
+    rng = np.random.default_rng(4)
+    slides = [_data("A", rng.normal(1000, 0.5, (50, 3))), _data("B", rng.normal(1001, 2, (37, 3)))]
+    scale = FeatureScale.fit(slides, "embeddings")
+    together = np.concatenate([s.embeddings for s in slides], dtype=np.float64)
+    np.testing.assert_allclose(scale.mean, together.mean(0), rtol=1e-7)
+    np.testing.assert_allclose(scale.sd, together.std(0), rtol=1e-5)
+
+
+def test_dense_slides_keep_their_expression_in_float16():
+    slide = _slide("S", np.array([[1, 3, 6], [0, 5, 5]]), ["A", "B", "C"])
+    half = slide_data(slide, np.ones((2, 8), np.float16), ["C", "A"])
+    full = slide_data(slide, np.ones((2, 8)), ["C", "A"])
+    assert half.embeddings.dtype == half.expression.dtype == np.float16
+    assert full.embeddings.dtype == full.expression.dtype == np.float32
+    np.testing.assert_allclose(half.expression, full.expression, rtol=1e-3)

@@ -212,3 +212,31 @@ def test_training_bank_holds_the_members_slides_or_every_other_training_slide(tr
             assert target not in held_out
             # references: 3 other slides with "all" (the held-out one too), 2 with "member"
             assert set(owner[graph["reference"].bank_index.numpy()]) == bank - {target}
+
+
+def test_training_features_are_held_once_in_the_embeddings_float_type():
+    """Dense (float16, repeating) embeddings: one table of every training spot — the distinct
+    standardised embeddings and the standardised expression, float16 — that the slides, the member
+    banks and the graphs index into; training on it learns as on float32."""
+    slides = make_slides(n_slides=2)
+    dense = [
+        replace(s, embeddings=np.repeat(s.embeddings[::2], 2, axis=0).astype(np.float16)) for s in slides
+    ]
+    trainer = make_trainer(dense, epochs=40, lr=3e-3)
+    table = trainer.bank
+    assert len(table.embeddings.distinct) == 36 and table.embeddings.distinct.dtype == np.float16
+    assert table.expression.dtype == np.float16 and len(table) == 72
+    assert all(
+        s.embeddings.distinct is table.embeddings.distinct and s.expression is None for s in trainer.slides
+    )
+    (graphs,) = trainer._training_graphs(trainer.member_slides())
+    member_bank = trainer._bank[1]
+    assert np.shares_memory(member_bank.expression, table.expression)  # the other slide: a view
+    for graph in graphs:
+        assert "x" not in graph["target"] and "x" not in graph["reference"]  # rows of the table, no copies
+    expected = FeatureScale.fit(dense, "embeddings").transform(np.concatenate([s.embeddings for s in dense]))
+    np.testing.assert_allclose(np.asarray(table.embeddings), expected, atol=2e-3)  # float16 rounding
+    model = fit(trainer)
+    prediction = model.predict(replace(dense[0], expression=None))
+    assert np.isfinite(prediction).all()
+    assert np.mean([np.corrcoef(prediction[:, g], dense[0].expression[:, g])[0, 1] for g in range(5)]) > 0.5

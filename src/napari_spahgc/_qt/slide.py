@@ -71,7 +71,9 @@ class SlideWidget(SessionWidget):
 
     def _open(self) -> None:
         if not self.source.text:
-            show_error("Choose a cohort table, an h5ad, a spot table, an outs/ folder or a .zarr store to open.")
+            show_error(
+                "Choose a cohort table, an h5ad, a spot table, an outs/ folder or a .zarr store to open."
+            )
             return
         self.open(self.source.text, self.image.text or None)
 

@@ -26,7 +26,7 @@ def log_cpm(counts: ad.AnnData, genes: list[str] | None = None) -> ad.AnnData:
     if genes is not None:
         normalized = normalized[:, list(genes)]
     dense = normalized.X.toarray() if hasattr(normalized.X, "toarray") else np.asarray(normalized.X)
-    return ad.AnnData(dense.astype(np.float32), obs=normalized.obs[[]], var=normalized.var[[]])
+    return ad.AnnData(dense.astype(np.float32, copy=False), obs=normalized.obs[[]], var=normalized.var[[]])
 
 
 def read_gene_panel(path: str | Path) -> list[str]:

@@ -27,8 +27,8 @@ class GraphOptions:
     (1 − smoothing) · own + smoothing · neighbours (0: none); training chooses it (``tune_smoothing``).
     ``prior_k``: each target spot also gets a retrieval prior, the mean standardised expression of its
     ``prior_k`` cosine-nearest reference spots, and the network predicts the residual over it (0: none).
-    ``ann_*``: the CS and RS searches run over distinct keys, exactly below ``ann_min_keys`` distinct
-    keys and approximately above (:class:`~napari_spahgc.model.neighbours.SearchOptions`, whose
+    ``ann_*``: the CS search runs over distinct keys (RS over every reference node's joint features),
+    exactly below ``ann_min_keys`` keys and approximately above (:class:`~napari_spahgc.model.neighbours.SearchOptions`, whose
     fields these are)."""
 
     q: int = 5

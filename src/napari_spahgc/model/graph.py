@@ -12,7 +12,7 @@ from torch_geometric.data import HeteroData
 
 from napari_spahgc.model import relations
 from napari_spahgc.model.config import GraphOptions
-from napari_spahgc.model.neighbours import CosineIndex, SearchOptions, row_bytes
+from napari_spahgc.model.neighbours import CosineIndex, DistinctRows, SearchOptions, row_bytes
 from napari_spahgc.model.relations import GraphInputs
 from napari_spahgc.model.slide_data import FeatureScale, SlideData
 
@@ -21,23 +21,40 @@ _ROWS = 65536  # target rows per block of the reference search
 
 @dataclass
 class ReferenceBank:
-    """Reference spots: embeddings, standardised expression, the slide each came from and, where
-    known (not in models saved before they were recorded), its spot id and full-resolution centre."""
+    """Reference spots: standardised embeddings (held by their distinct rows: dense embeddings
+    repeat), standardised expression (float16 when the embeddings are), the slide each came from and,
+    where known (not in models saved before they were recorded), its spot id and full-resolution
+    centre."""
 
-    embeddings: np.ndarray
+    embeddings: DistinctRows
     expression: np.ndarray
     slide_ids: np.ndarray
     spot_ids: np.ndarray | None = None
     centers_px: np.ndarray | None = None
     _indexes: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        self.embeddings = DistinctRows.of(self.embeddings)  # an array: its rows found once
+
     @classmethod
-    def from_slides(cls, slides: Sequence[SlideData], scale: FeatureScale) -> ReferenceBank:
+    def from_slides(
+        cls, slides: Sequence[SlideData], scale: FeatureScale, embedding_scale: FeatureScale | None = None
+    ) -> ReferenceBank:
+        """The bank of ``slides``' spots: their embeddings (standardised by ``embedding_scale`` when
+        given) and their expression standardised by ``scale``, each slide's block by block: no float32
+        copy of a float16 slide is ever whole."""
         if any(s.expression is None for s in slides):
             raise ValueError("every reference slide needs measured expression")
+        transform = None if embedding_scale is None else embedding_scale.transform
+        embeddings = DistinctRows.concatenate([DistinctRows.of(s.embeddings, transform) for s in slides])
+        expression = np.empty((len(embeddings), slides[0].expression.shape[1]), embeddings.distinct.dtype)
+        for slide, first in zip(slides, np.cumsum([0, *(s.n_spots for s in slides)]), strict=False):
+            for start in range(0, slide.n_spots, _ROWS):
+                block = slide.expression[start : start + _ROWS]
+                expression[first + start : first + start + len(block)] = scale.transform(block)
         return cls(
-            embeddings=np.concatenate([s.embeddings for s in slides]).astype(np.float32),
-            expression=scale.transform(np.concatenate([s.expression for s in slides])),
+            embeddings=embeddings,
+            expression=expression,
             slide_ids=np.concatenate([np.full(s.n_spots, s.slide_id, dtype=object) for s in slides]),
             spot_ids=np.concatenate([np.asarray(s.spot_ids, dtype=object) for s in slides]),
             centers_px=np.concatenate([s.coords for s in slides]).astype(np.float32),
@@ -46,10 +63,11 @@ class ReferenceBank:
     def __len__(self) -> int:
         return len(self.embeddings)
 
-    def search_index(self, options: SearchOptions) -> CosineIndex:
-        """The index of the bank's embeddings for ``options``, built once per bank and options."""
+    def search_index(self, options: SearchOptions, graph: dict[str, np.ndarray] | None = None) -> CosineIndex:
+        """The index of the bank's embeddings for ``options``, built once per bank and options (or
+        from a saved ``graph``: :meth:`CosineIndex.graph`)."""
         if options not in self._indexes:
-            self._indexes[options] = CosineIndex(self.embeddings, options)
+            self._indexes[options] = CosineIndex(self.embeddings, options, graph)
         return self._indexes[options]
 
     def __getstate__(self) -> dict:
@@ -58,7 +76,8 @@ class ReferenceBank:
     def rows(self, keep: np.ndarray) -> ReferenceBank:
         """The bank's rows ``keep`` (a mask or indices)."""
         return ReferenceBank(
-            *(None if v is None else v[keep] for v in (self.embeddings, self.expression, self.slide_ids)),
+            self.embeddings.take(keep),
+            *(None if v is None else v[keep] for v in (self.expression, self.slide_ids)),
             *(None if v is None else v[keep] for v in (self.spot_ids, self.centers_px)),
         )
 
@@ -77,11 +96,24 @@ class GraphParts:
     similarity: np.ndarray
     prior_neighbours: np.ndarray | None = None
 
+    def hetero_data(self, bank: ReferenceBank) -> HeteroData:
+        """The graph as ``HeteroData`` without node features: the reference nodes' rows of ``bank``
+        (``bank_index``), every relation's edges and, with a retrieval prior, the targets' ``prior``."""
+        data = HeteroData()
+        data["target"].num_nodes = len(self.retrieved)
+        data["reference"].num_nodes = len(self.nodes)
+        data["reference"].bank_index = torch.from_numpy(self.nodes.astype(np.int64))
+        for edge_type, edge_index in self.edges.items():
+            data[edge_type].edge_index = edge_index
+        if self.prior_neighbours is not None:  # mean expression of the prior_k most similar bank spots
+            data["target"].prior = self.prior(bank)
+        return data
+
     def prior(self, bank: ReferenceBank, rows: slice | np.ndarray = slice(None)) -> torch.Tensor | None:
         """The retrieval prior of targets ``rows``: their prior neighbours' mean expression."""
         if self.prior_neighbours is None:
             return None
-        return torch.from_numpy(bank.expression[self.prior_neighbours[rows]].mean(axis=1).astype(np.float32))
+        return torch.from_numpy(bank.expression[self.prior_neighbours[rows]].mean(axis=1, dtype=np.float32))
 
 
 def nearest_references(
@@ -126,7 +158,7 @@ def graph_parts(
         local = local.reshape(retrieved.shape)
     else:  # "bank"
         nodes, local = np.arange(len(bank)), retrieved
-    inputs = GraphInputs(target.coords, bank.embeddings[nodes], bank.expression[nodes], local, options)
+    inputs = GraphInputs(target.coords, bank.embeddings.take(nodes), bank.expression[nodes], local, options)
     edges = {relation.edge_type: _edges(relation.neighbours(inputs)) for relation in relations.RELATIONS}
     prior = (
         nearest_references(target.embeddings, bank, options.prior_k, scale, search)[0]
@@ -137,22 +169,26 @@ def graph_parts(
 
 
 def reference_features(bank: ReferenceBank, nodes: np.ndarray) -> torch.Tensor:
-    """The reference nodes' features [embedding ‖ standardised expression]."""
-    return torch.from_numpy(np.concatenate([bank.embeddings[nodes], bank.expression[nodes]], axis=1))
+    """The reference nodes' features [embedding ‖ standardised expression], float32, filled a block of
+    nodes at a time (no float32 copy of either part)."""
+    width = bank.embeddings.shape[1]
+    features = np.empty((len(nodes), width + bank.expression.shape[1]), np.float32)
+    for start in range(0, len(nodes), _FEATURE_ROWS):
+        rows = nodes[start : start + _FEATURE_ROWS]
+        features[start : start + len(rows), :width] = bank.embeddings[rows]
+        features[start : start + len(rows), width:] = bank.expression[rows]
+    return torch.from_numpy(features)
+
+
+_FEATURE_ROWS = 1 << 14
 
 
 def build_graph(target: SlideData, bank: ReferenceBank, options: GraphOptions = GraphOptions()) -> HeteroData:
     """The SpaHGC graph of ``target`` against ``bank`` as ``HeteroData`` (:func:`graph_parts` with
     node features): CNAP reshapes a target's CS edges to its (k,) references, most similar first."""
-    parts = graph_parts(target, bank, options)
-    data = HeteroData()
-    data["target"].x = torch.from_numpy(target.embeddings.astype(np.float32))
-    data["reference"].x = reference_features(bank, parts.nodes)
-    data["reference"].bank_index = torch.from_numpy(parts.nodes.astype(np.int64))
-    for edge_type, edge_index in parts.edges.items():
-        data[edge_type].edge_index = edge_index
-    if options.prior_k:  # the retrieval prior: mean expression of the prior_k most similar bank spots
-        data["target"].prior = parts.prior(bank)
+    data = graph_parts(target, bank, options).hetero_data(bank)
+    data["target"].x = torch.from_numpy(np.array(target.embeddings, dtype=np.float32))
+    data["reference"].x = reference_features(bank, data["reference"].bank_index.numpy())
     return data
 
 

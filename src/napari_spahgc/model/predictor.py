@@ -39,6 +39,7 @@ from napari_spahgc.model.folder import (
     verified_tensors,
 )
 from napari_spahgc.model.graph import ReferenceBank, graph_parts, reference_features
+from napari_spahgc.model.neighbours import DistinctRows
 from napari_spahgc.model.network import SpaHGC
 from napari_spahgc.model.slide_data import FeatureScale, SlideData
 from napari_spahgc.view.explain import check_gene, reference_table, spot_row
@@ -272,7 +273,8 @@ class SpaHGCPredictor:
             f"network.{k}": v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()
         }
         arrays = {
-            "bank.embeddings": self.bank.embeddings,
+            "bank.embeddings": self.bank.embeddings.distinct,
+            "bank.embedding_rows": self.bank.embeddings.row_of,
             "bank.expression": self.bank.expression,
             "scale.mean": self.scale.mean,
             "scale.sd": self.scale.sd,
@@ -283,7 +285,12 @@ class SpaHGCPredictor:
             arrays["calibration.scores"] = self.calibration.scores
         if self.bank.centers_px is not None:
             arrays["bank.centers_px"] = self.bank.centers_px.astype(np.float32)
-        return tensors | {name: torch.from_numpy(array) for name, array in arrays.items()}
+        graph = self.bank.search_index(self.config.graph.search()).graph()  # built here if never searched
+        if graph is not None:  # an approximate search index: saved, not rebuilt for every prediction
+            arrays |= {f"bank.search_graph.{name}": values for name, values in graph.items()}
+        return tensors | {
+            name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in arrays.items()
+        }
 
     def _config(self) -> dict:
         """config.json's content without its manifest."""
@@ -311,13 +318,17 @@ class SpaHGCPredictor:
         spot_ids = config.get("bank_spot_ids")
         if spot_ids is not None and not (matches(spot_ids, list[str]) and len(spot_ids) == len(slide_ids)):
             raise InputError("config.json: bank_spot_ids is not one spot name per reference spot", folder)
+        embeddings = tensors["bank.embeddings"].numpy()
+        if "bank.embedding_rows" in tensors:  # the distinct rows, and which one each spot is
+            embeddings = DistinctRows(embeddings, tensors["bank.embedding_rows"].numpy())
         bank = ReferenceBank(
-            tensors["bank.embeddings"].numpy(),
+            embeddings,
             tensors["bank.expression"].numpy(),
             np.asarray(slide_ids, dtype=object),
             None if spot_ids is None else np.asarray(spot_ids, dtype=object),
             tensors["bank.centers_px"].numpy() if "bank.centers_px" in tensors else None,
         )
+        _restore_search_index(bank, options.graph, tensors, folder)
         scale = FeatureScale(tensors["scale.mean"].numpy(), tensors["scale.sd"].numpy())
         embedding_scale = FeatureScale(
             tensors["embedding_scale.mean"].numpy(), tensors["embedding_scale.sd"].numpy()
@@ -392,6 +403,21 @@ def _calibration(metadata: ModelMetadata, tensors: dict) -> Calibration | None:
     return Calibration(tensors["calibration.scores"].numpy(), record["mix"], record["spots"], record["inner"])
 
 
+def _restore_search_index(bank: ReferenceBank, options: GraphOptions, tensors: dict, folder: Path) -> None:
+    """The bank's approximate search index from the folder's saved graph (``bank.search_graph.*``),
+    checked against the bank's embeddings; a folder without one builds it at the first search."""
+    prefix = "bank.search_graph."
+    graph = {k[len(prefix) :]: v.numpy() for k, v in tensors.items() if k.startswith(prefix)}
+    if not graph:
+        return
+    try:
+        index = bank.search_index(options.search(), graph)
+    except (KeyError, ValueError) as error:
+        raise InputError(f"{WEIGHTS_FILE}: {error}", folder) from None
+    if not index.approximate:
+        raise InputError(f"{WEIGHTS_FILE}: a search graph for a bank its options search exactly", folder)
+
+
 def _refuse_earlier_format(config: dict, tensors: dict, folder: Path) -> None:
     """Refuse a folder of the format before ensembles and standardised embeddings."""
     model_options = config.get("model_options")
@@ -437,11 +463,21 @@ def _check_shapes(
         expected["calibration.scores"] = (metadata.calibration.get("kept_spots"), genes)
     if "bank.centers_px" in tensors:
         expected["bank.centers_px"] = (bank_rows, 2)
+    rows = tensors.get("bank.embedding_rows")
+    if rows is not None:  # the bank's distinct embeddings, and which one each reference spot has
+        expected["bank.embedding_rows"] = (bank_rows,)
+        expected["bank.embeddings"] = (len(tensors["bank.embeddings"]), dim)
     wrong = [
         f"{name} is {tuple(tensors[name].shape) if name in tensors else 'missing'}, not {shape}"
         for name, shape in expected.items()
         if name not in tensors or tuple(tensors[name].shape) != shape
     ]
+    if (
+        rows is not None
+        and len(rows)
+        and not 0 <= int(rows.min()) <= int(rows.max()) < len(tensors["bank.embeddings"])
+    ):
+        wrong.append("bank.embedding_rows names rows bank.embeddings does not have")
     if wrong:
         raise InputError(
             f"{WEIGHTS_FILE} does not fit config.json ({genes} genes, {dim}-d embeddings, {bank_rows} "

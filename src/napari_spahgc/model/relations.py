@@ -16,7 +16,7 @@ import numpy as np
 
 from napari_spahgc.base.spatial import spatial_neighbours
 from napari_spahgc.model.config import GraphOptions, ModelOptions
-from napari_spahgc.model.neighbours import CosineIndex, unit_rows
+from napari_spahgc.model.neighbours import CosineIndex, DistinctRows, unit_rows
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class GraphInputs:
     references as reference-node indices ``(n_target, k)``, most similar first."""
 
     target_coords: np.ndarray
-    reference_embeddings: np.ndarray
+    reference_embeddings: np.ndarray | DistinctRows
     reference_expression: np.ndarray
     retrieved: np.ndarray
     options: GraphOptions
@@ -55,9 +55,19 @@ class Relation:
         return all(getattr(options, switch) for switch in self.switches)
 
 
-def joint_features(embeddings: np.ndarray, expression: np.ndarray) -> np.ndarray:
-    """[embedding ‖ expression] with each block L2-normalised, so both weigh equally in a cosine."""
-    return np.concatenate([unit_rows(embeddings), unit_rows(expression)], axis=1)
+def joint_features(embeddings: np.ndarray | DistinctRows, expression: np.ndarray) -> np.ndarray:
+    """[embedding ‖ expression] with each block L2-normalised, so both weigh equally in a cosine;
+    float32, filled ``_JOINT_ROWS`` rows at a time (no float32 copy of either block)."""
+    width = embeddings.shape[1]
+    joint = np.empty((len(expression), width + expression.shape[1]), np.float32)
+    for start in range(0, len(joint), _JOINT_ROWS):
+        rows = slice(start, start + _JOINT_ROWS)
+        joint[rows, :width] = unit_rows(embeddings[rows])
+        joint[rows, width:] = unit_rows(expression[rows])
+    return joint
+
+
+_JOINT_ROWS = 1 << 14
 
 
 def _nearest_spots(inputs: GraphInputs) -> np.ndarray:
@@ -66,7 +76,8 @@ def _nearest_spots(inputs: GraphInputs) -> np.ndarray:
 
 def _similar_peers(inputs: GraphInputs) -> np.ndarray:
     features = joint_features(inputs.reference_embeddings, inputs.reference_expression)
-    index = CosineIndex(features, inputs.options.search())
+    # every row its own key: a joint row repeats only where a spot's embedding and expression both do
+    index = CosineIndex(DistinctRows(features, np.arange(len(features))), inputs.options.search())
     return index.search(features, inputs.options.k_rs, exclude_self=True)[0]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -12,6 +12,7 @@ from torch_geometric.data import HeteroData
 
 from napari_spahgc.base.errors import InputError
 from napari_spahgc.model import relations
+from napari_spahgc.model.graph import ReferenceBank, reference_features
 from napari_spahgc.model.relations import CS
 
 
@@ -72,16 +73,31 @@ class GraphBatch:
         )
 
 
+@dataclass(frozen=True)
+class TableRows:
+    """What a node store reads of the table of every training spot (a :class:`ReferenceBank`) at its
+    rows ``bank_index`` when a batch is made: their standardised ``"embeddings"``, ``"expression"``
+    or both (``"joint"``: a reference node's features), float32."""
+
+    table: ReferenceBank = field(repr=False)
+    columns: str
+
+    def __call__(self, rows: np.ndarray) -> Tensor:
+        if self.columns == "joint":
+            return reference_features(self.table, rows)
+        return torch.from_numpy(np.asarray(getattr(self.table, self.columns)[rows], dtype=np.float32))
+
+
 def _has(store, name: str) -> bool:
     return name in store or f"shared_{name}" in store
 
 
 def _rows(store, name: str) -> Tensor:
-    """A node store's ``name``: its own tensor, or its rows (``bank_index``) of a shared table
-    (``shared_<name>``)."""
+    """A node store's ``name``: its own tensor, or its rows (``bank_index``) of the shared table
+    (``shared_<name>``: :class:`TableRows`)."""
     if name in store:
         return store[name]
-    return store[f"shared_{name}"].index_select(0, store.bank_index)
+    return store[f"shared_{name}"](store.bank_index.numpy())
 
 
 def _pad(tensors: Sequence[Tensor], rows: int) -> Tensor:

@@ -66,6 +66,7 @@ def train(request: TrainRequest) -> Generator[Progress, None, TrainResult]:
     epochs = request.config.train.epochs
     yield Progress(0, epochs, "building graphs", "train")
     trainer = _trainer(request, embeddings)
+    del embeddings  # the trainer holds its own table of them: embedded ones go before training
     yield from trainer.steps()
     model = trainer.result
     folder = str(model.save(request.out)) if request.out is not None else None

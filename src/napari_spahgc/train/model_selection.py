@@ -146,7 +146,7 @@ def calibrate(predictions, scale: FeatureScale, seed: int = 0) -> Calibration:
         store = graph["reference"]
         bank_rows = store.bank_index[graph[CS].edge_index[0].view(len(truth), -1)].numpy()
         used, rows = np.unique(bank_rows, return_inverse=True)
-        table = scale.inverse(store["shared_x"][used, -prediction.shape[1] :].numpy())
+        table = scale.inverse(store["shared_y"](used).numpy())
         group = np.full(len(truth), len(parts["group"]))
         values = (
             truth,

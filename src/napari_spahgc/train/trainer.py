@@ -17,12 +17,12 @@ from napari_spahgc.base.errors import InputError
 from napari_spahgc.base.progress import Progress
 from napari_spahgc.embed.device import resolve_device
 from napari_spahgc.model.config import SpaHGCConfig
-from napari_spahgc.model.graph import ReferenceBank, build_graph, reference_features
+from napari_spahgc.model.graph import ReferenceBank, graph_parts
 from napari_spahgc.model.neighbours import spatial_blocks
 from napari_spahgc.model.network import SpaHGC
 from napari_spahgc.model.predictor import ModelMetadata, SpaHGCPredictor
 from napari_spahgc.model.slide_data import FeatureScale, SlideData
-from napari_spahgc.train.batch import GraphBatch
+from napari_spahgc.train.batch import GraphBatch, TableRows
 from napari_spahgc.train.losses import bernoulli_mask, contrastive, masked, pearson_per_gene
 from napari_spahgc.train.model_selection import (
     BestEpochs,
@@ -63,14 +63,22 @@ class Trainer:
             if graph_options.standardize_embeddings
             else FeatureScale.identity(slides[0].embeddings.shape[1])
         )
-        self.slides = [s.standardised(self.embedding_scale) for s in slides]
+        self.scale = FeatureScale.fit(slides)
+        #: every training spot's features, held once: standardised embeddings (their distinct rows) and
+        #: expression, in the embeddings' float type; the final bank, each member's bank and every
+        #: graph's nodes are rows of it
+        self.bank = ReferenceBank.from_slides(slides, self.scale, self.embedding_scale)
+        first = np.cumsum([0, *(s.n_spots for s in slides)])
+        self._rows = {s.slide_id: slice(a, a + s.n_spots) for s, a in zip(slides, first, strict=False)}
+        self.slides = [
+            replace(s, embeddings=self.bank.embeddings.take(self._rows[s.slide_id]), expression=None)
+            for s in slides
+        ]
         self.held_out = validation_groups(
             len(self.slides), config.model.members, config.train.seed, config.train.hold_out
         )
         self.graph_options, self.options = graph_options, config.train
         self.model_options = replace(config.model, members=len(self.held_out))
-        self.scale = FeatureScale.fit(self.slides)
-        self.bank = ReferenceBank.from_slides(self.slides, self.scale)
         self.metadata = metadata or ModelMetadata(
             genes=list(genes), embedding_dim=slides[0].embeddings.shape[1]
         )
@@ -86,11 +94,6 @@ class Trainer:
         #: (empty without held-out slides): inner validation for what is chosen after training
         self.held_out_predictions: dict[str, np.ndarray] = {}
         self._bank: tuple[tuple[str, ...], ReferenceBank, np.ndarray] | None = None  # the last one built
-        self._features = reference_features(self.bank, np.arange(len(self.bank)))
-        sizes = [s.n_spots for s in self.slides]
-        self._first_row = dict(
-            zip((s.slide_id for s in self.slides), np.cumsum([0, *sizes[:-1]]), strict=True)
-        )
 
     def steps(self) -> Iterator[Progress]:
         """Train; yields after every epoch. Stop iterating to cancel (``result`` stays None)."""
@@ -258,20 +261,31 @@ class Trainer:
         with_truth: bool = False,
     ) -> HeteroData:
         """The graph of training slide ``target`` (its spots ``rows``; None: all) against the other
-        ``references``. Its nodes keep row numbers into one table of every training spot (``_features``:
-        embedding ‖ standardised expression, the target's truth) instead of copies of their features."""
+        ``references``. Its nodes are row numbers into the table of every training spot (``bank``),
+        read when a batch is made (:class:`~napari_spahgc.train.batch.TableRows`), not copies."""
         others = tuple(s.slide_id for s in references if s.slide_id != target.slide_id)
         if self._bank is None or self._bank[0] != others:  # a slide's blocks come in a row: one bank
-            by_id = {s.slide_id: s for s in self.slides}
-            bank_rows = np.concatenate([np.flatnonzero(self.bank.slide_ids == i) for i in others])
-            self._bank = others, ReferenceBank.from_slides([by_id[i] for i in others], self.scale), bank_rows
+            bank_rows = np.concatenate([np.arange(self._rows[i].start, self._rows[i].stop) for i in others])
+            contiguous = len(others) == 1 or np.all(np.diff(bank_rows) == 1)
+            keep = slice(bank_rows[0], bank_rows[-1] + 1) if contiguous else bank_rows  # a view when it can
+            self._bank = others, self.bank.rows(keep), bank_rows
         _, bank, bank_rows = self._bank
         own = np.arange(target.n_spots) if rows is None else rows
-        graph = build_graph(target if rows is None else target.subset(rows), bank, self.graph_options)
-        d = self.metadata.embedding_dim
-        truth = {"y": self._features[:, d:]} if with_truth else {}
-        _share_rows(graph["target"], self._first_row[target.slide_id] + own, x=self._features[:, :d], **truth)
-        _share_rows(graph["reference"], bank_rows[graph["reference"].bank_index.numpy()], x=self._features)
+        graph = graph_parts(target if rows is None else target.subset(rows), bank, self.graph_options)
+        graph = graph.hetero_data(bank)
+        truth = {"y": TableRows(self.bank, "expression")} if with_truth else {}
+        _share_rows(
+            graph["target"],
+            self._rows[target.slide_id].start + own,
+            x=TableRows(self.bank, "embeddings"),
+            **truth,
+        )
+        _share_rows(
+            graph["reference"],
+            bank_rows[graph["reference"].bank_index.numpy()],
+            x=TableRows(self.bank, "joint"),
+            y=TableRows(self.bank, "expression"),
+        )
         return graph
 
     def _validation_rounds(self, member_slides) -> list[list[tuple[HeteroData, np.ndarray | None]]]:
@@ -286,7 +300,9 @@ class Trainer:
                 [
                     (
                         self._graph(self.slides[i], train),
-                        self.slides[i].expression if scored else None,
+                        self.scale.inverse(self.bank.expression[self._rows[self.slides[i].slide_id]])
+                        if scored
+                        else None,
                         self.slides[i].coords,
                     )
                     for (i, scored), train in zip(picks, member_slides, strict=True)
@@ -313,9 +329,9 @@ class Trainer:
         return t1, r1, t2, r2
 
 
-def _share_rows(store, rows: np.ndarray, **tables: Tensor) -> None:
-    """Replace a node store's features by its row numbers (``bank_index``) into shared tables
-    (``shared_<name>``), read by :class:`~napari_spahgc.train.batch.GraphBatch`."""
+def _share_rows(store, rows: np.ndarray, **tables: TableRows) -> None:
+    """A node store's features as its row numbers (``bank_index``) into the shared table
+    (``shared_<name>``: what to read of it), read by :class:`~napari_spahgc.train.batch.GraphBatch`."""
     store.num_nodes = len(rows)
     store.bank_index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
     for name, table in tables.items():
