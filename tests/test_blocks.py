@@ -26,7 +26,7 @@ def _blocked(network, parts, slide, bank, block_spots, smoothing=None) -> tuple[
     out = torch.full((slide.n_spots, len(GENES)), float("nan"))
     attention = torch.zeros(parts.retrieved.shape)
     steps = predict_blocks(
-        network, parts, lambda a, b: x[a:b], reference_features(bank, parts.nodes),
+        network, parts, lambda a, b: x[a:b], lambda a, b: reference_features(bank, parts.nodes[a:b]),
         lambda rows: parts.prior(bank, rows), block_spots, smoothing,
     )  # fmt: skip
     for _, _, result in steps:
@@ -37,14 +37,17 @@ def _blocked(network, parts, slide, bank, block_spots, smoothing=None) -> tuple[
     return out, attention
 
 
+@pytest.mark.parametrize("prepared_bytes", [1 << 28, 0])
 @pytest.mark.parametrize("group", [3, 2, 1])
 @pytest.mark.parametrize("prior_k", [0, 3])
 @pytest.mark.parametrize("block_spots", [1, 5, 36, 1000])
-def test_blocked_prediction_equals_the_whole_graph(block_spots, prior_k, group, monkeypatch):
+def test_blocked_prediction_equals_the_whole_graph(block_spots, prior_k, group, prepared_bytes, monkeypatch):
     """Layer-wise blocks (down to one spot, references split by a tiny edge budget, the 3 members in
-    groups of ``group``) give the network's whole-graph output to 1e-5."""
+    groups of ``group``, source rows prepared once or chunk by chunk) give the network's whole-graph
+    output to 1e-5."""
     monkeypatch.setattr(model_blocks, "EDGES_PER_BLOCK", 9)
     monkeypatch.setattr(model_blocks, "FEATURE_BYTES", group * 4 * 36 * 32 * 4)  # 36 spots, hidden 32
+    monkeypatch.setattr(model_blocks, "PREPARED_BYTES", prepared_bytes)
     slides = make_slides(n_slides=4)
     config = SpaHGCConfig.from_options({"hidden": 32, "q": 3, "k": 4, "members": 3, "prior_k": prior_k})
     torch.manual_seed(1)
@@ -91,6 +94,18 @@ def test_a_reference_every_target_retrieved_is_computed_in_bounded_chunks(monkey
     blocked, _ = _blocked(network, graph_parts(glass, bank, config.graph), glass, bank, 1000)
     assert float((blocked - whole.mean(0)).abs().max()) <= 1e-5
     assert max(edges_per_call) == 3 * 8  # members × the budget, though a reference receives 36 edges
+    prepared_rows = []
+    prepare = CrossNodeAttention.prepare
+
+    def recording(self, source):
+        prepared_rows.append(source.shape[1])
+        return prepare(self, source)
+
+    monkeypatch.setattr(CrossNodeAttention, "prepare", recording)
+    monkeypatch.setattr(model_blocks, "PREPARED_BYTES", 0)  # the targets' keys and values: chunk by chunk
+    blocked, _ = _blocked(network, graph_parts(glass, bank, config.graph), glass, bank, 1000)
+    assert float((blocked - whole.mean(0)).abs().max()) <= 1e-5
+    assert max(prepared_rows) <= 8  # never all 36 targets' (nor the references') rows at once
 
 
 def test_predictor_blocks_agree_and_cancel(monkeypatch):

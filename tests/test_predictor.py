@@ -5,6 +5,7 @@ as a whole (manifest, config digest, options, shapes), so any edit is refused by
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 from dataclasses import replace
@@ -214,6 +215,28 @@ def test_an_untouched_copy_loads_and_predicts_as_the_original(saved, folder):
     original, copy = SpaHGCPredictor.load(saved[0]), SpaHGCPredictor.load(folder)
     np.testing.assert_array_equal(copy.predict(test), original.predict(test))
     assert copy.folder == folder and copy.genes == original.genes == GENES
+
+
+def test_the_banks_expression_is_read_from_the_file_where_it_is_used(folder, tmp_path):
+    """A loaded bank's expression is a read-only map of the verified file (a prediction reads only the
+    retrieved rows); it predicts a bank slide (without its own rows) as the same bank in memory does,
+    saves again unchanged, and one of another dtype is refused by name."""
+    mapped, in_memory = SpaHGCPredictor.load(folder), SpaHGCPredictor.load(folder)
+    expression = mapped.bank.expression
+    assert isinstance(expression.base.base.obj, mmap.mmap) and not expression.flags.writeable
+    in_memory.bank.expression = np.array(expression)
+    bank_slide = make_slides()[0]
+    assert bank_slide.slide_id in set(mapped.bank.slide_ids)
+    np.testing.assert_array_equal(mapped.predict(bank_slide), in_memory.predict(bank_slide))
+    tensors = load_file(str(folder / "model.safetensors"))
+    saved_again = load_file(str(mapped.save(tmp_path / "again") / "model.safetensors"))
+    assert saved_again.keys() == tensors.keys()
+    for name, values in tensors.items():
+        np.testing.assert_array_equal(saved_again[name].numpy(), values.numpy())
+    tensors["bank.expression"] = tensors["bank.expression"].double()
+    reseal(folder, json.loads((folder / "config.json").read_text()), tensors)
+    with pytest.raises(InputError, match=r"bank\.expression is F64, not one of F16, F32"):
+        SpaHGCPredictor.load(folder)
 
 
 def test_what_is_not_a_model_folder_is_named(tmp_path, folder):

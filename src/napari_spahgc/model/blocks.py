@@ -6,9 +6,10 @@ block with a halo is exact. So the encoder runs *layer by layer*: each layer com
 new features in blocks of destination rows, each block receiving its messages from the previous
 layer's features of all nodes (only the source rows its edges touch are projected). The results
 equal :meth:`SpaHGC.forward` on the whole graph up to float rounding (a test holds them to 1e-5).
-Memory: two copies of the hidden features of a group of members (group × nodes × hidden) and CNDA's
-keys and values of the targets (at most ``FEATURE_BYTES`` for the targets' four), plus one chunk's
-messages, at most ``EDGES_PER_BLOCK`` edges whatever one row receives.
+Memory: two copies of the hidden features of a group of members (group × nodes × hidden) and what the
+messages need of the source rows (CNDA's keys and values: prepared once for all rows when they take
+at most ``PREPARED_BYTES``, else for each chunk's source rows as it needs them — a Visium HD slide's
+targets), plus one chunk's messages, at most ``EDGES_PER_BLOCK`` edges whatever one row receives.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from torch import Tensor
 
 from napari_spahgc.model.config import ModelOptions
 from napari_spahgc.model.graph import GraphParts
-from napari_spahgc.model.network import NODE_TYPES, SpaHGC
+from napari_spahgc.model.network import NODE_TYPES, MessageOperator, SpaHGC
 
 #: most incoming edges (over all relations) a block's messages are computed for at once
 EDGES_PER_BLOCK = 1 << 16
 #: most bytes the target features of one group of members may take (see :func:`member_groups`)
 FEATURE_BYTES = 1 << 30
+#: most bytes a route's source rows, prepared (:meth:`MessageOperator.prepare`), are held in at once
+PREPARED_BYTES = 1 << 28
 
 
 class _Route:
@@ -39,13 +42,13 @@ class _Route:
         self.src, self.dst = edge_index[0][order], edge_index[1][order]
         self.ptr = torch.searchsorted(self.dst, torch.arange(n_rows + 1, device=self.dst.device)).cpu()
 
-    def chunks(self, prepared: Tensor, start: int, stop: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def chunks(self, sources: _Sources, start: int, stop: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The edges into destination rows ``start:stop`` in chunks of at most ``EDGES_PER_BLOCK``
         (per member): ``(the prepared source rows the chunk's edges touch, its edges in flattened
         members × rows indices)``. A row with more incoming edges than that is split over several
         chunks."""
         first, last = int(self.ptr[start]), int(self.ptr[stop])
-        members = prepared.shape[0]
+        members = sources.members
         for begin in range(first, max(last, first + 1), EDGES_PER_BLOCK):
             end = min(begin + EDGES_PER_BLOCK, last)
             used, src = torch.unique(self.src[begin:end], return_inverse=True)
@@ -56,7 +59,26 @@ class _Route:
                     (shift * (stop - start) + (self.dst[begin:end] - start)).reshape(-1),
                 ]
             )
-            yield prepared.index_select(1, used), edge_index
+            yield sources.rows(used), edge_index
+
+
+class _Sources:
+    """A route's source rows as its operator's messages need them (:meth:`MessageOperator.prepare`):
+    all prepared once when they fit ``PREPARED_BYTES``, else each chunk's rows when it asks (the keys
+    and values of a 700,000-bin slide's targets would take 1 GB a member)."""
+
+    def __init__(self, operator: MessageOperator, features: Tensor) -> None:
+        members, rows = features.shape[:2]
+        self.operator, self.features, self.members = operator, features, members
+        width = operator.prepare(features[:, :1]).shape[-1]
+        fits = members * rows * width * features.element_size() <= PREPARED_BYTES
+        self.prepared = operator.prepare(features) if fits else None
+
+    def rows(self, used: Tensor) -> Tensor:
+        """The prepared source rows ``used``."""
+        if self.prepared is not None:
+            return self.prepared.index_select(1, used)
+        return self.operator.prepare(self.features.index_select(1, used))
 
 
 def row_blocks(degree: np.ndarray, max_rows: int, max_edges: int) -> list[tuple[int, int]]:
@@ -78,7 +100,7 @@ def predict_blocks(
     network: SpaHGC,
     parts: GraphParts,
     target_rows: Callable[[int, int], Tensor],
-    reference_x: Tensor,
+    reference_rows: Callable[[int, int], Tensor],
     prior: Callable[[np.ndarray], Tensor | None],
     block_spots: int,
     smoothing: tuple[np.ndarray, float] | None = None,
@@ -92,12 +114,13 @@ def predict_blocks(
     final stage's blocks, else None: ``share`` is one group's part of the members' mean (the sum of its
     members' genes / members), and the mean is the sum of the shares, the first group's ``first``
     True; ``attention`` the same share of CNAP's attention over each target's references. ``target_rows(start, stop)``
-    gives those targets' (standardised) embeddings; ``prior(rows)`` the retrieval prior of target rows
+    gives those targets' (standardised) embeddings, ``reference_rows(start, stop)`` those reference
+    nodes' features (both are projected block by block); ``prior(rows)`` the retrieval prior of target rows
     ``rows`` or None. ``smoothing = (neighbours (n, q), s)`` mixes each spot's genes with its neighbours'
     mean, (1 − s) · own + s · mean (the neighbours' genes are computed with the block: no second
     slide-sized array). Stop iterating to cancel.
     """
-    n_rows = {"target": len(parts.retrieved), "reference": len(reference_x)}
+    n_rows = {"target": len(parts.retrieved), "reference": len(parts.nodes)}
     first = network.layers[0] if len(network.layers) else None
     routes = {
         node: [_Route(name, src, e, n_rows[node]) for name, src, e in first.routes(node, parts.edges)]
@@ -108,17 +131,28 @@ def predict_blocks(
     blocks = {
         node: _blocks(routes[node], n_rows[node], block_spots) if routes[node] else [] for node in NODE_TYPES
     }
-    targets = [(s, min(s + block_spots, n_rows["target"])) for s in range(0, n_rows["target"], block_spots)]
+    rows = {node: _row_ranges(n_rows[node], block_spots) for node in NODE_TYPES}
+    inputs = {
+        "target": (network.project_target, target_rows),
+        "reference": (network.project_reference, reference_rows),
+    }
     groups = member_groups(network.options, n_rows["target"])
-    total = len(groups) * (2 * len(targets) + len(network.layers) * sum(map(len, blocks.values())))
+    total = len(groups) * (
+        len(rows["reference"])
+        + 2 * len(rows["target"])
+        + len(network.layers) * sum(map(len, blocks.values()))
+    )
     done = 0
     for group in groups:
         with network.members_only(group):
-            h = {"reference": network.project_reference(reference_x.expand(len(group), -1, -1))}
+            h: dict[str, Tensor] = {}
             stages = chain(
-                _project_targets(network, h, target_rows, targets, n_rows["target"]),
+                *(
+                    _project(*inputs[node], h, node, len(group), rows[node], n_rows[node])
+                    for node in NODE_TYPES
+                ),
                 *(_layer(layer, h, routes, blocks) for layer in network.layers),
-                _predict_targets(network, h, parts.retrieved, prior, targets, smoothing),
+                _predict_targets(network, h, parts.retrieved, prior, rows["target"], smoothing),
             )
             for result in stages:
                 done += 1
@@ -134,30 +168,35 @@ def member_groups(options: ModelOptions, n_targets: int) -> list[list[int]]:
     return [list(range(m, min(m + size, options.members))) for m in range(0, options.members, size)]
 
 
-def _project_targets(network: SpaHGC, h: dict, rows, blocks, n: int) -> Iterator[None]:
-    """The targets' input projection, block by block, into ``h["target"]``."""
-    members = h["reference"].shape[0]
+def _row_ranges(n: int, size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive ranges of at most ``size`` of ``n`` rows."""
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _project(project, rows, h: dict, node: str, members: int, blocks, n: int) -> Iterator[None]:
+    """A node type's input projection, block by block of its rows, into ``h[node]`` (members, n, hidden)."""
     for start, stop in blocks:
-        projected = network.project_target(rows(start, stop).expand(members, -1, -1))
-        if "target" not in h:
-            h["target"] = projected.new_empty(members, n, projected.shape[-1])
-        h["target"][:, start:stop] = projected
+        projected = project(rows(start, stop).expand(members, -1, -1))
+        if node not in h:
+            h[node] = projected.new_empty(members, n, projected.shape[-1])
+        h[node][:, start:stop] = projected
         yield None
 
 
 def _layer(layer, h: dict, routes: dict, blocks: dict) -> Iterator[None]:
     """One encoder layer over every node, block by block of destination rows; then ``h`` holds its
-    output. Each route's source rows are prepared once (CNDA's keys and values) for all its blocks."""
+    output. Each route's source rows are prepared (CNDA's keys and values) once for all its blocks, or
+    chunk by chunk when they would not fit ``PREPARED_BYTES`` (:class:`_Sources`)."""
     new = {node: torch.empty_like(h[node]) if routes[node] else h[node] for node in NODE_TYPES}
     for node in NODE_TYPES:
-        prepared = {
-            route.name: layer.operators[route.name].prepare(h[route.source]) for route in routes[node]
+        sources = {
+            route.name: _Sources(layer.operators[route.name], h[route.source]) for route in routes[node]
         }
         for start, stop in blocks[node]:
-            inputs = [(route.name, route.chunks(prepared[route.name], start, stop)) for route in routes[node]]
+            inputs = [(route.name, route.chunks(sources[route.name], start, stop)) for route in routes[node]]
             new[node][:, start:stop] = layer.update(node, h[node][:, start:stop], inputs)
             yield None
-        del prepared
+        del sources
     h.update(new)
 
 

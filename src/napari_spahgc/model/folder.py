@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import mmap
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
@@ -56,9 +60,13 @@ def read_config(path: Path) -> dict:
     return config
 
 
-def verified_tensors(folder: Path, config: dict) -> dict[str, torch.Tensor]:
+def verified_tensors(
+    folder: Path, config: dict, mapped: Collection[str] = ()
+) -> dict[str, torch.Tensor | np.ndarray]:
     """model.safetensors' tensors, once the file matches config.json's manifest and its header
-    records the digest of this very config.json."""
+    records the digest of this very config.json. Those named in ``mapped`` come back as read-only
+    numpy memory maps of the verified file, read where they are used: a large bank's expression, of
+    which a prediction reads only the retrieved rows, is never whole in memory."""
     expected, path = _manifest_sha256(config, folder), folder / WEIGHTS_FILE
     try:
         actual = sha256(path)
@@ -71,7 +79,9 @@ def verified_tensors(folder: Path, config: dict) -> dict[str, torch.Tensor]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             recorded = (handle.metadata() or {}).get(CONFIG_DIGEST_KEY)
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not iterable)
+            names = set(handle.keys())
+            tensors = {key: handle.get_tensor(key) for key in names - set(mapped)}
+        tensors |= _memory_maps(path, names & set(mapped))
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
         raise InputError(f"cannot read {WEIGHTS_FILE} ({error})", folder) from None
     if recorded != config_digest(config):
@@ -81,6 +91,31 @@ def verified_tensors(folder: Path, config: dict) -> dict[str, torch.Tensor]:
             folder,
         )
     return tensors
+
+
+#: the numpy dtypes of the safetensors dtypes a memory-mapped tensor may have
+_MAPPED_DTYPES = {"F16": np.float16, "F32": np.float32}
+
+
+def _memory_maps(path: Path, names: set[str]) -> dict[str, np.ndarray]:
+    """Read-only maps of the tensors ``names`` of a safetensors file that safetensors has opened (so
+    its header is valid): an 8-byte little-endian header length, then the JSON header with each
+    tensor's dtype, shape and byte range in the data that follows it. The kernel is told the rows are
+    read at random, so a retrieved row does not bring its neighbours into memory."""
+    with path.open("rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(length))
+        data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(data, "madvise"):  # not on Windows
+        data.madvise(mmap.MADV_RANDOM)
+    maps = {}
+    for name in names:
+        dtype, shape, (begin, _) = header[name]["dtype"], header[name]["shape"], header[name]["data_offsets"]
+        if dtype not in _MAPPED_DTYPES:
+            raise ValueError(f"{name} is {dtype}, not one of {', '.join(_MAPPED_DTYPES)}")
+        array = np.frombuffer(data, _MAPPED_DTYPES[dtype], count=math.prod(shape), offset=8 + length + begin)
+        maps[name] = array.reshape(shape)
+    return maps
 
 
 def _manifest_sha256(config: dict, folder: Path) -> str:

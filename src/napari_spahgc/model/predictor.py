@@ -166,6 +166,9 @@ class SpaHGCPredictor:
         def embeddings(start: int, stop: int) -> torch.Tensor:
             return torch.from_numpy(self.embedding_scale.transform(slide.embeddings[start:stop])).to(target)
 
+        def references(start: int, stop: int) -> torch.Tensor:
+            return reference_features(bank, parts.nodes[start:stop]).to(target)
+
         def prior(rows: np.ndarray) -> torch.Tensor | None:
             values = parts.prior(bank, rows)
             return None if values is None else values.to(target)
@@ -182,7 +185,7 @@ class SpaHGCPredictor:
             network,
             parts,
             embeddings,
-            reference_features(bank, parts.nodes).to(target),
+            references,
             prior,
             block_spots,
             mix,
@@ -288,8 +291,9 @@ class SpaHGCPredictor:
         graph = self.bank.search_index(self.config.graph.search()).graph()  # built here if never searched
         if graph is not None:  # an approximate search index: saved, not rebuilt for every prediction
             arrays |= {f"bank.search_graph.{name}": values for name, values in graph.items()}
-        return tensors | {
-            name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in arrays.items()
+        return tensors | {  # a loaded bank's memory-mapped (read-only) expression is read here
+            name: torch.from_numpy(np.require(array, requirements=("C", "W")))
+            for name, array in arrays.items()
         }
 
     def _config(self) -> dict:
@@ -310,7 +314,7 @@ class SpaHGCPredictor:
         """A model folder, verified as a whole first: manifest, config digest, options, shapes."""
         folder = Path(folder)
         config = read_config(config_path(folder))
-        tensors = verified_tensors(folder, config)
+        tensors = verified_tensors(folder, config, mapped=("bank.expression",))
         _refuse_earlier_format(config, tensors, folder)
         metadata, options, slide_ids = _settings(config, folder)
         _check_shapes(metadata, options.model, len(slide_ids), tensors, folder)
@@ -323,7 +327,7 @@ class SpaHGCPredictor:
             embeddings = DistinctRows(embeddings, tensors["bank.embedding_rows"].numpy())
         bank = ReferenceBank(
             embeddings,
-            tensors["bank.expression"].numpy(),
+            tensors["bank.expression"],
             np.asarray(slide_ids, dtype=object),
             None if spot_ids is None else np.asarray(spot_ids, dtype=object),
             tensors["bank.centers_px"].numpy() if "bank.centers_px" in tensors else None,
