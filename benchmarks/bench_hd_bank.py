@@ -11,15 +11,17 @@ offline encoder's dense embeddings. Banks:
 - ``exact``: the 8 µm bins, searched exactly (the default below ``ann_min_keys`` distinct keys);
 - ``approximate``: the same bins, every CS and RS search through the HNSW index (``ann_min_keys`` 0);
 - ``16um``: the training slides' bins aggregated 2 × 2 (``io.bins.aggregate_bins``: counts summed,
-  as Space Ranger's 16 µm output) and dense-embedded at their own centres;
+  as Space Ranger's 16 µm output) and dense-embedded at their own centres, searched exactly;
+- ``16um_approximate``: the same, every search through the HNSW index;
 - ``subsample``: a seeded random ``--fraction`` of the 8 µm bins.
 
 Held out: C4's ``--bins`` 8 µm bins, predicted by each model (``ns.predict``, dense embeddings). Scored
 with ``base.metrics.score`` (mean per-gene PCC over the 785-gene panel, RMSE) per bin and on squares of
-``--squares`` µm: a square's measured value is log1p-CPM of its bins' summed counts, its prediction
+``--squares`` bins a side (8, 32 and 96 µm): a square's measured value is log1p-CPM of its bins' summed counts, its prediction
 the log1p of its bins' mean predicted CPM. The synthetic counts of one 8 µm bin are ≈ 120 UMIs over
-15,842 genes, so per-bin PCC is near zero for any model; squares of ≈ 100 µm (a real ST spot's pitch)
-hold the signal the counts were drawn from. Nothing of C4 reaches training or any choice here.
+15,842 genes, so per-bin PCC is near zero for any model; squares of 96 µm (about a real ST spot's
+100 µm pitch) hold the signal the counts were drawn from. Each bank's predictions are saved beside the
+slides (``hd_bank_BINS_BANK_seedSEED.npy``). Nothing of C4 reaches training or any choice here.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from napari_spahgc.io.bins import aggregate_bins, membership, squares, summed_co
 from napari_spahgc.io.expression import log_cpm
 from napari_spahgc.io.slide import Slide
 
-BANKS = ("exact", "approximate", "16um", "subsample")
+BANKS = ("exact", "approximate", "16um", "16um_approximate", "subsample")
 
 
 def subsample(slide: Slide, fraction: float, seed: int) -> Slide:
@@ -53,7 +55,7 @@ def subsample(slide: Slide, fraction: float, seed: int) -> Slide:
 
 
 def training_slides(bank: str, slides: list[Slide], args) -> list[Slide]:
-    if bank == "16um":
+    if bank.startswith("16um"):
         return [aggregate_bins(s, 2) for s in slides]
     if bank == "subsample":
         return [subsample(s, args.fraction, args.seed) for s in slides]
@@ -68,16 +70,16 @@ def embed(slides: list[Slide], args) -> ns.Embeddings:
 
 def train(slides: list[Slide], genes: list[str], bank: str, args):
     options = {"epochs": args.epochs, "lr": args.lr, "members": 1, "hold_out": False}
-    options |= {"ann_min_keys": 0} if bank == "approximate" else {}
+    options |= {"ann_min_keys": 0} if bank.endswith("approximate") else {}
     config = ns.SpaHGCConfig.from_options(options, preset="paper", seed=args.seed, device="cpu")
     request = ns.TrainRequest(slides, embed(slides, args), ns.GeneChoice(panel=tuple(genes)), config)
     return ns.run_to_end(ns.train(request)).model
 
 
-def square_scores(test: Slide, predicted: np.ndarray, genes: list[str], side_um: float) -> dict:
-    """Scores on squares of ``side_um``: measured = log1p-CPM of the summed counts, predicted = log1p of
-    the mean predicted CPM."""
-    _, square = squares(test.centers_px, side_um / test.pixel_size_um, test.spot_diameter_px)
+def square_scores(test: Slide, predicted: np.ndarray, genes: list[str], factor: int) -> dict:
+    """Scores on squares of ``factor`` × ``factor`` bins (``io.bins.squares``): measured = log1p-CPM of
+    the summed counts, predicted = log1p of the mean predicted CPM."""
+    _, square = squares(test, factor)
     members = membership(square)
     sizes = np.asarray(members.sum(axis=1))
     ids = pd.Index(np.arange(members.shape[0]).astype(str))
@@ -95,7 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3, help="the default preset's (the paper's: 1e-4)")
     parser.add_argument("--fraction", type=float, default=0.25)
-    parser.add_argument("--squares", type=float, nargs="+", default=[8.0, 32.0, 100.0])
+    parser.add_argument(
+        "--squares", type=int, nargs="+", default=[1, 4, 12], help="bins a side: 8, 32, 96 µm"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("hd_bank.json"))
     args = parser.parse_args(argv)
@@ -113,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
         predicted = ns.run_to_end(ns.predict(request)).predictions[test.slide_id].X
         record = {"bank": bank, "bank_bins": int(sum(s.n_spots for s in slides)), "train_s": round(trained, 1),
                   "distinct_keys": len(model.bank.embeddings.distinct),
-                  "scores": {f"{side:g}um": square_scores(test, predicted, genes, side) for side in args.squares}}  # fmt: skip
+                  "scores": {f"{8 * f}um": square_scores(test, predicted, genes, f) for f in args.squares}}  # fmt: skip
+        np.save(args.work / f"hd_bank_{args.bins}_{bank}_seed{args.seed}.npy", predicted)  # to score again
         records.append(record)
         print(json.dumps(record), flush=True)
     settings = {

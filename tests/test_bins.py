@@ -3,6 +3,8 @@ averaged, Space Ranger-style ids, on grids whose pitch is not a round number of 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -46,16 +48,18 @@ def test_bins_aggregate_two_by_two_into_16_um_squares():
 @pytest.mark.parametrize("factor", [2, 4, 13])
 def test_every_square_of_a_long_grid_holds_factor_squared_bins(factor):
     """Hundreds of bins along each axis: rounding never moves a bin into its neighbour's square."""
-    slide = bin_slide(rows=26, cols=520, genes=1)
-    _, square = squares(slide.centers_px, factor * PITCH_PX, PITCH_PX)
+    _, square = squares(bin_slide(rows=26, cols=520, genes=1), factor)
     sizes = np.bincount(square)
     full = (26 // factor) * (520 // factor)  # squares away from the last row and column
     assert np.sum(sizes == factor**2) == full and sizes.max() == factor**2
     assert len(sizes) == -(-26 // factor) * -(-520 // factor)
 
 
-def test_a_slide_without_a_bin_size_is_refused_by_name():
-    slide = bin_slide(rows=2, cols=2)
-    slide.spot_diameter_px = None
-    with pytest.raises(InputError, match="'HD' has no bin size"):
-        aggregate_bins(slide, 2)
+def test_spots_that_are_not_bins_on_one_grid_are_refused_by_name():
+    slide = bin_slide(rows=6, cols=6)
+    rotated = replace(slide, centers_px=slide.centers_px @ np.array([[0.998, 0.0698], [-0.0698, 0.998]]))
+    with pytest.raises(InputError, match="'HD' is not bins on one square grid"):
+        aggregate_bins(rotated, 2)
+    spots = replace(slide, spot_diameter_px=0.4 * PITCH_PX)  # spots apart, as Visium's on their grid
+    with pytest.raises(InputError, match="Space Ranger's binned_outputs/square_016um"):
+        aggregate_bins(spots, 2)

@@ -104,6 +104,17 @@ def test_hd_folder_through_the_cli_into_napari(make_napari_viewer, tmp_path, cap
     assert [labels.shape for labels in stored.labels.values()] == [(30, 30)]  # one pixel per bin
     np.testing.assert_allclose(np.asarray(stored.tables["table"].X), predicted)
 
+    coarse = [*train[:3], tmp_path / "model16", *train[4:], "--aggregate-bins", 2]  # 16 µm bins to train
+    code, out, err = run_cli([*coarse, "--epochs", 1, "--set", "hidden=16", "--cache", cache], capsys)
+    assert code == 0, err
+    config = json.loads((tmp_path / "model16" / "config.json").read_text())
+    assert len(config["bank_spot_ids"]) == 2 * 15 * 15 and config["bank_spot_ids"][0] == "s_016um_00000_00000"
+    code, out, err = run_cli(
+        ["predict", tmp_path / "model16", target, "--out", tmp_path / "pred16", "--cache", cache], capsys
+    )
+    assert code == 0, err  # it predicts the 8 µm bins
+    assert ad.read_h5ad(tmp_path / "pred16" / "C2_hd900.h5ad").shape == predicted.shape
+
     monkeypatch.setattr(layers, "RASTER_MIN_SPOTS", 500)  # real HD slides pass 50,000; this one has 900
     viewer = make_napari_viewer(show=True)
     viewer.window.add_dock_widget(GenesWidget(viewer))

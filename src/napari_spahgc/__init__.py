@@ -45,6 +45,7 @@ _API = {
     "open_image": "io.images",
     "read_spots": "io.spots",
     "read_counts": "io.spots",
+    "aggregate_bins": "io.bins",
     "GeneChoice": "io.expression",
     "spot_anndata": "io.export",
     "write_h5ad": "io.export",

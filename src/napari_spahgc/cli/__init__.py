@@ -17,6 +17,7 @@ from napari_spahgc.base.files import prepare_output_file, prepare_output_folder,
 from napari_spahgc.base.interrupts import StopSignals
 from napari_spahgc.cli.drive import drive, load_slides, runner_for, written
 from napari_spahgc.cli.options import (
+    AggregateOpt,
     BatchOpt,
     CacheOpt,
     CohortArg,
@@ -134,15 +135,19 @@ def train(
     preset: PresetOpt = "default",
     settings: SetOpt = None,
     mode: ModeOpt = DEFAULT_MODE,
+    aggregate: AggregateOpt = 1,
 ) -> None:
     """Train SpaHGC on every slide of the cohort (by default a cross-validated ensemble: each member holds
     slides out to choose its epoch; --preset paper: one model, final epoch) and save it."""
+    from napari_spahgc.io.bins import aggregate_bins
     from napari_spahgc.train.flow import TrainRequest, train
 
     config, _ = spahgc_config(preset, settings, epochs, seed, device)
     chosen = gene_choice(genes, n_hvg)
     prepare_output_folder(out, "model folder")  # before the slides are read: a bad --out fails first
     slides = load_slides(cohort)
+    if aggregate > 1:
+        slides = [aggregate_bins(slide, aggregate) for slide in slides]
     embedding = EmbedRequest(slides, encoder, weights, device, batch_size, cache, mode)
     model = drive(InProcess(), train, TrainRequest(slides, embedding, chosen, config, out)).model
     typer.echo(f"model: {out} ({len(model.genes)} genes; {model.metadata.validation_summary()})")

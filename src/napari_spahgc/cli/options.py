@@ -72,6 +72,15 @@ LevelOpt = Annotated[
         "held-out training slides).",
     ),
 ]
+AggregateOpt = Annotated[
+    int,
+    typer.Option(
+        "--aggregate-bins",
+        min=1,
+        help="Visium HD: train on squares of N × N bins, their counts summed (8 µm bins, 2: 16 µm, a "
+        "quarter of the spots); 1: the bins as they are.",
+    ),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (training is reproducible on CPU).")]
 EpochsOpt = Annotated[
     int | None,

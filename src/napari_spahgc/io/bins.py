@@ -9,16 +9,21 @@ import pandas as pd
 from scipy import sparse
 
 from napari_spahgc.base.errors import InputError
-from napari_spahgc.io.slide import Slide
+from napari_spahgc.io.slide import Slide, spot_grid
 
 
-def squares(centers_px: np.ndarray, side_px: float, bin_px: float) -> tuple[np.ndarray, np.ndarray]:
-    """The squares of side ``side_px`` that hold bins (of side ``bin_px``, centred at ``centers_px``), on a
-    grid from the bins' outer corner: each square's (row, column) on that grid, in row-major order, and
-    each bin's square."""
-    corner = centers_px.min(axis=0) - bin_px / 2
-    cells = np.floor((centers_px - corner) / side_px).astype(np.int64)[:, ::-1]  # (x, y) → (row, column)
-    grid, square = np.unique(cells, axis=0, return_inverse=True)
+def squares(slide: Slide, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """The squares of ``factor`` × ``factor`` bins that hold ``slide``'s bins: each square's (row,
+    column) on the grid of squares, in row-major order, and each bin's square. The bins must sit on one
+    square grid along the image's axes (:func:`~napari_spahgc.io.slide.spot_grid`)."""
+    found = spot_grid(slide.centers_px)
+    if found is None or (slide.spot_diameter_px or 0) < 0.9 * found[1]:
+        raise InputError(
+            f"slide {slide.slide_id!r} is not bins on one square grid along the image's axes: its spots "
+            "cannot be aggregated (for Visium HD, Space Ranger's binned_outputs/square_016um is the "
+            "16 µm aggregation)"
+        )
+    grid, square = np.unique(found[0] // factor, axis=0, return_inverse=True)
     return grid, square.reshape(-1)
 
 
@@ -36,12 +41,10 @@ def summed_counts(counts: ad.AnnData, members: sparse.csr_matrix, spot_ids: pd.I
 
 def aggregate_bins(slide: Slide, factor: int) -> Slide:
     """``slide``'s bins in squares of ``factor`` × their side (8 µm bins, factor 2: 16 µm), counts
-    summed. The grid follows the image's axes: on a rotated bin grid a square holds about
-    ``factor``² bins, not exactly. The image, pixel size and patient stay the slide's."""
-    if slide.spot_diameter_px is None:
-        raise InputError(f"slide {slide.slide_id!r} has no bin size: its bins cannot be aggregated")
+    summed, each square centred at its bins' mean centre (:func:`squares`). The image, pixel size and
+    patient stay the slide's."""
+    grid, square = squares(slide, factor)
     side = factor * slide.spot_diameter_px
-    grid, square = squares(slide.centers_px, side, slide.spot_diameter_px)
     members = membership(square)
     centers = (members @ slide.centers_px) / np.asarray(members.sum(axis=1))
     size_um = round(side * slide.require_pixel_size())
