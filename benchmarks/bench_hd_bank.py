@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bench_scale import _panel, _slides
+from bench_scale import _panel, _slides, spots_of
 
 import napari_spahgc as ns
 from napari_spahgc.base.metrics import score
@@ -46,12 +46,8 @@ BANKS = ("exact", "approximate", "16um", "16um_approximate", "subsample")
 
 def subsample(slide: Slide, fraction: float, seed: int) -> Slide:
     """A seeded random ``fraction`` of ``slide``'s bins, in their order."""
-    keep = np.sort(
-        np.random.default_rng(seed).choice(slide.n_spots, round(fraction * slide.n_spots), replace=False)
-    )
-    return Slide(slide.slide_id, slide.spot_ids[keep], slide.centers_px[keep], image=slide.image,
-                 pixel_size_um=slide.pixel_size_um, expression=slide.expression[keep].copy(),
-                 patient=slide.patient, spot_diameter_px=slide.spot_diameter_px)  # fmt: skip
+    rng = np.random.default_rng(seed)
+    return spots_of(slide, np.sort(rng.choice(slide.n_spots, round(fraction * slide.n_spots), replace=False)))
 
 
 def training_slides(bank: str, slides: list[Slide], args) -> list[Slide]:

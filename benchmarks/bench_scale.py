@@ -121,15 +121,19 @@ def embed_slides(work: Path, n: int) -> None:
                        check=True, stdout=subprocess.DEVNULL)  # fmt: skip
 
 
-def _subset(slide, k: int):
-    """The first ``k`` spots of ``slide`` (same image, pixel size and counts)."""
+def spots_of(slide, keep: np.ndarray):
+    """``slide``'s spots ``keep`` (indices, in order): the same image, pixel size and patient, their counts."""
     from napari_spahgc.io.slide import Slide
 
-    keep = np.arange(min(k, slide.n_spots))
     expression = slide.expression[keep].copy() if slide.expression is not None else None
     return Slide(slide.slide_id, slide.spot_ids[keep], slide.centers_px[keep], image=slide.image,
-                 expression=expression, pixel_size_um=slide.pixel_size_um,
+                 expression=expression, pixel_size_um=slide.pixel_size_um, patient=slide.patient,
                  spot_diameter_px=slide.spot_diameter_px)  # fmt: skip
+
+
+def _subset(slide, k: int):
+    """The first ``k`` spots of ``slide``."""
+    return spots_of(slide, np.arange(min(k, slide.n_spots)))
 
 
 def _panel(n_genes: int) -> list[str]:
