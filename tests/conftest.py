@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +112,14 @@ def spaceranger_outs(tmp_path) -> dict:
         "folder": outs, "barcodes": barcodes[:n_in], "genes": genes, "counts": counts,
         "diameter": diameter, "hires_scalef": hires_scalef,
     }  # fmt: skip
+
+
+@pytest.fixture
+def scratch(tmp_path) -> Iterator[Path]:
+    """``tmp_path``, removed when the test ends whatever its outcome: for encoder checkpoints of 1–3 GB
+    that no later test or failure report needs."""
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -31,8 +31,8 @@ def test_efficientnet_lite0_loads_every_package_tensor():
     np.testing.assert_array_equal(out, encoder(patches))
 
 
-def test_uni2h_from_a_local_checkpoint(tmp_path, monkeypatch):
-    path = tmp_path / "uni2h.safetensors"
+def test_uni2h_from_a_local_checkpoint(scratch, monkeypatch):
+    path = scratch / "uni2h.safetensors"
     write_checkpoint("uni2-h", path, as_safetensors=True)
     monkeypatch.setenv("SPAHGC_UNI2H_WEIGHTS", str(path))
     encoder = create_encoder("uni2-h", device="cpu")

@@ -20,6 +20,7 @@ from conftest import HER2ST, REPO
 from napari_spahgc import cli
 from napari_spahgc._qt._common import session_for
 from napari_spahgc._qt.genes import GenesWidget
+from napari_spahgc._qt.slide import SlideWidget
 from napari_spahgc.view import layers
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -44,7 +45,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     return exited.value.code, captured.out, captured.err
 
 
-def test_hd_folder_through_the_cli_into_napari(make_napari_viewer, tmp_path, capsys, monkeypatch):
+def test_hd_folder_through_the_cli_into_napari(make_napari_viewer, qtbot, tmp_path, capsys, monkeypatch):
     if not HER2ST.is_dir():
         pytest.skip("the HER2ST sections are not beside the checkout (../shared/data/her2st)")
     tables = [make_hd(section, tmp_path / section, N_BINS) for section in ("C2", "C3")]
@@ -130,3 +131,12 @@ def test_hd_folder_through_the_cli_into_napari(make_napari_viewer, tmp_path, cap
     np.testing.assert_allclose(rasters[0].scale, [8.0, 8.0], rtol=1e-3)  # µm per bin
     shot = viewer.screenshot(canvas_only=True, flash=False)
     assert shot[..., :3].std() > 5
+
+    opened = SlideWidget(viewer)  # the shown slide's bins as a new 16 µm slide, e.g. a reference to train on
+    viewer.window.add_dock_widget(opened)
+    opened.bins_per_side.setValue(2)
+    opened.aggregate.click()
+    qtbot.waitUntil(lambda: not opened.panel.running, timeout=60_000)
+    coarse = session.slides["C2_hd900_016um"]
+    assert coarse.n_spots == 15 * 15 and opened.slides.findText("C2_hd900_016um") >= 0
+    np.testing.assert_array_equal(coarse.expression.X.sum(axis=0), slide.expression.X.sum(axis=0))

@@ -35,8 +35,8 @@ def test_every_package_tensor_has_its_own_timm_tensor(tmp_path):
 
 
 @pytest.mark.parametrize("as_safetensors", [True, False])
-def test_uni_from_a_local_checkpoint(tmp_path, as_safetensors):
-    path = tmp_path / ("model.safetensors" if as_safetensors else "pytorch_model.bin")
+def test_uni_from_a_local_checkpoint(scratch, as_safetensors):
+    path = scratch / ("model.safetensors" if as_safetensors else "pytorch_model.bin")
     reference = write_checkpoint("uni", path, as_safetensors)
     encoder = create_encoder("uni", weights=path, device="cpu")
     assert encoder.dim == 1024 and encoder.mean == (0.485, 0.456, 0.406)
@@ -47,18 +47,18 @@ def test_uni_from_a_local_checkpoint(tmp_path, as_safetensors):
     assert out.shape == (1, 1024) and np.isfinite(out).all()
 
 
-def test_wrong_architecture_is_refused(tmp_path):
-    wrong = tmp_path / "resnet_like.safetensors"
+def test_wrong_architecture_is_refused(scratch):
+    wrong = scratch / "resnet_like.safetensors"
     save_file({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 512)}, str(wrong))
     with pytest.raises(
         InputError, match=r"resnet_like\.safetensors: checkpoint does not match the uni architecture"
     ):
         create_encoder("uni", weights=wrong, device="cpu")
-    lite = tmp_path / "lite.safetensors"
+    lite = scratch / "lite.safetensors"
     save_file(random_state("efficientnet-lite0"), str(lite))
     with pytest.raises(InputError, match="342 missing"):
         create_encoder("uni", weights=lite, device="cpu")
-    uni = tmp_path / "uni.safetensors"
+    uni = scratch / "uni.safetensors"
     write_checkpoint("uni", uni, as_safetensors=True)
     with pytest.raises(InputError, match=r"1 missing \(e\.g\. reg_token\); 342 wrong shape"):
         create_encoder("uni2-h", weights=uni, device="cpu")

@@ -294,6 +294,13 @@ def test_bad_fields_give_notifications_not_exceptions(make_napari_viewer, qtbot,
     buttons = {b.text(): b for b in w["Export"].findChildren(QPushButton)}
     buttons["Save PNG of the view"].click()
     assert any(str(n.message).startswith("Export failed: ValueError: ") for n in notifications)
+    w["Slide"].aggregate.click()  # four spots on a diagonal are not Visium HD bins
+    _finish(qtbot, w["Slide"].panel)
+    assert any(
+        str(n.message).startswith("Aggregating bins failed: slide 'target' is not bins on one square grid")
+        for n in notifications
+    )
+    assert set(session_for(viewer).slides) == {"ref", "target"}
     viewer.add_points(np.array([[1.0, 2.0]]))  # still alive
     assert viewer.layers[-1].name == "Points"
 

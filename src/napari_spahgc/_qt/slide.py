@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import napari
 from napari.utils.notifications import show_error
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QPushButton
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+)
 
 from napari_spahgc._qt._common import PathField, RunPanel, SessionWidget, guarded
 from napari_spahgc.base.progress import Progress
@@ -33,6 +42,17 @@ class SlideWidget(SessionWidget):
         self.pixel_size.setSuffix(" µm/px")
         self.pixel_source, self.counts = QLabel(""), QLabel("")
         self.apply_pixel = QPushButton("Set pixel size")
+        self.bins_per_side = QSpinBox(minimum=2, maximum=32, value=2)
+        self.bins_per_side.setPrefix("× ")
+        self.bins_per_side.setToolTip("Bins per side of a square: 8 µm bins × 2 are 16 µm squares")
+        self.aggregate = QPushButton("Add aggregated slide")
+        self.aggregate.setToolTip(
+            "Sum the shown slide's Visium HD bins into coarser squares, as a new slide "
+            "(e.g. 16 µm reference slides train faster)"
+        )
+        aggregation = QHBoxLayout()
+        aggregation.addWidget(self.bins_per_side)
+        aggregation.addWidget(self.aggregate)
         form = QFormLayout()
         form.addRow("Open", self.source)
         form.addRow("Image", self.image)
@@ -42,9 +62,11 @@ class SlideWidget(SessionWidget):
         form.addRow("", self.apply_pixel)
         form.addRow("Source", self.pixel_source)
         form.addRow("Spots / genes", self.counts)
+        form.addRow("Aggregate bins", aggregation)
         self.setLayout(form)
         self.slides.currentTextChanged.connect(self._choose)
         self.apply_pixel.clicked.connect(guarded("Pixel size", self._set_pixel_size))
+        self.aggregate.clicked.connect(guarded("Aggregate bins", self.aggregate_bins))
         self.session.slides_changed.connect(self._refresh)
         self.session.current_changed.connect(self._describe)
         self._refresh()
@@ -68,6 +90,22 @@ class SlideWidget(SessionWidget):
             return open_slides(path, image)
 
         return self.panel.start(work, "Opening slides", self.session.add_slides)
+
+    def aggregate_bins(self):
+        """Add the shown slide's bins summed into squares of ``bins_per_side`` × their side as a new
+        slide, ``{slide id}_{side}um``, summed in a thread (a slide that is not bins on one grid: a
+        notification)."""
+        from napari_spahgc.io.bins import aggregate_bins
+
+        slide, factor = self.session.require_current(), self.bins_per_side.value()
+
+        def work(_cancel):
+            yield Progress(0, 1, f"summing the bins of {slide.slide_id} into {factor} × {factor} squares")
+            coarse = aggregate_bins(slide, factor)
+            side_um = round(coarse.spot_diameter_px * coarse.require_pixel_size())
+            return [replace(coarse, slide_id=f"{slide.slide_id}_{side_um:03d}um")]
+
+        return self.panel.start(work, "Aggregating bins", self.session.add_slides)
 
     def _open(self) -> None:
         if not self.source.text:
@@ -98,6 +136,7 @@ class SlideWidget(SessionWidget):
         self.pixel_size.setValue(slide.pixel_size_um if known else 0.0)
         self.pixel_size.setEnabled(slide is not None and not known)
         self.apply_pixel.setEnabled(slide is not None and not known)
+        self.aggregate.setEnabled(slide is not None)
         self.pixel_source.setText(
             ""
             if slide is None
