@@ -327,9 +327,9 @@ def _phase(record) -> str:
         return "model"
     if "retrieving references" in record.text:
         return "references"
-    if record.done == record.total and ": block " in record.text:
-        return "write"  # after the last block: pcc, close
-    return "blocks" if ": block " in record.text else "prepare"
+    if ": block " not in record.text:
+        return "prepare"
+    return "write" if record.done == record.total else "blocks"  # after the last block: pcc, close
 
 
 def _rss_gb() -> tuple[float, float]:

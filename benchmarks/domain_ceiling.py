@@ -21,7 +21,8 @@ import numpy as np
 
 import napari_spahgc as ns
 from napari_spahgc.downstream.domains import SPATIAL_WEIGHTS, DomainOptions, find_domains
-from napari_spahgc.downstream.labels import agreement, labels_for, read_labels
+from napari_spahgc.downstream.labels import agreement
+from napari_spahgc.evaluate.domains import slide_labels
 from napari_spahgc.io.expression import log_cpm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,13 +36,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     args = parser.parse_args()
 
-    genes = [g for g in args.genes.read_text().split() if g]
-    sections = []
-    for slide in ns.load_cohort(args.cohort):
-        if slide.labels and slide.expression is not None:
-            labels = labels_for(slide.spot_ids, read_labels(slide.labels), slide.labels)
-            values = log_cpm(slide.expression, genes).X
-            sections.append((slide.slide_id, values, slide.centers_px, labels))
+    genes = list(ns.GeneChoice.from_file(args.genes).panel)
+    slides = ns.load_cohort(args.cohort)
+    labelled = slide_labels(slides)
+    sections = [
+        (s.slide_id, log_cpm(s.expression, genes).X, s.centers_px, labelled[s.slide_id])
+        for s in slides
+        if s.slide_id in labelled and s.expression is not None
+    ]
     names = [name for name, *_ in sections]
     print(f"{len(genes)} genes; KMeans into each section's number of labels; {args.seeds} seeds a setting")
     print(f"{'weight':>6} {'pcs':>4}  " + " ".join(f"{n:>6}" for n in names) + "    mean")

@@ -95,15 +95,14 @@ class SlideWidget(SessionWidget):
         """Add the shown slide's bins summed into squares of ``bins_per_side`` × their side as a new
         slide, ``{slide id}_{side}um``, summed in a thread (a slide that is not bins on one grid: a
         notification)."""
-        from napari_spahgc.io.bins import aggregate_bins
+        from napari_spahgc.io.bins import aggregate_bins, side_name
 
         slide, factor = self.session.require_current(), self.bins_per_side.value()
 
         def work(_cancel):
             yield Progress(0, 1, f"summing the bins of {slide.slide_id} into {factor} × {factor} squares")
             coarse = aggregate_bins(slide, factor)
-            side_um = round(coarse.spot_diameter_px * coarse.require_pixel_size())
-            return [replace(coarse, slide_id=f"{slide.slide_id}_{side_um:03d}um")]
+            return [replace(coarse, slide_id=f"{slide.slide_id}_{side_name(slide, factor)}")]
 
         return self.panel.start(work, "Aggregating bins", self.session.add_slides)
 

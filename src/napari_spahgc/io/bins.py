@@ -39,6 +39,12 @@ def summed_counts(counts: ad.AnnData, members: sparse.csr_matrix, spot_ids: pd.I
     return ad.AnnData(summed, obs=pd.DataFrame(index=spot_ids.copy()), var=counts.var.copy())
 
 
+def side_name(slide: Slide, factor: int) -> str:
+    """The side of ``factor`` × ``factor`` squares of ``slide``'s bins as Space Ranger names it: 8 µm
+    bins, factor 2: ``"016um"``."""
+    return f"{round(factor * slide.spot_diameter_px * slide.require_pixel_size()):03d}um"
+
+
 def aggregate_bins(slide: Slide, factor: int) -> Slide:
     """``slide``'s bins in squares of ``factor`` × their side (8 µm bins, factor 2: 16 µm), counts
     summed, each square centred at its bins' mean centre (:func:`squares`). The image, pixel size and
@@ -47,9 +53,8 @@ def aggregate_bins(slide: Slide, factor: int) -> Slide:
     side = factor * slide.spot_diameter_px
     members = membership(square)
     centers = (members @ slide.centers_px) / np.asarray(members.sum(axis=1))
-    size_um = round(side * slide.require_pixel_size())
     rows, cols = (pd.Series(grid[:, axis]).astype(str).str.zfill(5) for axis in (0, 1))
-    spot_ids = pd.Index(f"s_{size_um:03d}um_" + rows + "_" + cols)
+    spot_ids = pd.Index(f"s_{side_name(slide, factor)}_" + rows + "_" + cols)
     return Slide(
         slide.slide_id,
         spot_ids,
